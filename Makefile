@@ -1,0 +1,27 @@
+# One entry point for people and CI. `make demo` and `make test` create their own virtualenv.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint venv clean
+
+$(BIN)/sssrd: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(BIN)/sssrd
+
+demo: venv
+	$(BIN)/sssrd dev
+
+lint: venv
+	$(BIN)/ruff check sssrd tests bench
+	$(BIN)/ruff format --check sssrd tests bench
+
+test: lint
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info
