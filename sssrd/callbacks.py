@@ -1,0 +1,152 @@
+"""The callback listener: where Lambdas POST the responses they render.
+
+Per connection: read a request head (bounded, timed), check route and token, claim the pending
+entry once, and hand the connection to the waiting viewer's cycle as a CallbackStream. The viewer
+side moves the body (pipe.py) and reports back an Outcome; this side answers the Lambda with it:
+200 and a JSON summary when delivered, an error and a close otherwise. Nothing that arrives here can
+touch any entry but the one its token names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import h11
+
+from sssrd.connection import Connection, response
+from sssrd.pending import Rejection
+from sssrd.prelude import PRELUDE_CONTENT_TYPE
+
+if TYPE_CHECKING:
+    from sssrd.server import Server
+
+CALLBACK_PREFIX = b"/v1/callback/"
+
+
+@dataclass(slots=True)
+class Outcome:
+    """How a stream ended, as the callback side answers it."""
+
+    kind: str  # delivered | viewer_gone | no_body | malformed | lambda_abort | idle
+    body_bytes: int = 0
+    message: str = ""
+
+
+@dataclass(eq=False, slots=True)
+class CallbackStream:
+    """A claimed callback, handed from the callback listener to the viewer's cycle."""
+
+    conn: Connection
+    request_id: str
+    prelude: bool
+    status_header: bytes | None
+    content_type: bytes | None
+    content_length: int | None
+    finished: asyncio.Future[Outcome] = field(repr=False)
+
+    def finish(self, outcome: Outcome) -> None:
+        if not self.finished.done():
+            self.finished.set_result(outcome)
+
+
+def header_value(headers: Any, name: bytes) -> bytes | None:
+    for key, value in headers:
+        if key == name:
+            return value
+    return None
+
+
+class CallbackConnection:
+    """Serves one connection on the callback listener."""
+
+    def __init__(self, server: Server, conn: Connection) -> None:
+        self.server = server
+        self.conn = conn
+
+    async def run(self) -> None:
+        settings = self.server.settings
+        while True:
+            try:
+                async with asyncio.timeout(settings.keepalive_timeout):
+                    await self.conn.wait_for_data()
+                async with asyncio.timeout(settings.head_timeout):
+                    event = await self.conn.next_event()
+            except TimeoutError:
+                return
+            except h11.RemoteProtocolError as exc:
+                await self.reply(exc.error_status_hint, {"error": str(exc)}, close=True)
+                return
+            if not isinstance(event, h11.Request):
+                return
+            if not await self.handle(event):
+                return
+            if self.conn.h11.our_state is not h11.DONE or self.conn.h11.their_state is not h11.DONE:
+                return
+            self.conn.h11.start_next_cycle()
+
+    async def handle(self, request: h11.Request) -> bool:
+        """Serve one callback; True if the connection may carry another."""
+        if request.method != b"POST" or not request.target.startswith(CALLBACK_PREFIX):
+            await self.reply(404, {"error": "no such callback"}, close=True)
+            return False
+        request_id = request.target[len(CALLBACK_PREFIX) :].decode("ascii", "replace")
+        stream = self.stream_for(request, request_id)
+        try:
+            self.server.pending.claim(request_id, bearer_token(request.headers), stream)
+        except Rejection as rejection:
+            self.server.callback_rejected(rejection.reason)
+            await self.reply(rejection.status, {"error": str(rejection)}, close=True)
+            return False
+        if self.conn.h11.they_are_waiting_for_100_continue:
+            await self.conn.send(h11.InformationalResponse(status_code=100, headers=[]))
+        outcome = await stream.finished
+        if outcome.kind == "delivered":
+            await self.reply(200, {"requestId": request_id, "bytes": outcome.body_bytes})
+            return True
+        if outcome.kind in ("viewer_gone", "no_body"):
+            await self.reply(410, {"error": outcome.message}, close=True)
+        elif outcome.kind == "malformed":
+            await self.reply(400, {"error": outcome.message}, close=True)
+        return False
+
+    def stream_for(self, request: h11.Request, request_id: str) -> CallbackStream:
+        content_type = header_value(request.headers, b"content-type")
+        length = header_value(request.headers, b"content-length")
+        return CallbackStream(
+            conn=self.conn,
+            request_id=request_id,
+            prelude=content_type is not None
+            and content_type.split(b";")[0].strip().lower() == PRELUDE_CONTENT_TYPE,
+            status_header=header_value(request.headers, b"x-status-code"),
+            content_type=content_type,
+            content_length=int(length) if length is not None else None,
+            finished=self.server.loop.create_future(),
+        )
+
+    async def reply(self, status: int, body: dict[str, Any], close: bool = False) -> None:
+        """Answer the Lambda; never raises (it may already have gone)."""
+        if self.conn.closed or self.conn.h11.our_state is not h11.SEND_RESPONSE:
+            return
+        payload = json.dumps(body).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", b"%d" % len(payload)),
+        ]
+        if close:
+            headers.append((b"connection", b"close"))
+        try:
+            await self.conn.send(response(status, headers))
+            await self.conn.send(h11.Data(data=payload))
+            await self.conn.send(h11.EndOfMessage())
+        except Exception:  # a Lambda that hung up cannot be answered; nothing else depends on it
+            self.server.log.debug("could not answer callback", exc_info=True)
+
+
+def bearer_token(headers: Any) -> str | None:
+    value = header_value(headers, b"authorization")
+    if value is None or value[:7].lower() != b"bearer ":
+        return None
+    return value[7:].strip().decode("ascii", "replace")

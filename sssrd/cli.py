@@ -1,0 +1,114 @@
+"""The `sssrd` command: serve, dev, check-config, version.
+
+Every setting in config.FIELDS gets a `--name-with-dashes` flag on serve, dev and check-config,
+so flags, env (SSSRD_*) and the TOML file always offer the same knobs. Exit codes: 0 on a clean
+stop (including after a drain), 2 for an invalid configuration, 1 when startup fails otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import uvloop
+
+from sssrd import __version__, logs
+from sssrd.config import DEFAULT_CONFIG_PATH, FIELDS, ConfigError, Settings, load_settings
+from sssrd.invoke import make_invoker
+from sssrd.server import Server
+from sssrd.systemd import Notifier, listen_fds
+
+DEV_DEFAULTS = {
+    "listen": "127.0.0.1:8080",
+    "callback_listen": "127.0.0.1:8081",
+    "admin_listen": "127.0.0.1:9090",
+    "invoker": "local",
+    "handler": "sssrd.demo:handler",
+}
+EXIT_CONFIG = 2
+EXIT_STARTUP = 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sssrd", description="Streaming server-side rendering daemon."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (
+        ("serve", "run the daemon"),
+        ("dev", "run locally with the local invoker and the demo renderer"),
+        ("check-config", "validate the configuration and print the effective settings"),
+    ):
+        command = commands.add_parser(name, help=help_text, description=help_text)
+        command.add_argument(
+            "--config",
+            help=f"TOML config file (default: {DEFAULT_CONFIG_PATH} if it exists; "
+            "SSSRD_CONFIG also names one)",
+        )
+        for field in FIELDS:
+            command.add_argument(
+                "--" + field.name.replace("_", "-"), dest=field.name, help=field.help
+            )
+    commands.add_parser("version", help="print the version")
+    return parser
+
+
+def config_path(arguments: argparse.Namespace) -> str | None:
+    explicit = arguments.config or os.environ.get("SSSRD_CONFIG")
+    if explicit:
+        return explicit
+    return DEFAULT_CONFIG_PATH if os.path.exists(DEFAULT_CONFIG_PATH) else None
+
+
+def settings_from(arguments: argparse.Namespace) -> Settings:
+    flags: dict[str, Any] = {field.name: getattr(arguments, field.name) for field in FIELDS}
+    defaults = DEV_DEFAULTS if arguments.command == "dev" else None
+    return load_settings(config_path(arguments), flags=flags, defaults=defaults)
+
+
+async def run_daemon(settings: Settings, announce: bool) -> None:
+    notifier = Notifier.from_environment()
+    invoker = make_invoker(settings)
+    server = Server(settings, invoker, inherited=listen_fds(), notifier=notifier)
+    await server.start()
+    if announce:
+        print(
+            f"sssrd dev: open http://{server.address_of('viewer')}/ "
+            f"(metrics on http://{server.address_of('admin')}/metrics); Ctrl-C stops",
+            file=sys.stderr,
+            flush=True,
+        )
+    await server.wait_stopped()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = build_parser().parse_args(argv)
+    if arguments.command == "version":
+        print(f"sssrd {__version__}")
+        return 0
+    try:
+        settings = settings_from(arguments)
+    except ConfigError as exc:
+        print(f"sssrd: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if arguments.command == "check-config":
+        sys.stdout.write(settings.as_toml())
+        return 0
+    logs.configure(settings.log_level)
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(run_daemon(settings, announce=arguments.command == "dev"))
+    except (OSError, ValueError) as exc:
+        print(f"sssrd: cannot start: {exc}", file=sys.stderr)
+        return EXIT_STARTUP
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

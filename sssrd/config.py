@@ -1,0 +1,276 @@
+"""The daemon's settings: one frozen object built from defaults, a TOML file, env and flags.
+
+Every setting is declared once in FIELDS (name, parser, default, help). The same table drives the
+TOML keys, the `SSSRD_<NAME>` environment variables, the `--<name>` CLI flags and the reference in
+`sssrd check-config`, so the four can never drift apart. Precedence: flags > env > file > defaults.
+A bad value raises ConfigError naming the key and where the value came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+DEFAULT_CONFIG_PATH = "/etc/sssrd/sssrd.toml"
+ENV_PREFIX = "SSSRD_"
+
+
+class ConfigError(ValueError):
+    """A setting is invalid; str() is a one-line message naming the key."""
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def is_wildcard(self) -> bool:
+        return self.host in ("0.0.0.0", "::", "")
+
+
+def parse_address(value: Any) -> Address:
+    text = str(value).strip()
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise ValueError(f"expected HOST:PORT, got {text!r}")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} out of range")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if host != "localhost":
+            raise ValueError(f"host must be an IP address or localhost, got {host!r}") from None
+    return Address(host, port)
+
+
+def parse_optional_address(value: Any) -> Address | None:
+    return None if str(value).strip().lower() in ("", "off", "none") else parse_address(value)
+
+
+def parse_positive_float(value: Any) -> float:
+    number = float(value)
+    if not number > 0 or number == float("inf"):
+        raise ValueError(f"must be a positive number of seconds, got {value!r}")
+    return number
+
+
+def parse_positive_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"must be a positive integer, got {value!r}")
+    number = int(value)
+    if number <= 0:
+        raise ValueError(f"must be a positive integer, got {value!r}")
+    return number
+
+
+def parse_choice(*choices: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        text = str(value).strip().lower()
+        if text not in choices:
+            raise ValueError(f"must be one of {', '.join(repr(c) for c in choices)}, got {value!r}")
+        return text
+
+    return parse
+
+
+def parse_callback_url(value: Any) -> str:
+    """An advertised callback base such as http://10.0.1.23:8081, or 'auto' (EC2), or ''."""
+    text = str(value).strip().rstrip("/")
+    if text in ("", "auto"):
+        return text
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"must be an http(s)://HOST[:PORT] URL or 'auto', got {value!r}")
+    if parts.query or parts.fragment:
+        raise ValueError(f"must not have a query or fragment, got {value!r}")
+    return text
+
+
+def parse_handler(value: Any) -> str:
+    text = str(value).strip()
+    module, sep, function = text.partition(":")
+    if not sep or not module or not function.isidentifier():
+        raise ValueError(f"expected module:function, got {value!r}")
+    return text
+
+
+def parse_string(value: Any) -> str:
+    return str(value).strip()
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    name: str
+    parse: Callable[[Any], Any]
+    default: Any
+    help: str
+
+
+FIELDS: tuple[Field, ...] = (
+    Field("listen", parse_address, "0.0.0.0:8080", "viewer listener (the ALB target), HOST:PORT"),
+    Field("callback_listen", parse_address, "0.0.0.0:8081", "callback listener, HOST:PORT"),
+    Field(
+        "callback_url",
+        parse_callback_url,
+        "",
+        "callback base URL advertised to the Lambda; '' derives it from callback_listen "
+        "(which must then name a specific address); 'auto' asks EC2's IMDSv2",
+    ),
+    Field("admin_listen", parse_optional_address, "127.0.0.1:9090", "metrics/health; 'off'"),
+    Field("invoker", parse_choice("local", "lambda"), "lambda", "how renders are started"),
+    Field("handler", parse_handler, "sssrd.demo:handler", "local invoker: module:function"),
+    Field("local_workers", parse_positive_int, 64, "local invoker: concurrent handler threads"),
+    Field("max_pending", parse_positive_int, 10_000, "requests waiting or streaming; over: 503"),
+    Field("max_head_bytes", parse_positive_int, 16_384, "request head size limit; over: 431"),
+    Field("max_body_bytes", parse_positive_int, 1_048_576, "request body size limit; over: 413"),
+    Field("max_event_bytes", parse_positive_int, 1_048_576, "invoke payload limit; over: 413"),
+    Field("max_prelude_bytes", parse_positive_int, 65_536, "callback prelude size limit"),
+    Field("head_timeout", parse_positive_float, 10.0, "seconds to receive a whole request head"),
+    Field("callback_timeout", parse_positive_float, 30.0, "seconds from request to callback"),
+    Field("idle_timeout", parse_positive_float, 30.0, "longest gap between callback body bytes"),
+    Field(
+        "keepalive_timeout",
+        parse_positive_float,
+        75.0,
+        "idle viewer connection lifetime; keep above the ALB's idle timeout (60 s)",
+    ),
+    Field("drain_timeout", parse_positive_float, 30.0, "seconds in-flight streams get on SIGTERM"),
+    Field("backlog", parse_positive_int, 4096, "listen backlog of each listener"),
+    Field(
+        "log_level",
+        parse_choice("debug", "info", "warning", "error"),
+        "info",
+        "lowest level of lifecycle/error log lines (access lines are always written)",
+    ),
+)
+FIELDS_BY_NAME = {field.name: field for field in FIELDS}
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    listen: Address
+    callback_listen: Address
+    callback_url: str
+    admin_listen: Address | None
+    invoker: str
+    handler: str
+    local_workers: int
+    max_pending: int
+    max_head_bytes: int
+    max_body_bytes: int
+    max_event_bytes: int
+    max_prelude_bytes: int
+    head_timeout: float
+    callback_timeout: float
+    idle_timeout: float
+    keepalive_timeout: float
+    drain_timeout: float
+    backlog: int
+    log_level: str
+
+    def as_toml(self) -> str:
+        """The effective settings as TOML, each key with its help text."""
+        lines = []
+        for field in FIELDS:
+            value = getattr(self, field.name)
+            shown = "off" if value is None else str(value) if isinstance(value, Address) else value
+            lines.append(f"# {field.help}")
+            lines.append(f"{field.name} = {toml_literal(shown)}")
+        return "\n".join(lines) + "\n"
+
+
+assert tuple(f.name for f in dataclasses.fields(Settings)) == tuple(f.name for f in FIELDS)
+
+
+def toml_literal(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+def read_toml(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as file:
+            data = tomllib.load(file)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path}: not found") from None
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
+    unknown = sorted(set(data) - set(FIELDS_BY_NAME))
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown setting (in {path})")
+    return data
+
+
+def read_env(environ: Mapping[str, str]) -> dict[str, str]:
+    values = {}
+    for key, value in environ.items():
+        if key.startswith(ENV_PREFIX):
+            name = key[len(ENV_PREFIX) :].lower()
+            if name in FIELDS_BY_NAME:
+                values[name] = value
+    return values
+
+
+def load_settings(
+    path: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+    defaults: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Merge the layers (later wins) and validate each value once, naming its source on error."""
+    layers: list[tuple[str, Mapping[str, Any]]] = [
+        ("default", {f.name: f.default for f in FIELDS}),
+        ("command default", defaults or {}),
+    ]
+    if path is not None:
+        layers.append((f"file {path}", read_toml(path)))
+    layers.append(("environment", read_env(os.environ if environ is None else environ)))
+    layers.append(("flag", {k: v for k, v in (flags or {}).items() if v is not None}))
+
+    raw: dict[str, tuple[Any, str]] = {}
+    for source, layer in layers:
+        for name, value in layer.items():
+            raw[name] = (value, source)
+    values = {}
+    for field in FIELDS:
+        value, source = raw[field.name]
+        try:
+            values[field.name] = field.parse(value)
+        except (TypeError, ValueError) as exc:
+            origin = f"{ENV_PREFIX}{field.name.upper()}" if source == "environment" else source
+            raise ConfigError(f"{field.name}: {exc} (from {origin})") from None
+    settings = Settings(**values)
+    check_consistency(settings)
+    return settings
+
+
+def check_consistency(settings: Settings) -> None:
+    """Rules that span settings; each error still names the key to change."""
+    if not settings.callback_url and settings.callback_listen.is_wildcard:
+        raise ConfigError(
+            "callback_url: required when callback_listen is a wildcard address "
+            f"({settings.callback_listen}); set the address the Lambda can reach, or 'auto' on EC2"
+        )
+    if settings.callback_url == "auto":
+        raise ConfigError("callback_url: 'auto' (EC2 instance discovery) is not available yet")
+    if settings.max_body_bytes > settings.max_event_bytes:
+        raise ConfigError(
+            f"max_body_bytes: {settings.max_body_bytes} exceeds max_event_bytes "
+            f"({settings.max_event_bytes}); such a body could never be invoked"
+        )

@@ -1,0 +1,61 @@
+"""Structured logging: every line on stdout is one JSON object (journald reads stdout).
+
+Lifecycle and error lines go through the standard `logging` module ("sssrd" logger) with a JSON
+formatter, so their level is configurable. Access lines bypass logging (one per request, always
+written, built from plain values) and are written whole, one line per write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sys
+import time
+from typing import Any, TextIO
+
+log = logging.getLogger("sssrd")
+
+
+def utc_timestamp(epoch: float) -> str:
+    whole = time.gmtime(epoch)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", whole) + f".{int(epoch % 1 * 1000):03d}Z"
+
+
+class JsonFormatter(logging.Formatter):
+    """Formats a LogRecord as one JSON line; `extra={...}` fields become keys."""
+
+    RESERVED = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": utc_timestamp(record.created),
+            "level": record.levelname.lower(),
+            "message": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in self.RESERVED:
+                line[key] = value
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
+
+
+def configure(level: str, stream: TextIO | None = None) -> None:
+    """Send the "sssrd" logger's records to stdout as JSON at `level` (re-callable on reload)."""
+    stream = stream or sys.stdout
+    if hasattr(stream, "reconfigure"):
+        stream.reconfigure(line_buffering=True)
+    for handler in list(log.handlers):
+        log.removeHandler(handler)
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    log.addHandler(handler)
+    log.setLevel(level.upper())
+    log.propagate = False
+
+
+def write_access(record: dict[str, Any], stream: TextIO | None = None) -> None:
+    """One access line; a full stdout (a stuck journald) must not take the daemon down."""
+    with contextlib.suppress(OSError, ValueError):
+        (stream or sys.stdout).write(json.dumps(record, separators=(",", ":")) + "\n")

@@ -1,0 +1,143 @@
+"""Pending requests: the rendezvous between a waiting viewer and its Lambda's callback.
+
+Each viewer request registers an entry (128-bit random id) before the Lambda is invoked. The
+callback token is HMAC-SHA256(process secret, id), so it is checked in constant time without any
+lookup and the id alone (which appears in logs and headers) grants nothing. An entry's `delivery`
+future is resolved exactly once: with the claiming callback's stream, or with the reason the wait
+ended (deadline, viewer gone). That single future is what makes a callback claim-once. Finished ids
+are remembered in a bounded table so a late or repeated callback learns why it was refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import secrets
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+ID_BYTES = 16
+ID_LENGTH = ID_BYTES * 2  # hex
+
+
+class Rejection(Exception):
+    """Why a callback was refused; status is what the Lambda is answered."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+
+
+class PendingFull(Exception):
+    """The registry holds max_pending entries: shed this request."""
+
+
+class WaitEnded(Exception):
+    """Set on a delivery future when the viewer side stops waiting; args[0] is the reason."""
+
+    @property
+    def reason(self) -> str:
+        return str(self.args[0])
+
+
+# Why a finished entry's id can no longer be claimed, as told to a callback that tries.
+GONE_MESSAGES = {
+    "late": "the callback deadline passed",
+    "viewer_gone": "the viewer disconnected before the callback",
+    "delivered": "this request was already answered",
+    "failed": "this request has already failed",
+}
+
+
+@dataclass(eq=False, slots=True)
+class Pending:
+    request_id: str
+    token: str
+    deadline: float  # loop.time()
+    deadline_epoch_ms: int
+    delivery: asyncio.Future[Any]
+    claimed: bool = False
+    timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+
+    def end_wait(self, reason: str) -> None:
+        """Stop waiting for a callback (deadline, viewer gone); no-op once a callback claimed."""
+        if not self.delivery.done():
+            self.delivery.set_exception(WaitEnded(reason))
+            # The viewer side always retrieves it; mark it so asyncio never warns when it didn't.
+            self.delivery.exception()
+
+
+class PendingRegistry:
+    """Owns every pending entry, the process secret, and the record of finished ids."""
+
+    def __init__(self, max_pending: int, remembered: int = 65_536) -> None:
+        self._secret = secrets.token_bytes(32)
+        self._entries: dict[str, Pending] = {}
+        self._finished: OrderedDict[str, str] = OrderedDict()
+        self._max_pending = max_pending
+        self._remembered = remembered
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def waiting(self) -> int:
+        """Entries registered but not yet claimed by a callback."""
+        return sum(1 for entry in self._entries.values() if not entry.claimed)
+
+    def set_limit(self, max_pending: int) -> None:
+        self._max_pending = max_pending
+
+    def token_for(self, request_id: str) -> str:
+        digest = hmac.digest(self._secret, request_id.encode(), hashlib.sha256)
+        return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+    def register(self, loop: asyncio.AbstractEventLoop, timeout: float, now_ms: int) -> Pending:
+        """A new entry whose deadline timer ends the wait after `timeout` seconds."""
+        if len(self._entries) >= self._max_pending:
+            raise PendingFull
+        request_id = secrets.token_hex(ID_BYTES)
+        entry = Pending(
+            request_id=request_id,
+            token=self.token_for(request_id),
+            deadline=loop.time() + timeout,
+            deadline_epoch_ms=now_ms + int(timeout * 1000),
+            delivery=loop.create_future(),
+        )
+        entry.timer = loop.call_at(entry.deadline, entry.end_wait, "late")
+        self._entries[request_id] = entry
+        return entry
+
+    def claim(self, request_id: str, token: str | None, stream: object) -> Pending:
+        """Hand `stream` to the waiting viewer, once; raises Rejection otherwise."""
+        if len(request_id) != ID_LENGTH or not all(c in "0123456789abcdef" for c in request_id):
+            raise Rejection(404, "unknown", "no such callback")
+        if token is None or not hmac.compare_digest(token, self.token_for(request_id)):
+            raise Rejection(401, "bad_token", "missing or invalid callback token")
+        entry = self._entries.get(request_id)
+        if entry is None:
+            why = self._finished.get(request_id, "late")
+            reason = "duplicate" if why == "delivered" else "late"
+            raise Rejection(410, reason, GONE_MESSAGES.get(why, GONE_MESSAGES["late"]))
+        if entry.claimed:
+            raise Rejection(409, "duplicate", "another callback is already streaming this request")
+        if entry.delivery.done():  # the wait ended in this same loop iteration
+            raise Rejection(410, "late", GONE_MESSAGES.get(entry.delivery.exception().reason, ""))
+        entry.claimed = True
+        entry.delivery.set_result(stream)
+        return entry
+
+    def release(self, entry: Pending, outcome: str) -> None:
+        """Forget an entry (every exit path calls this exactly once) and remember why."""
+        if entry.timer is not None:
+            entry.timer.cancel()
+            entry.timer = None
+        entry.end_wait(outcome)
+        if self._entries.pop(entry.request_id, None) is not None:
+            self._finished[entry.request_id] = outcome
+            while len(self._finished) > self._remembered:
+                self._finished.popitem(last=False)

@@ -1,0 +1,358 @@
+"""The viewer listener: one ViewerConnection per socket, one RequestCycle per request.
+
+The connection owns the socket, keep-alive and the head deadlines (first byte within
+keepalive_timeout, then the whole head within head_timeout: slowloris gets a 408). The cycle owns
+one request: read the bounded body, register a pending entry, invoke the Lambda, wait for its
+callback (deadline -> 504), then stream the callback's response to the viewer. Every path through
+a cycle ends in `finish`, which releases the entry and reports one access record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from time import perf_counter
+from typing import TYPE_CHECKING
+
+import h11
+
+from sssrd.callbacks import CallbackStream, Outcome
+from sssrd.connection import REASONS, Connection, PeerGone, response
+from sssrd.event import CallbackInfo, EventTooLarge, build_event, encode_event
+from sssrd.invoke import InvokeError
+from sssrd.pending import Pending, PendingFull, WaitEnded
+from sssrd.pipe import BodyRelay, StreamAborted, ViewerWatch
+from sssrd.prelude import PreludeError, PreludeReader, ResponseHead, plain_head
+
+if TYPE_CHECKING:
+    from sssrd.server import Server
+
+NO_BODY_STATUSES = frozenset({204, 304})
+
+
+def canned_response(status: int, message: str, close: bool = True) -> bytes:
+    """A complete response written without h11 (h11 cannot answer a request it never parsed)."""
+    body = f"{message}\n".encode()
+    reason = REASONS[status]
+    connection = b"connection: close\r\n" if close else b""
+    return (
+        b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
+        b"content-length: %d\r\n%s\r\n%s"
+    ) % (status, reason, len(body), connection, body)
+
+
+class ViewerConnection:
+    """Serves one viewer socket until it closes, errs or idles out."""
+
+    def __init__(self, server: Server, conn: Connection) -> None:
+        self.server = server
+        self.conn = conn
+
+    async def run(self) -> None:
+        while True:
+            request = await self.read_request()
+            if request is None:
+                return
+            await RequestCycle(self.server, self.conn, request).run()
+            h11_conn = self.conn.h11
+            if self.conn.closed or h11_conn.our_state is not h11.DONE:
+                return
+            if h11_conn.their_state is not h11.DONE:
+                return
+            h11_conn.start_next_cycle()
+
+    async def read_request(self) -> h11.Request | None:
+        settings = self.server.settings
+        try:
+            async with asyncio.timeout(settings.keepalive_timeout):
+                await self.conn.wait_for_data()
+        except TimeoutError:
+            return None
+        try:
+            async with asyncio.timeout(settings.head_timeout):
+                event = await self.conn.next_event()
+        except TimeoutError:
+            self.server.timed_out("head")
+            await self.refuse(408, "request head not received in time")
+            return None
+        except h11.RemoteProtocolError as exc:
+            status = exc.error_status_hint
+            if status == 431:
+                await self.refuse(431, "request head too large")
+            else:
+                await self.refuse(status, f"bad request: {exc}")
+            return None
+        return event if isinstance(event, h11.Request) else None
+
+    async def refuse(self, status: int, message: str) -> None:
+        self.server.request_refused(status)
+        with contextlib.suppress(PeerGone):
+            await self.conn.send_all(canned_response(status, message))
+
+
+class RequestCycle:
+    """One viewer request, from parsed head to the end of its response."""
+
+    def __init__(self, server: Server, conn: Connection, request: h11.Request) -> None:
+        self.server = server
+        self.conn = conn
+        self.request = request
+        self.loop = server.loop
+        self.started = perf_counter()
+        self.request_id = ""
+        self.status = 0
+        self.outcome = "ok"
+        self.body_bytes = 0
+        self.invoke_seconds: float | None = None
+        self.callback_wait: float | None = None
+        self.ttfb: float | None = None
+        self.response_started = False
+
+    @property
+    def method(self) -> str:
+        return self.request.method.decode("ascii", "replace")
+
+    @property
+    def path(self) -> str:
+        return self.request.target.split(b"?", 1)[0].decode("utf-8", "replace")
+
+    async def run(self) -> None:
+        self.server.cycle_started()
+        try:
+            await self.serve()
+        except PeerGone:
+            self.outcome = "viewer_abort"
+            self.conn.close()
+        finally:
+            self.server.request_finished(self)
+
+    async def serve(self) -> None:
+        if self.request.target.split(b"?", 1)[0] == b"/healthz":
+            await self.health()
+            return
+        body = await self.read_body()
+        if body is None:
+            return
+        try:
+            entry = self.server.pending.register(
+                self.loop, self.server.settings.callback_timeout, int(time.time() * 1000)
+            )
+        except PendingFull:
+            await self.reply(503, "too many pending requests", "shed", [(b"retry-after", b"1")])
+            return
+        self.request_id = entry.request_id
+        try:
+            await self.rendezvous(entry, body)
+        finally:
+            self.server.pending.release(entry, self.entry_outcome())
+
+    def entry_outcome(self) -> str:
+        return {"ok": "delivered", "timeout": "late", "viewer_abort": "viewer_gone"}.get(
+            self.outcome, "failed"
+        )
+
+    async def health(self) -> None:
+        if self.server.draining:
+            await self.reply(503, "draining", "health")
+        else:
+            await self.reply(200, "ok", "health")
+
+    async def read_body(self) -> bytes | None:
+        """The whole request body, or None once the viewer has been answered (413/408)."""
+        settings = self.server.settings
+        declared = self.declared_length()
+        if declared is not None and declared > settings.max_body_bytes:
+            await self.reply(413, "request body too large", "too_large", close=True)
+            return None
+        body = bytearray()
+        if self.conn.h11.they_are_waiting_for_100_continue:
+            await self.conn.send(h11.InformationalResponse(status_code=100, headers=[]))
+        try:
+            while True:
+                async with asyncio.timeout(settings.idle_timeout):
+                    event = await self.conn.next_event()
+                if isinstance(event, h11.EndOfMessage):
+                    return bytes(body)
+                if isinstance(event, h11.ConnectionClosed):
+                    raise PeerGone("viewer closed while sending its body")
+                body += event.data
+                if len(body) > settings.max_body_bytes:
+                    await self.reply(413, "request body too large", "too_large", close=True)
+                    return None
+        except TimeoutError:
+            self.server.timed_out("head")
+            await self.reply(408, "request body not received in time", "bad_request", close=True)
+        except h11.RemoteProtocolError as exc:
+            await self.reply(400, f"bad request body: {exc}", "bad_request", close=True)
+        return None
+
+    def declared_length(self) -> int | None:
+        for name, value in self.request.headers:
+            if name == b"content-length":
+                return int(value)
+        return None
+
+    async def rendezvous(self, entry: Pending, body: bytes) -> None:
+        """Invoke the Lambda and wait for its callback; then stream."""
+        settings = self.server.settings
+        try:
+            payload = encode_event(self.build_event(entry, body), settings.max_event_bytes)
+        except EventTooLarge:
+            await self.reply(413, "request too large for the render function", "too_large")
+            return
+        watch = ViewerWatch(self.conn, lambda: entry.end_wait("viewer_gone"))
+        try:
+            failure = await self.invoke(payload)
+            if failure is not None and not entry.claimed:
+                retry = (
+                    [(b"retry-after", b"%d" % failure.retry_after)] if failure.retry_after else []
+                )
+                await self.reply(failure.status, failure.message, failure.outcome, retry)
+                return
+            try:
+                stream: CallbackStream = await entry.delivery
+            except WaitEnded as ended:
+                if ended.reason == "late":
+                    self.server.timed_out("deadline")
+                    await self.reply(504, "the render did not call back in time", "timeout")
+                else:
+                    self.outcome = "viewer_abort"
+                    self.conn.close()
+                return
+        finally:
+            watch.stop()
+        self.callback_wait = perf_counter() - self.started
+        await self.stream(stream)
+
+    async def invoke(self, payload: bytes) -> InvokeError | None:
+        started = perf_counter()
+        try:
+            await self.server.invoker.invoke(payload)
+        except InvokeError as failure:
+            return failure
+        finally:
+            self.invoke_seconds = perf_counter() - started
+        return None
+
+    def build_event(self, entry: Pending, body: bytes) -> dict:
+        request = self.request
+        callback = CallbackInfo(
+            url=f"{self.server.callback_base}/v1/callback/{entry.request_id}",
+            token=entry.token,
+            deadline_ms=entry.deadline_epoch_ms,
+        )
+        return build_event(
+            method=self.method,
+            target=request.target,
+            http_version=request.http_version.decode("ascii"),
+            headers=list(request.headers),
+            body=body,
+            source_ip=self.conn.peer,
+            request_id=entry.request_id,
+            time_epoch_ms=int(time.time() * 1000),
+            callback=callback,
+        )
+
+    async def stream(self, stream: CallbackStream) -> None:
+        """Send the callback's response to the viewer; tell the callback side how it ended."""
+        relay = BodyRelay(stream.conn, self.conn, self.server.settings.idle_timeout)
+        watch = ViewerWatch(self.conn, relay.viewer_gone)
+        self.server.stream_started()
+        started = perf_counter()
+        try:
+            head, first, body_length = await self.read_head(stream, relay)
+            await self.send_head(head, body_length)
+            if self.request.method == b"HEAD" or head.status in NO_BODY_STATUSES:
+                await relay.send_to_viewer(h11.EndOfMessage())
+                stream.finish(Outcome("no_body", message="the viewer needs no body"))
+                return
+            await relay.relay(first)
+            self.body_bytes = relay.sent
+            stream.finish(Outcome("delivered", body_bytes=relay.sent))
+        except PreludeError as exc:
+            stream.finish(Outcome("malformed", message=str(exc)))
+            await self.reply(502, "the render sent a malformed response", "bad_callback")
+        except StreamAborted as abort:
+            self.body_bytes = relay.sent
+            await self.abort_stream(stream, abort)
+        finally:
+            watch.stop()
+            relay.close()
+            self.server.stream_ended(perf_counter() - started, relay.sent)
+
+    async def abort_stream(self, stream: CallbackStream, abort: StreamAborted) -> None:
+        stream.finish(Outcome(abort.kind, message=str(abort)))
+        if abort.kind == "viewer_gone":
+            self.outcome = "viewer_abort"
+        else:
+            self.outcome = "lambda_abort"
+            self.server.lambda_aborted(abort.kind)
+        # Closing without the final chunk is how the viewer (and CloudFront) learn the response
+        # is incomplete; a 502 is only possible while no head has gone out.
+        if self.response_started or abort.kind == "viewer_gone":
+            self.conn.close()
+        else:
+            await self.reply(502, f"the render failed: {abort}", self.outcome, close=True)
+
+    async def read_head(
+        self, stream: CallbackStream, relay: BodyRelay
+    ) -> tuple[ResponseHead, bytes, int | None]:
+        """The response head and the first body bytes, and the body length when known."""
+        if not stream.prelude:
+            return plain_head(stream.status_header, stream.content_type), b"", stream.content_length
+        reader = PreludeReader(self.server.settings.max_prelude_bytes)
+        consumed = 0
+        while True:
+            event = await relay.next_source_event()
+            data = event.data if isinstance(event, h11.Data) else b""
+            consumed += len(data)
+            parsed = reader.feed(data)
+            if parsed is not None:
+                head, rest = parsed
+                length = stream.content_length
+                known = None if length is None else length - consumed + len(rest)
+                return head, rest, known
+            if isinstance(event, h11.EndOfMessage):
+                raise PreludeError("the body ended before the prelude's 8-NUL separator")
+
+    async def send_head(self, head: ResponseHead, body_length: int | None) -> None:
+        headers = [*head.headers, (b"x-request-id", self.request_id.encode())]
+        if body_length is not None and head.status not in NO_BODY_STATUSES:
+            headers.append((b"content-length", b"%d" % body_length))
+        if self.server.draining:
+            headers.append((b"connection", b"close"))
+        self.status = head.status
+        self.ttfb = perf_counter() - self.started
+        self.response_started = True
+        await self.conn.send(response(head.status, headers))
+
+    async def reply(
+        self,
+        status: int,
+        message: str,
+        outcome: str,
+        extra: list[tuple[bytes, bytes]] | None = None,
+        close: bool = False,
+    ) -> None:
+        """A complete short response generated by sssrd itself."""
+        if self.conn.closed or self.response_started:
+            return
+        self.status = status
+        self.outcome = outcome
+        self.response_started = True
+        body = b"" if self.request.method == b"HEAD" else f"{message}\n".encode()
+        headers = [
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", b"%d" % len(f"{message}\n".encode())),
+            *(extra or []),
+        ]
+        if self.request_id:
+            headers.append((b"x-request-id", self.request_id.encode()))
+        if close or self.server.draining:
+            headers.append((b"connection", b"close"))
+        self.ttfb = perf_counter() - self.started
+        await self.conn.send(response(status, headers))
+        if body:
+            await self.conn.send(h11.Data(data=body))
+        await self.conn.send(h11.EndOfMessage())
