@@ -1,0 +1,277 @@
+"""Prometheus metrics for one sssrd daemon, and the body of its /metrics response.
+
+Each Metrics object owns a CollectorRegistry, so several daemons can live in one process (tests)
+without sharing values. Labelled metrics have a small fixed set of label values, created up front
+so every series exists at 0 and hot paths hold pre-bound children instead of calling labels().
+The daemon serves exposition() from its own event loop; no exporter thread is started.
+"""
+
+from __future__ import annotations
+
+import gzip
+import platform
+from typing import TypeVar
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+from sssrd import __version__
+
+__all__ = [
+    "ABORT_SIDES",
+    "BODY_PATHS",
+    "CONTENT_TYPE",
+    "LISTENERS",
+    "OUTCOMES",
+    "REJECT_REASONS",
+    "TIMEOUT_KINDS",
+    "Metrics",
+]
+
+# The text format every Prometheus server reads; generate_latest() writes exactly this.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+OUTCOMES = (
+    "ok",
+    "timeout",
+    "invoke_throttled",
+    "invoke_failed",
+    "shed",
+    "viewer_abort",
+    "lambda_abort",
+    "bad_callback",
+    "too_large",
+    "bad_request",
+    "health",
+)
+REJECT_REASONS = ("bad_token", "unknown", "duplicate", "late", "malformed")
+TIMEOUT_KINDS = ("head", "deadline", "idle")
+ABORT_SIDES = ("viewer", "lambda")
+LISTENERS = ("viewer", "callback", "admin")
+BODY_PATHS = ("splice", "copy")
+STATUS_CLASSES = ("2xx", "3xx", "4xx", "5xx")
+
+MetricT = TypeVar("MetricT", Counter, Gauge)
+
+# The (status class, outcome) pairs the daemon produces, created at start so that rate() and
+# ratio alerts see a 0 series instead of no series. Other valid pairs appear on first use.
+#  ok: whatever status the Lambda chose.   timeout: 504 before the head, 408 for a slow request
+#  head, or the status already sent when the body idled out. Aborts after the head carry the
+#  status that was sent; before it, 499 (viewer) or 502 (Lambda).
+EXPECTED_REQUEST_SERIES = (
+    *(("ok", status_class) for status_class in STATUS_CLASSES),
+    ("timeout", "2xx"),
+    ("timeout", "4xx"),
+    ("timeout", "5xx"),
+    ("invoke_throttled", "5xx"),
+    ("invoke_failed", "5xx"),
+    ("shed", "5xx"),
+    ("viewer_abort", "2xx"),
+    ("viewer_abort", "4xx"),
+    ("lambda_abort", "2xx"),
+    ("lambda_abort", "5xx"),
+    ("bad_callback", "5xx"),
+    ("too_large", "4xx"),
+    ("bad_request", "4xx"),
+    ("health", "2xx"),
+    ("health", "5xx"),
+)
+
+# Bucket choices (seconds). Each spans the fast path this workload sees when healthy up to the
+# configured limits, with extra resolution where the SLO-relevant knee sits.
+# An asynchronous invoke is one HTTPS round trip inside the region: 5-50 ms when healthy; the
+# upper buckets catch botocore retries and connect/read timeouts.
+INVOKE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+# From invoke to callback arrival: a warm Lambda answers in tens of milliseconds, a cold start
+# takes 0.2-10 s, and the callback deadline is tens of seconds.
+CALLBACK_WAIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+# From the viewer's request head to the first response byte: invoke + callback wait + the
+# render's first flush; the same range, with one more low bucket for errors answered locally.
+TTFB_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+# From the response head to the last body byte: a page renders in well under a second, long
+# streams (progressive reports, feeds) run for minutes.
+STREAM_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+
+class Metrics:
+    """Every metric of one daemon, registered on its own registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
+        self._define_requests()
+        self._define_gauges()
+        self._define_latencies()
+        self._define_events()
+        self._define_connections()
+        self._define_build_info()
+
+    def _define_requests(self) -> None:
+        self.requests = Counter(
+            "sssrd_requests",
+            "Viewer requests answered, by status class and how they ended.",
+            ["code", "outcome"],
+            registry=self.registry,
+        )
+        # Keyed by (code // 100, outcome): one dict lookup per request, no string formatting.
+        self._request_children: dict[tuple[int, str], Counter] = {}
+        for outcome, status_class in EXPECTED_REQUEST_SERIES:
+            self.requests.labels(code=status_class, outcome=outcome)
+
+    def _define_gauges(self) -> None:
+        self.streams_in_flight = Gauge(
+            "sssrd_streams_in_flight",
+            "Viewer responses whose body is being streamed from a callback.",
+            registry=self.registry,
+        )
+        self.pending_callbacks = Gauge(
+            "sssrd_pending_callbacks",
+            "Requests invoked (or being invoked) and waiting for their callback.",
+            registry=self.registry,
+        )
+        self.pending_limit = Gauge(
+            "sssrd_pending_limit",
+            "Configured maximum of pending callbacks; beyond it requests are shed with 503.",
+            registry=self.registry,
+        )
+
+    def _define_latencies(self) -> None:
+        self.invoke_duration = self._histogram(
+            "sssrd_invoke_duration_seconds",
+            "Time for the asynchronous Lambda Invoke call to return.",
+            INVOKE_BUCKETS,
+        )
+        self.callback_wait = self._histogram(
+            "sssrd_callback_wait_seconds",
+            "Time from the invoke to the callback's arrival.",
+            CALLBACK_WAIT_BUCKETS,
+        )
+        self.time_to_first_byte = self._histogram(
+            "sssrd_time_to_first_byte_seconds",
+            "Time from the viewer's complete request head to the first response byte sent.",
+            TTFB_BUCKETS,
+        )
+        self.stream_duration = self._histogram(
+            "sssrd_stream_duration_seconds",
+            "Time from the response head to the end of the streamed body (or its abort).",
+            STREAM_BUCKETS,
+        )
+
+    def _histogram(self, name: str, documentation: str, buckets: tuple[float, ...]) -> Histogram:
+        return Histogram(name, documentation, buckets=buckets, registry=self.registry)
+
+    def _define_events(self) -> None:
+        self.body_bytes = self._labelled_counter(
+            "sssrd_body_bytes", "Response body bytes moved to viewers, by mechanism.", "path"
+        )
+        self.body_bytes_splice = self.body_bytes.labels(path="splice")
+        self.body_bytes_copy = self.body_bytes.labels(path="copy")
+        self.callbacks_rejected = self._labelled_counter(
+            "sssrd_callbacks_rejected", "Callbacks refused, by reason.", "reason"
+        )
+        self.callbacks_rejected_by_reason = _children(
+            self.callbacks_rejected, "reason", REJECT_REASONS
+        )
+        self.timeouts = self._labelled_counter(
+            "sssrd_timeouts",
+            "Timers that fired: request head, callback deadline, idle body.",
+            "kind",
+        )
+        self.timeouts_by_kind = _children(self.timeouts, "kind", TIMEOUT_KINDS)
+        self.aborts = self._labelled_counter(
+            "sssrd_aborts", "Streams cut short because one side went away.", "side"
+        )
+        self.aborts_by_side = _children(self.aborts, "side", ABORT_SIDES)
+
+    def _labelled_counter(self, name: str, documentation: str, label: str) -> Counter:
+        return Counter(name, documentation, [label], registry=self.registry)
+
+    def _define_connections(self) -> None:
+        self.connections_open = Gauge(
+            "sssrd_connections_open",
+            "Connections currently open, by listener.",
+            ["listener"],
+            registry=self.registry,
+        )
+        self.connections_open_by_listener = _children(self.connections_open, "listener", LISTENERS)
+        self.connections = self._labelled_counter(
+            "sssrd_connections", "Connections accepted, by listener.", "listener"
+        )
+        self.connections_by_listener = _children(self.connections, "listener", LISTENERS)
+
+    def _define_build_info(self) -> None:
+        self.build_info = Gauge(
+            "sssrd_build_info",
+            "Always 1; labels carry the sssrd and Python versions.",
+            ["version", "python"],
+            registry=self.registry,
+        )
+        self.build_info.labels(version=__version__, python=platform.python_version()).set(1)
+
+    def request_done(self, code: int, outcome: str) -> None:
+        """Count one finished viewer request by its status code and outcome."""
+        key = (code // 100, outcome)
+        try:
+            child = self._request_children[key]
+        except KeyError:
+            child = self._request_children[key] = self._request_child(code, outcome)
+        child.inc()
+
+    def _request_child(self, code: int, outcome: str) -> Counter:
+        if outcome not in OUTCOMES:
+            raise ValueError(f"unknown request outcome {outcome!r}; expected one of {OUTCOMES}")
+        if not 200 <= code <= 599:
+            raise ValueError(f"status code {code!r} is not a final HTTP status (200-599)")
+        return self.requests.labels(code=f"{code // 100}xx", outcome=outcome)
+
+    def exposition(self, accept_encoding: str | None) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+        """The /metrics response body and its content headers, gzipped if the client allows."""
+        body = generate_latest(self.registry)
+        headers = [(b"Content-Type", CONTENT_TYPE.encode())]
+        if accepts_gzip(accept_encoding):
+            # Level 6: most of level 9's saving at a fraction of its CPU on the event loop.
+            body = gzip.compress(body, compresslevel=6, mtime=0)
+            headers.append((b"Content-Encoding", b"gzip"))
+        headers.append((b"Vary", b"Accept-Encoding"))
+        return body, headers
+
+
+def _children(metric: MetricT, label: str, values: tuple[str, ...]) -> dict[str, MetricT]:
+    return {value: metric.labels(**{label: value}) for value in values}
+
+
+def accepts_gzip(accept_encoding: str | None) -> bool:
+    """Whether an Accept-Encoding header value allows gzip (RFC 9110 12.5.3, q=0 refuses)."""
+    if not accept_encoding:
+        return False
+    wildcard_quality = None
+    for element in accept_encoding.split(","):
+        coding, _, parameters = element.partition(";")
+        coding = coding.strip().lower()
+        quality = _quality(parameters)
+        if coding in ("gzip", "x-gzip"):
+            return quality > 0
+        if coding == "*":
+            wildcard_quality = quality
+    return wildcard_quality is not None and wildcard_quality > 0
+
+
+def _quality(parameters: str) -> float:
+    for parameter in parameters.split(";"):
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "q":
+            try:
+                return float(value.strip())
+            except ValueError:
+                return 0.0  # an unreadable weight is safest read as "not acceptable"
+    return 1.0

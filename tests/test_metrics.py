@@ -1,0 +1,284 @@
+"""sssrd.metrics and packaging/prometheus: values move, the exposition parses, files validate.
+
+Values are read back through the text exposition (parsed with prometheus_client's own parser),
+so the tests see what Prometheus would scrape. The packaging tests need promtool (Debian package
+`prometheus`); they fail rather than skip without it, since CI installs it.
+"""
+
+import gzip
+import platform
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+import sssrd
+from sssrd.metrics import (
+    ABORT_SIDES,
+    LISTENERS,
+    OUTCOMES,
+    REJECT_REASONS,
+    TIMEOUT_KINDS,
+    Metrics,
+    accepts_gzip,
+)
+
+PROMETHEUS_DIR = Path(__file__).resolve().parents[1] / "packaging" / "prometheus"
+
+
+def scrape(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of an uncompressed exposition, keyed by name and sorted labels."""
+    body, _ = metrics.exposition(None)
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(body.decode())
+        for sample in family.samples
+    }
+
+
+def value(samples, name: str, **labels: str) -> float:
+    return samples[name, tuple(sorted(labels.items()))]
+
+
+def families(metrics: Metrics):
+    body, _ = metrics.exposition(None)
+    return {family.name: family for family in text_string_to_metric_families(body.decode())}
+
+
+def test_request_done_counts_by_status_class_and_outcome():
+    metrics = Metrics()
+    metrics.request_done(200, "ok")
+    metrics.request_done(206, "ok")
+    metrics.request_done(404, "ok")
+    metrics.request_done(504, "timeout")
+    samples = scrape(metrics)
+    assert value(samples, "sssrd_requests_total", code="2xx", outcome="ok") == 2
+    assert value(samples, "sssrd_requests_total", code="4xx", outcome="ok") == 1
+    assert value(samples, "sssrd_requests_total", code="5xx", outcome="timeout") == 1
+    assert value(samples, "sssrd_requests_total", code="3xx", outcome="ok") == 0
+
+
+def test_an_unexpected_but_valid_combination_gets_its_own_series():
+    metrics = Metrics()
+    metrics.request_done(302, "bad_request")
+    assert value(scrape(metrics), "sssrd_requests_total", code="3xx", outcome="bad_request") == 1
+
+
+def test_request_series_operators_alert_on_exist_at_zero_before_any_request():
+    samples = scrape(Metrics())
+    for outcome, code in [("shed", "5xx"), ("invoke_throttled", "5xx"), ("timeout", "5xx")]:
+        assert value(samples, "sssrd_requests_total", code=code, outcome=outcome) == 0
+    seen_outcomes = {
+        dict(labels)["outcome"] for name, labels in samples if name == "sssrd_requests_total"
+    }
+    assert seen_outcomes == set(OUTCOMES)
+
+
+@pytest.mark.parametrize(("code", "outcome"), [(200, "fine"), (101, "ok"), (600, "ok"), (-1, "ok")])
+def test_request_done_refuses_unknown_outcomes_and_non_final_statuses(code, outcome):
+    metrics = Metrics()
+    before = scrape(metrics)
+    with pytest.raises(ValueError, match=r"outcome|status"):
+        metrics.request_done(code, outcome)
+    assert scrape(metrics).keys() == before.keys()
+
+
+def test_gauges_follow_the_daemon_state():
+    metrics = Metrics()
+    metrics.streams_in_flight.inc()
+    metrics.streams_in_flight.inc()
+    metrics.streams_in_flight.dec()
+    metrics.pending_callbacks.set(7)
+    metrics.pending_limit.set(1000)
+    metrics.connections_open_by_listener["viewer"].inc(3)
+    metrics.connections_open_by_listener["viewer"].dec()
+    samples = scrape(metrics)
+    assert value(samples, "sssrd_streams_in_flight") == 1
+    assert value(samples, "sssrd_pending_callbacks") == 7
+    assert value(samples, "sssrd_pending_limit") == 1000
+    assert value(samples, "sssrd_connections_open", listener="viewer") == 2
+    assert value(samples, "sssrd_connections_open", listener="callback") == 0
+
+
+def test_pre_bound_children_move_their_labelled_series():
+    metrics = Metrics()
+    metrics.body_bytes_splice.inc(65536)
+    metrics.body_bytes_copy.inc(100)
+    metrics.callbacks_rejected_by_reason["duplicate"].inc()
+    metrics.timeouts_by_kind["idle"].inc()
+    metrics.aborts_by_side["viewer"].inc()
+    metrics.connections_by_listener["callback"].inc()
+    samples = scrape(metrics)
+    assert value(samples, "sssrd_body_bytes_total", path="splice") == 65536
+    assert value(samples, "sssrd_body_bytes_total", path="copy") == 100
+    assert value(samples, "sssrd_callbacks_rejected_total", reason="duplicate") == 1
+    assert value(samples, "sssrd_callbacks_rejected_total", reason="bad_token") == 0
+    assert value(samples, "sssrd_timeouts_total", kind="idle") == 1
+    assert value(samples, "sssrd_aborts_total", side="viewer") == 1
+    assert value(samples, "sssrd_aborts_total", side="lambda") == 0
+    assert value(samples, "sssrd_connections_total", listener="callback") == 1
+
+
+def test_every_label_value_series_exists_at_zero():
+    samples = scrape(Metrics())
+    for reason in REJECT_REASONS:
+        assert value(samples, "sssrd_callbacks_rejected_total", reason=reason) == 0
+    for kind in TIMEOUT_KINDS:
+        assert value(samples, "sssrd_timeouts_total", kind=kind) == 0
+    for side in ABORT_SIDES:
+        assert value(samples, "sssrd_aborts_total", side=side) == 0
+    for listener in LISTENERS:
+        assert value(samples, "sssrd_connections_total", listener=listener) == 0
+        assert value(samples, "sssrd_connections_open", listener=listener) == 0
+
+
+def test_histograms_put_observations_in_the_right_buckets():
+    metrics = Metrics()
+    metrics.invoke_duration.observe(0.02)
+    metrics.callback_wait.observe(3.0)
+    metrics.time_to_first_byte.observe(0.0004)
+    metrics.stream_duration.observe(400)
+    samples = scrape(metrics)
+    assert value(samples, "sssrd_invoke_duration_seconds_bucket", le="0.01") == 0
+    assert value(samples, "sssrd_invoke_duration_seconds_bucket", le="0.025") == 1
+    assert value(samples, "sssrd_invoke_duration_seconds_count") == 1
+    assert value(samples, "sssrd_invoke_duration_seconds_sum") == pytest.approx(0.02)
+    assert value(samples, "sssrd_callback_wait_seconds_bucket", le="2.5") == 0
+    assert value(samples, "sssrd_callback_wait_seconds_bucket", le="5.0") == 1
+    assert value(samples, "sssrd_time_to_first_byte_seconds_bucket", le="0.001") == 1
+    assert value(samples, "sssrd_stream_duration_seconds_bucket", le="300.0") == 0
+    assert value(samples, "sssrd_stream_duration_seconds_bucket", le="600.0") == 1
+
+
+def test_sssrd_metric_names_follow_prometheus_conventions():
+    for name, family in families(Metrics()).items():
+        if not name.startswith("sssrd_"):
+            continue
+        if family.type == "counter":
+            assert all(s.name.endswith(("_total", "_created")) for s in family.samples), name
+        if family.type == "histogram":
+            assert name.endswith("_seconds"), name
+        assert family.documentation, f"{name} has no help text"
+
+
+def test_build_info_names_the_sssrd_and_python_versions():
+    samples = scrape(Metrics())
+    labels = {"version": sssrd.__version__, "python": platform.python_version()}
+    assert value(samples, "sssrd_build_info", **labels) == 1
+
+
+def test_process_platform_and_gc_collectors_are_registered():
+    names = families(Metrics()).keys()
+    assert {"process_open_fds", "process_cpu_seconds", "python_info"} <= names
+    assert "python_gc_objects_collected" in names
+
+
+def test_two_daemons_in_one_process_do_not_share_values():
+    first, second = Metrics(), Metrics()
+    first.request_done(200, "ok")
+    first.streams_in_flight.set(5)
+    first.body_bytes_copy.inc(10)
+    second_samples = scrape(second)
+    assert value(second_samples, "sssrd_requests_total", code="2xx", outcome="ok") == 0
+    assert value(second_samples, "sssrd_streams_in_flight") == 0
+    assert value(second_samples, "sssrd_body_bytes_total", path="copy") == 0
+    assert value(scrape(first), "sssrd_streams_in_flight") == 5
+
+
+def test_plain_exposition_has_the_text_format_content_type_and_no_encoding():
+    body, headers = Metrics().exposition(None)
+    assert dict(headers)[b"Content-Type"] == b"text/plain; version=0.0.4; charset=utf-8"
+    assert b"Content-Encoding" not in dict(headers)
+    assert b"# TYPE sssrd_requests_total counter" in body
+
+
+def test_gzip_exposition_decompresses_to_the_same_text():
+    metrics = Metrics()
+    metrics.request_done(200, "ok")
+    plain, _ = metrics.exposition("identity")
+    compressed, headers = metrics.exposition("gzip, deflate, br")
+    assert dict(headers)[b"Content-Encoding"] == b"gzip"
+    assert dict(headers)[b"Content-Type"] == b"text/plain; version=0.0.4; charset=utf-8"
+    assert len(compressed) < len(plain)
+
+    def sssrd_lines(text: bytes) -> list[bytes]:
+        # process_* and python_gc_* may move between the two calls; sssrd's own may not.
+        return [line for line in text.splitlines() if b"sssrd_" in line]
+
+    assert sssrd_lines(gzip.decompress(compressed)) == sssrd_lines(plain)
+
+
+@pytest.mark.parametrize(
+    ("header", "allowed"),
+    [
+        (None, False),
+        ("", False),
+        ("identity", False),
+        ("deflate, br", False),
+        ("gzip", True),
+        ("GZip", True),
+        ("x-gzip", True),
+        ("br;q=1.0, gzip;q=0.8", True),
+        ("gzip;q=0", False),
+        ("gzip; q=0.000", False),
+        ("gzip;q=nonsense", False),
+        ("*", True),
+        ("br, *;q=0.1", True),
+        ("*;q=0", False),
+        ("gzip;q=0, *", False),
+    ],
+)
+def test_gzip_is_used_only_when_accept_encoding_allows_it(header, allowed):
+    assert accepts_gzip(header) is allowed
+    _, headers = Metrics().exposition(header)
+    assert dict(headers).get(b"Content-Encoding") == (b"gzip" if allowed else None)
+
+
+def promtool(*arguments: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+    executable = shutil.which("promtool")
+    if executable is None:
+        pytest.fail("promtool not found: install the Debian package 'prometheus' (CI does)")
+    return subprocess.run(
+        [executable, *arguments],
+        input=stdin,
+        capture_output=True,
+        cwd=PROMETHEUS_DIR,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_promtool_finds_no_problems_in_the_exposition():
+    metrics = Metrics()
+    metrics.request_done(200, "ok")
+    metrics.invoke_duration.observe(0.01)
+    result = promtool("check", "metrics", stdin=metrics.exposition(None)[0])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout + result.stderr == b""
+
+
+def test_alert_rules_are_valid():
+    result = promtool("check", "rules", "alerts.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_example_prometheus_config_with_its_rules_is_valid():
+    result = promtool("check", "config", "scrape.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert b"1 rule files found" in result.stdout
+
+
+def test_alert_rule_unit_tests_pass():
+    result = promtool("test", "rules", "alerts_test.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_alerts_use_only_metrics_that_sssrd_exports():
+    exported = {sample.name for family in families(Metrics()).values() for sample in family.samples}
+    rules = (PROMETHEUS_DIR / "alerts.yml").read_text()
+    used = set(re.findall(r"\bsssrd_[a-z0-9_]+", rules))
+    assert used, "alerts.yml uses no sssrd metric"
+    assert used <= exported, f"alerts.yml uses unknown metrics: {sorted(used - exported)}"
