@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import h11
 
-from sssrd.connection import Connection, response
+from sssrd.connection import Connection, head_size, response
 from sssrd.pending import Rejection
 from sssrd.prelude import PRELUDE_CONTENT_TYPE
 
@@ -48,8 +48,42 @@ class CallbackStream:
     finished: asyncio.Future[Outcome] = field(repr=False)
 
     def finish(self, outcome: Outcome) -> None:
-        if not self.finished.done():
-            self.finished.set_result(outcome)
+        """Report how the stream ended; an unsuccessful end closes the callback right now.
+
+        Closing synchronously (not when the callback task next runs) guarantees the Lambda's
+        next write fails even if it races the viewer's close.
+        """
+        if self.finished.done():
+            return
+        self.finished.set_result(outcome)
+        status = FAILURE_STATUS.get(outcome.kind)
+        if outcome.kind != "delivered" and not self.conn.closed:
+            if status is not None:
+                answer_now(self.conn, status, {"error": outcome.message})
+            self.conn.close()
+
+
+# What the Lambda is told when its stream did not complete (None: nobody left to tell).
+FAILURE_STATUS = {"viewer_gone": 410, "no_body": 410, "malformed": 400}
+
+
+def json_response(status: int, body: dict[str, Any], close: bool) -> list[Any]:
+    payload = json.dumps(body).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(payload))]
+    if close:
+        headers.append((b"connection", b"close"))
+    return [response(status, headers), h11.Data(data=payload), h11.EndOfMessage()]
+
+
+def answer_now(conn: Connection, status: int, body: dict[str, Any]) -> None:
+    """Best-effort answer without waiting: a small response fits the socket buffer."""
+    if conn.h11.our_state is not h11.SEND_RESPONSE:
+        return
+    try:
+        data = b"".join(conn.h11.send(event) or b"" for event in json_response(status, body, True))
+        conn.sock.send(data)
+    except (OSError, h11.LocalProtocolError):
+        pass
 
 
 def header_value(headers: Any, name: bytes) -> bytes | None:
@@ -81,6 +115,9 @@ class CallbackConnection:
                 return
             if not isinstance(event, h11.Request):
                 return
+            if head_size(event) > settings.max_head_bytes:
+                await self.reply(431, {"error": "request head too large"}, close=True)
+                return
             if not await self.handle(event):
                 return
             if self.conn.h11.our_state is not h11.DONE or self.conn.h11.their_state is not h11.DONE:
@@ -103,14 +140,10 @@ class CallbackConnection:
         if self.conn.h11.they_are_waiting_for_100_continue:
             await self.conn.send(h11.InformationalResponse(status_code=100, headers=[]))
         outcome = await stream.finished
-        if outcome.kind == "delivered":
-            await self.reply(200, {"requestId": request_id, "bytes": outcome.body_bytes})
-            return True
-        if outcome.kind in ("viewer_gone", "no_body"):
-            await self.reply(410, {"error": outcome.message}, close=True)
-        elif outcome.kind == "malformed":
-            await self.reply(400, {"error": outcome.message}, close=True)
-        return False
+        if outcome.kind != "delivered":
+            return False  # finish() has already answered and closed
+        await self.reply(200, {"requestId": request_id, "bytes": outcome.body_bytes})
+        return True
 
     def stream_for(self, request: h11.Request, request_id: str) -> CallbackStream:
         content_type = header_value(request.headers, b"content-type")

@@ -21,6 +21,16 @@ RECV_SIZE = 65_536
 REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 
 
+def head_size(request: h11.Request) -> int:
+    """Bytes of a parsed request head, give or take a few (h11 only bounds incomplete heads:
+    a large head that arrives in one read is parsed whole, so the limit is checked again here).
+    """
+    size = len(request.method) + len(request.target) + 12
+    for name, value in request.headers:
+        size += len(name) + len(value) + 4
+    return size
+
+
 def response(status: int, headers: list[tuple[bytes, bytes]]) -> h11.Response:
     return h11.Response(status_code=status, headers=headers, reason=REASONS.get(status, b""))
 

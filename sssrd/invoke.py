@@ -11,10 +11,11 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import queue
+import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -72,16 +73,43 @@ class LocalContext:
 
 
 class LocalInvoker:
-    """Runs `module:function` in a thread pool, fire and forget, like an Event invoke."""
+    """Runs `module:function` on worker threads, fire and forget, like an Event invoke.
+
+    Invokes beyond `workers` queue up, as Lambda's async queue does. The workers are daemon
+    threads, unlike ThreadPoolExecutor's (joined at exit), so a stuck render cannot hold the
+    daemon up after its drain.
+    """
 
     def __init__(self, handler_spec: str, workers: int, timeout: float = 900.0) -> None:
         self.handler_spec = handler_spec
         self.handler = load_handler(handler_spec)
         self.timeout = timeout
-        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sssrd-local")
+        self.max_workers = workers
+        self.queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self.workers: list[threading.Thread] = []
+        self.idle_workers = 0
+        self.lock = threading.Lock()
 
     async def invoke(self, payload: bytes) -> None:
-        self.pool.submit(self.run, payload)
+        with self.lock:
+            if self.idle_workers == 0 and len(self.workers) < self.max_workers:
+                worker = threading.Thread(
+                    target=self.work, name=f"sssrd-local-{len(self.workers)}", daemon=True
+                )
+                self.workers.append(worker)
+                worker.start()
+        self.queue.put(payload)
+
+    def work(self) -> None:
+        while True:
+            with self.lock:
+                self.idle_workers += 1
+            payload = self.queue.get()
+            with self.lock:
+                self.idle_workers -= 1
+            if payload is None:
+                return
+            self.run(payload)
 
     def run(self, payload: bytes) -> None:
         event = json.loads(payload)  # the handler gets its own copy, as from Lambda's runtime
@@ -95,7 +123,8 @@ class LocalInvoker:
             log.exception("local handler %s failed", self.handler_spec)
 
     def close(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        for _ in self.workers:
+            self.queue.put(None)
 
 
 def make_invoker(settings: Any) -> Invoker:

@@ -104,18 +104,20 @@ class BodyRelay:
         if self.abort is not None:
             raise self.abort
 
-    async def next_source_event(self) -> object:
-        """The next h11 event of the callback request; StreamAborted if it cannot come."""
+    def poll_source(self) -> object:
+        """The next h11 event of the callback request already buffered, or h11.NEED_DATA."""
+        try:
+            event = self.source.h11.next_event()
+        except h11.RemoteProtocolError as exc:
+            raise StreamAborted("lambda_abort", f"bad callback framing: {exc}") from None
+        if isinstance(event, h11.ConnectionClosed):
+            raise StreamAborted("lambda_abort", "the Lambda closed the callback early")
+        return event
+
+    async def fill_source(self) -> None:
+        """Wait for callback bytes and hand them to h11 (b"" at EOF: h11 reports the cut)."""
         source = self.source
         while True:
-            try:
-                event = source.h11.next_event()
-            except h11.RemoteProtocolError as exc:
-                raise StreamAborted("lambda_abort", f"bad callback framing: {exc}") from None
-            if event is not h11.NEED_DATA:
-                if isinstance(event, h11.ConnectionClosed):
-                    raise StreamAborted("lambda_abort", "the Lambda closed the callback early")
-                return event
             try:
                 data = source.sock.recv(65_536)
             except BlockingIOError:
@@ -125,6 +127,13 @@ class BodyRelay:
                 data = b""
             self.last_activity = self.loop.time()
             source.h11.receive_data(data)
+            return
+
+    async def next_source_event(self) -> object:
+        """The next h11 event of the callback request, reading as needed."""
+        while (event := self.poll_source()) is h11.NEED_DATA:
+            await self.fill_source()
+        return event
 
     async def send_to_viewer(self, event: object) -> None:
         data = self.sink.h11.send(event)
@@ -142,20 +151,21 @@ class BodyRelay:
     async def relay(self, first: bytes) -> None:
         """Forward `first` then the rest of the body; h11.EndOfMessage ends the viewer's response.
 
-        Every Data event already buffered is sent as one viewer chunk: what arrived together
-        leaves together, and nothing waits for more.
+        Everything h11 has already decoded leaves as one viewer chunk, sent the moment h11
+        needs more bytes: what arrived together leaves together, and nothing waits for more.
         """
         pending = bytearray(first)
         while True:
-            event = await self.next_source_event()
+            event = self.poll_source()
             if isinstance(event, h11.Data):
                 pending += event.data
-                if self.source.h11.trailing_data[0]:
-                    continue
+                continue
             if pending:
                 self.sent += len(pending)
                 await self.send_to_viewer(h11.Data(data=bytes(pending)))
-            pending.clear()
-            if isinstance(event, h11.EndOfMessage):
+                pending.clear()
+            if event is h11.NEED_DATA:
+                await self.fill_source()
+            elif isinstance(event, h11.EndOfMessage):
                 await self.send_to_viewer(h11.EndOfMessage())
                 return

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 import h11
 
 from sssrd.callbacks import CallbackStream, Outcome
-from sssrd.connection import REASONS, Connection, PeerGone, response
-from sssrd.event import CallbackInfo, EventTooLarge, build_event, encode_event
+from sssrd.connection import REASONS, Connection, PeerGone, head_size, response
+from sssrd.event import CallbackInfo, EventTooLarge, InvalidTarget, build_event, encode_event
 from sssrd.invoke import InvokeError
 from sssrd.pending import Pending, PendingFull, WaitEnded
 from sssrd.pipe import BodyRelay, StreamAborted, ViewerWatch
@@ -83,7 +83,12 @@ class ViewerConnection:
             else:
                 await self.refuse(status, f"bad request: {exc}")
             return None
-        return event if isinstance(event, h11.Request) else None
+        if not isinstance(event, h11.Request):
+            return None
+        if head_size(event) > settings.max_head_bytes:
+            await self.refuse(431, "request head too large")
+            return None
+        return event
 
     async def refuse(self, status: int, message: str) -> None:
         self.server.request_refused(status)
@@ -128,11 +133,11 @@ class RequestCycle:
             self.server.request_finished(self)
 
     async def serve(self) -> None:
-        if self.request.target.split(b"?", 1)[0] == b"/healthz":
-            await self.health()
-            return
         body = await self.read_body()
         if body is None:
+            return
+        if self.request.target.split(b"?", 1)[0] == b"/healthz":
+            await self.health()
             return
         try:
             entry = self.server.pending.register(
@@ -200,6 +205,9 @@ class RequestCycle:
             payload = encode_event(self.build_event(entry, body), settings.max_event_bytes)
         except EventTooLarge:
             await self.reply(413, "request too large for the render function", "too_large")
+            return
+        except InvalidTarget as exc:
+            await self.reply(400, f"bad request target: {exc}", "bad_request")
             return
         watch = ViewerWatch(self.conn, lambda: entry.end_wait("viewer_gone"))
         try:

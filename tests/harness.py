@@ -1,0 +1,323 @@
+"""Test harness: the real daemon in a subprocess, real sockets, and a conductor.
+
+`Daemon` runs `sssrd serve` (local invoker, scenario handlers from tests/scenarios.py) on
+ephemeral ports and reads its JSON stdout, so tests can wait for access lines instead of
+sleeping. `Conductor` is a TCP rendezvous between a test and the handlers running inside the
+daemon: handlers report what happened to them and block until the test releases them, which
+makes orderings like "the viewer saw chunk 1 before chunk 2 was written" provable.
+`Viewer` is a raw-socket HTTP client (h11 client side) that sees each chunk as it arrives and
+tells a complete response from a truncated one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import h11
+
+ROOT = Path(__file__).resolve().parent.parent
+WAIT = 15.0  # upper bound on any single wait; tests never sleep for a fixed time
+
+
+class Conductor:
+    """Collects reports from handlers and releases handlers waiting on a key."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        self.reports: list[dict[str, Any]] = []
+        self.released: set[str] = set()
+        self.waiting: dict[str, list[socket.socket]] = {}
+        self.condition = threading.Condition()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn, conn.makefile("rb") as lines:
+            for line in lines:
+                message = json.loads(line)
+                with self.condition:
+                    if "wait" in message:
+                        key = message["wait"]
+                        if key in self.released:
+                            conn.sendall(b"go\n")
+                        else:
+                            self.waiting.setdefault(key, []).append(conn)
+                    else:
+                        self.reports.append(message)
+                    self.condition.notify_all()
+
+    def release(self, key: str) -> None:
+        with self.condition:
+            self.released.add(key)
+            for conn in self.waiting.pop(key, []):
+                conn.sendall(b"go\n")
+
+    def wait_waiting(self, key: str, timeout: float = WAIT) -> None:
+        """Until a handler is blocked on `key`."""
+        with self.condition:
+            assert self.condition.wait_for(lambda: key in self.waiting, timeout), key
+
+    def report(self, tag: str, kind: str, timeout: float = WAIT) -> dict[str, Any]:
+        """The first report with this tag and kind, waiting for it."""
+
+        def find() -> dict[str, Any] | None:
+            for item in self.reports:
+                if item.get("tag") == tag and item.get("kind") == kind:
+                    return item
+            return None
+
+        with self.condition:
+            assert self.condition.wait_for(lambda: find() is not None, timeout), (
+                tag,
+                kind,
+                self.reports[-5:],
+            )
+            return find()  # type: ignore[return-value]
+
+    def count(self, tag: str, kind: str) -> int:
+        with self.condition:
+            return sum(1 for r in self.reports if r.get("tag") == tag and r.get("kind") == kind)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+class Daemon:
+    """`sssrd serve` in a subprocess on ephemeral 127.0.0.1 ports."""
+
+    def __init__(self, conductor: Conductor | None = None, *args: str, **env: str) -> None:
+        command = [
+            sys.executable,
+            "-m",
+            "sssrd.cli",
+            "serve",
+            "--listen=127.0.0.1:0",
+            "--callback-listen=127.0.0.1:0",
+            "--admin-listen=127.0.0.1:0",
+            "--invoker=local",
+            "--handler=scenarios:handler",
+            *args,
+        ]
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("SSSRD_")}
+        environ["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests"), str(ROOT)])
+        if conductor is not None:
+            environ["SSSRD_TEST_CONDUCTOR"] = conductor.address
+        environ.update(env)
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environ, cwd=ROOT
+        )
+        self.lines: list[dict[str, Any]] = []
+        self.condition = threading.Condition()
+        threading.Thread(target=self._read_stdout, daemon=True).start()
+        listening = self.wait_line(lambda line: line.get("message") == "sssrd listening")
+        self.viewer = parse_address(listening["viewer"])
+        self.callback = parse_address(listening["callback"])
+        self.admin = parse_address(listening["admin"])
+        self.callback_url = listening["callback_url"]
+
+    def _read_stdout(self) -> None:
+        assert self.process.stdout is not None
+        for raw in self.process.stdout:
+            try:
+                line = json.loads(raw)
+            except ValueError:  # a handler's own print(): not sssrd's, kept for failure output
+                line = {"raw": raw.decode(errors="replace")}
+            with self.condition:
+                self.lines.append(line)
+                self.condition.notify_all()
+        with self.condition:
+            self.lines.append({"message": "<eof>"})
+            self.condition.notify_all()
+
+    def wait_line(self, match: Any, timeout: float = WAIT) -> dict[str, Any]:
+        def find() -> dict[str, Any] | None:
+            return next((line for line in self.lines if match(line)), None)
+
+        with self.condition:
+            found = self.condition.wait_for(
+                lambda: find() is not None or any(x.get("message") == "<eof>" for x in self.lines),
+                timeout,
+            )
+            line = find()
+        if line is None:
+            stderr = self.stop_now() if found else ""
+            raise AssertionError(f"no matching line; stdout: {self.lines}; stderr: {stderr}")
+        return line
+
+    def access(self, request_id: str | None = None, path: str | None = None) -> dict[str, Any]:
+        """The access line of one request (by id or path), waiting for it."""
+        return self.wait_line(
+            lambda line: (
+                line.get("type") == "access"
+                and (request_id is None or line.get("request_id") == request_id)
+                and (path is None or line.get("path") == path)
+            )
+        )
+
+    def metric(self, name: str, **labels: str) -> float:
+        text = http_get(self.admin, "/metrics")[2].decode()
+        wanted = name + (
+            "{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}" if labels else ""
+        )
+        for line in text.splitlines():
+            if line.startswith("#"):
+                continue
+            key, _, value = line.rpartition(" ")
+            if normalise_labels(key) == wanted:
+                return float(value)
+        raise AssertionError(f"{wanted} not in /metrics")
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def wait_exit(self, timeout: float = WAIT) -> int:
+        return self.process.wait(timeout)
+
+    def stop_now(self) -> str:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(WAIT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        assert self.process.stderr is not None
+        return self.process.stderr.read().decode(errors="replace")
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+
+def normalise_labels(key: str) -> str:
+    name, sep, rest = key.partition("{")
+    if not sep:
+        return name
+    labels = sorted(part for part in rest.rstrip("}").split(",") if part)
+    return name + "{" + ",".join(labels) + "}"
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host, int(port)
+
+
+def http_get(
+    address: tuple[str, int], path: str, method: str = "GET", headers: dict | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    import http.client
+
+    conn = http.client.HTTPConnection(*address, timeout=WAIT)
+    try:
+        conn.request(method, path, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        conn.close()
+
+
+class Viewer:
+    """A raw-socket HTTP/1.1 client that sees the response as it arrives."""
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        self.sock = socket.create_connection(address, timeout=WAIT)
+        self.h11 = h11.Connection(h11.CLIENT)
+
+    def send(
+        self, method: str, target: str, headers: list | None = None, body: bytes = b""
+    ) -> None:
+        all_headers = [("host", "sssrd.test"), *(headers or [])]
+        if body:
+            all_headers.append(("content-length", str(len(body))))
+        self.sock.sendall(
+            self.h11.send(h11.Request(method=method, target=target, headers=all_headers))
+        )
+        if body:
+            self.sock.sendall(self.h11.send(h11.Data(data=body)))
+        self.sock.sendall(self.h11.send(h11.EndOfMessage()))
+
+    def next_event(self) -> Any:
+        while True:
+            event = self.h11.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            self.h11.receive_data(self.sock.recv(65536))
+
+    def head(self) -> h11.Response:
+        event = self.next_event()
+        while isinstance(event, h11.InformationalResponse):
+            event = self.next_event()
+        assert isinstance(event, h11.Response), event
+        return event
+
+    def chunk(self) -> bytes | None:
+        """The next body piece as it arrives; None at the end of a complete body.
+
+        Raises h11.RemoteProtocolError if the connection closes before the body is complete.
+        """
+        event = self.next_event()
+        if isinstance(event, h11.EndOfMessage):
+            return None
+        assert isinstance(event, h11.Data), event
+        return event.data
+
+    def chunk_after_head(self) -> bytes | None:
+        """The first body piece of a 200 response."""
+        assert self.head().status_code == 200
+        return self.chunk()
+
+    def body(self) -> bytes:
+        pieces = []
+        while (piece := self.chunk()) is not None:
+            pieces.append(piece)
+        return b"".join(pieces)
+
+    def get(self, target: str, **kwargs: Any) -> tuple[h11.Response, bytes]:
+        self.send("GET", target, **kwargs)
+        head = self.head()
+        return head, self.body()
+
+    def next_cycle(self) -> None:
+        self.h11.start_next_cycle()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def header(response: h11.Response, name: bytes) -> bytes | None:
+    return dict(response.headers).get(name)
+
+
+@contextlib.contextmanager
+def daemon(conductor: Conductor | None = None, *args: str, **env: str) -> Iterator[Daemon]:
+    running = Daemon(conductor, *args, **env)
+    try:
+        yield running
+    finally:
+        running.stop_now()
+
+
+def wait_for(predicate: Any, timeout: float = WAIT, what: str = "condition") -> None:
+    """Poll a state that no event announces (e.g. a metric), bounded in time."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)

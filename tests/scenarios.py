@@ -1,0 +1,243 @@
+"""Render handlers for the integration tests, run by the daemon's local invoker.
+
+`handler` dispatches on the viewer's `?scenario=` and tags its reports with `?tag=` so each test
+reads only its own. Well-behaved scenarios use sssrd.callback, as a Lambda author would;
+misbehaving ones (aborts, forged tokens, bad preludes) speak HTTP by hand over raw sockets.
+Reports and waits go to the test's Conductor over TCP (SSSRD_TEST_CONDUCTOR).
+"""
+
+from __future__ import annotations
+
+import http.client
+import inspect
+import json
+import os
+import socket
+from typing import Any
+from urllib.parse import urlsplit
+
+from sssrd import callback, demo
+
+PRELUDE_TYPE = "application/vnd.awslambda.http-integration-response"
+
+
+class Conductor:
+    def __init__(self, tag: str) -> None:
+        host, _, port = os.environ["SSSRD_TEST_CONDUCTOR"].rpartition(":")
+        self.sock = socket.create_connection((host, int(port)), timeout=30)
+        self.lines = self.sock.makefile("rb")
+        self.tag = tag
+
+    def report(self, kind: str, **data: Any) -> None:
+        self.sock.sendall(json.dumps({"tag": self.tag, "kind": kind, **data}).encode() + b"\n")
+
+    def wait(self, key: str) -> None:
+        self.sock.sendall(json.dumps({"wait": f"{self.tag}:{key}"}).encode() + b"\n")
+        assert self.lines.readline() == b"go\n"
+
+
+def handler(event: dict, context: Any) -> None:
+    query = event.get("queryStringParameters") or {}
+    scenario = query.get("scenario", "demo")
+    if scenario == "demo":
+        demo.handler(event, context)
+        return
+    conductor = Conductor(query.get("tag", scenario))
+    conductor.report("invoked", request_id=event["requestContext"]["requestId"])
+    SCENARIOS[scenario](event, conductor, query)
+
+
+def echo(event: dict, conductor: Conductor, query: dict) -> None:
+    """The response body is the event itself, for checking what the Lambda was sent."""
+    callback.respond(event, json.dumps(event), headers={"content-type": "application/json"})
+
+
+def stepped(event: dict, conductor: Conductor, query: dict) -> None:
+    """Writes chunk i only after the test releases step i."""
+    with callback.open_stream(event, headers={"content-type": "text/plain"}) as out:
+        for step in range(int(query.get("steps", "2"))):
+            conductor.wait(f"step{step}")
+            out.write(f"chunk {step}\n")
+    conductor.report("done", summary=out.summary)
+
+
+def viewer_leaves(event: dict, conductor: Conductor, query: dict) -> None:
+    """Keeps writing after the viewer left; reports how the helper said so."""
+    with callback.open_stream(event) as out:
+        out.write("first\n")
+        conductor.wait("viewer_closed")
+        try:
+            for _ in range(1000):  # bounded: the first write after the close must fail
+                out.write("more\n")
+                conductor.report("write_succeeded")
+        except callback.ViewerGone as exc:
+            conductor.report("viewer_gone", message=str(exc))
+            raise
+
+
+def raw_callback(event: dict, headers: dict[str, str]) -> http.client.HTTPConnection:
+    url = urlsplit(event["sssrd"]["callbackUrl"])
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+    conn.putrequest("POST", url.path, skip_accept_encoding=True)
+    for name, value in headers.items():
+        conn.putheader(name, value)
+    conn.endheaders()
+    return conn
+
+
+def bearer(event: dict) -> dict[str, str]:
+    return {"authorization": f"Bearer {event['sssrd']['token']}"}
+
+
+def post(event: dict, body: bytes, headers: dict[str, str], url: str | None = None) -> int:
+    """One Content-Length callback; returns sssrd's status."""
+    target = urlsplit(url or event["sssrd"]["callbackUrl"])
+    conn = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
+    try:
+        conn.request("POST", target.path, body=body, headers=headers)
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def plain(event: dict, conductor: Conductor, query: dict) -> None:
+    """No prelude: status from X-Status-Code, Content-Type passed through, Content-Length."""
+    status = post(
+        event,
+        b"plain body",
+        {**bearer(event), "content-type": "text/x-plain", "x-status-code": query.get("s", "201")},
+    )
+    conductor.report("answered", status=status)
+
+
+def plain_chunked(event: dict, conductor: Conductor, query: dict) -> None:
+    conn = raw_callback(event, {**bearer(event), "transfer-encoding": "chunked"})
+    for piece in (b"one ", b"two ", b"three"):
+        conn.send(b"%x\r\n%s\r\n" % (len(piece), piece))
+    conn.send(b"0\r\n\r\n")
+    conductor.report("answered", status=conn.getresponse().status)
+
+
+def prelude_length(event: dict, conductor: Conductor, query: dict) -> None:
+    """Prelude format with Content-Length: the viewer learns the body length."""
+    prelude = json.dumps({"statusCode": 200, "headers": {"content-type": "text/plain"}})
+    body = prelude.encode() + b"\0" * 8 + b"exactly this"
+    status = post(event, body, {**bearer(event), "content-type": PRELUDE_TYPE})
+    conductor.report("answered", status=status)
+
+
+def expect_continue(event: dict, conductor: Conductor, query: dict) -> None:
+    """Sends the body only after sssrd's 100 Continue."""
+    url = urlsplit(event["sssrd"]["callbackUrl"])
+    with socket.create_connection((url.hostname, url.port), timeout=30) as sock:
+        body = b"after continue"
+        sock.sendall(
+            b"POST %s HTTP/1.1\r\nhost: x\r\nauthorization: Bearer %s\r\n"
+            b"expect: 100-continue\r\ncontent-length: %d\r\n\r\n"
+            % (url.path.encode(), event["sssrd"]["token"].encode(), len(body))
+        )
+        interim = sock.recv(1024)
+        sock.sendall(body)
+        final = b""
+        while b"\r\n\r\n" not in final:
+            final += sock.recv(1024)
+    conductor.report("answered", interim=interim.decode(), final=final.decode())
+
+
+def abort_mid_body(event: dict, conductor: Conductor, query: dict) -> None:
+    """Two chunks, then the Lambda dies: no final chunk."""
+    conn = raw_callback(
+        event, {**bearer(event), "content-type": PRELUDE_TYPE, "transfer-encoding": "chunked"}
+    )
+    for piece in (b'{"statusCode":200}' + b"\0" * 8, b"part one", b"part two"):
+        conn.send(b"%x\r\n%s\r\n" % (len(piece), piece))
+    conductor.wait("close")
+    conn.sock.close()
+
+
+def stall(event: dict, conductor: Conductor, query: dict) -> None:
+    """One chunk, then silence until the test lets go."""
+    with callback.open_stream(event) as out:
+        out.write("before the stall\n")
+        conductor.wait("resume")
+        try:
+            out.write("after the stall\n")
+        except callback.CallbackError as exc:
+            conductor.report("write_failed", error=type(exc).__name__)
+            raise
+
+
+def never(event: dict, conductor: Conductor, query: dict) -> None:
+    """Accepts the invoke and never calls back."""
+
+
+def late(event: dict, conductor: Conductor, query: dict) -> None:
+    """Calls back only when the test says so (after the deadline)."""
+    conductor.wait("go")
+    try:
+        callback.respond(event, "too late")
+    except callback.CallbackError as exc:
+        conductor.report("rejected", error=type(exc).__name__, message=str(exc))
+    else:
+        conductor.report("accepted")
+
+
+def intruders(event: dict, conductor: Conductor, query: dict) -> None:
+    """While streaming, a duplicate, a forged and an unknown callback try their luck."""
+    with callback.open_stream(event, headers={"content-type": "text/plain"}) as out:
+        out.write("chunk one\n")
+        url = event["sssrd"]["callbackUrl"]
+        base = url.rsplit("/", 1)[0]
+        plain_headers = {"content-type": "text/plain"}
+        statuses = {
+            "duplicate": post(event, b"dup", {**bearer(event), **plain_headers}),
+            "forged": post(event, b"x", {"authorization": "Bearer forged", **plain_headers}),
+            "no_token": post(event, b"x", plain_headers),
+            "unknown": post(event, b"x", {**bearer(event)}, url=f"{base}/{'0' * 32}"),
+            "malformed_id": post(event, b"x", {**bearer(event)}, url=f"{base}/../admin"),
+            "wrong_path": post(event, b"x", {**bearer(event)}, url=base.rsplit("/", 2)[0] + "/"),
+        }
+        conductor.report("statuses", **statuses)
+        out.write("chunk two\n")
+    conductor.report("done", summary=out.summary)
+
+
+def bad_prelude(event: dict, conductor: Conductor, query: dict) -> None:
+    kinds = {
+        "crlf": {"statusCode": 200, "headers": {"x-evil": "a\r\nset-cookie: stolen=1"}},
+        "status": {"statusCode": 99},
+        "json": None,
+    }
+    prelude = kinds[query["kind"]]
+    raw = b"{not json" if prelude is None else json.dumps(prelude).encode()
+    status = post(event, raw + b"\0" * 8 + b"body", {**bearer(event), "content-type": PRELUDE_TYPE})
+    conductor.report("answered", status=status)
+
+
+def framing_headers(event: dict, conductor: Conductor, query: dict) -> None:
+    """Hop-by-hop and framing headers in the prelude are dropped, the rest kept."""
+    headers = {
+        "connection": "close",
+        "transfer-encoding": "gzip",
+        "content-length": "5",
+        "keep-alive": "timeout=1",
+        "x-kept": "yes",
+        "content-type": "text/plain",
+    }
+    with callback.open_stream(event, status=202, headers=headers, cookies=["a=1", "b=2"]) as out:
+        out.write("body with dropped headers")
+
+
+def status_only(event: dict, conductor: Conductor, query: dict) -> None:
+    """A 204/304 render: whatever body the Lambda sends, the viewer gets none."""
+    with callback.open_stream(event, status=int(query["s"])) as out:
+        out.write("ignored")
+
+
+SCENARIOS = {
+    name: function
+    for name, function in globals().items()
+    if inspect.isfunction(function)
+    and function.__module__ == __name__
+    and function.__code__.co_varnames[:3] == ("event", "conductor", "query")
+}

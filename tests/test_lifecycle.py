@@ -1,0 +1,162 @@
+"""Start, configure, drain and stop: the daemon as an operator drives it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+from harness import ROOT, WAIT, Viewer, daemon, http_get
+
+
+def sssrd_command(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("SSSRD_")}
+    environ.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "sssrd.cli", *args],
+        capture_output=True,
+        text=True,
+        env=environ,
+        cwd=ROOT,
+        timeout=WAIT,
+    )
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_drains_in_flight_streams_then_exits_zero(conductor, signum):
+    tag = f"drain{signum}"
+    with daemon(conductor) as sssrd:
+        viewer = Viewer(sssrd.viewer)
+        viewer.send("GET", f"/?scenario=stepped&tag={tag}&steps=2")
+        conductor.release(f"{tag}:step0")
+        assert viewer.head().status_code == 200
+        assert viewer.chunk() == b"chunk 0\n"
+        sssrd.signal(signum)
+        sssrd.wait_line(lambda line: line.get("message") == "draining")
+        assert http_get(sssrd.admin, "/healthz")[0] == 503
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(sssrd.viewer, timeout=WAIT)
+        conductor.release(f"{tag}:step1")
+        assert viewer.chunk() == b"chunk 1\n"
+        assert viewer.chunk() is None
+        assert sssrd.wait_exit() == 0
+        assert sssrd.wait_line(lambda line: line.get("message") == "stopped")["abandoned"] == 0
+
+
+def test_drain_timeout_cuts_streams_that_do_not_finish(conductor):
+    with daemon(conductor, "--drain-timeout=0.3") as sssrd:
+        viewer = Viewer(sssrd.viewer)
+        viewer.send("GET", "/?scenario=stepped&tag=cut&steps=2")
+        conductor.release("cut:step0")
+        assert viewer.chunk_after_head() == b"chunk 0\n"
+        sssrd.signal(signal.SIGTERM)
+        assert sssrd.wait_exit() == 0
+        assert sssrd.wait_line(lambda line: line.get("message") == "stopped")["abandoned"] == 1
+
+
+def test_healthz_on_an_open_viewer_connection_says_503_while_draining(conductor):
+    with daemon(conductor) as sssrd:
+        holder = Viewer(sssrd.viewer)
+        holder.send("GET", "/?scenario=stepped&tag=hold&steps=1")
+        probe = Viewer(sssrd.viewer)
+        assert probe.get("/healthz")[0].status_code == 200
+        probe.next_cycle()
+        sssrd.signal(signal.SIGTERM)
+        sssrd.wait_line(lambda line: line.get("message") == "draining")
+        head, _body = probe.get("/healthz")
+        assert head.status_code == 503
+        assert (b"connection", b"close") in head.headers
+        conductor.release("hold:step0")
+        assert holder.chunk_after_head() == b"chunk 0\n"
+        assert sssrd.wait_exit() == 0
+
+
+def test_invalid_config_names_the_key_and_exits_2(tmp_path):
+    result = sssrd_command("check-config", "--head-timeout=-1")
+    assert result.returncode == 2
+    assert result.stderr.startswith("sssrd: config error: head_timeout:")
+    assert result.stderr.count("\n") == 1
+
+    config = tmp_path / "sssrd.toml"
+    config.write_text('listen = "nowhere"\n')
+    result = sssrd_command("serve", "--config", str(config))
+    assert result.returncode == 2 and "listen:" in result.stderr and str(config) in result.stderr
+
+    config.write_text("no_such_key = 1\n")
+    result = sssrd_command("check-config", "--config", str(config))
+    assert result.returncode == 2 and "no_such_key: unknown setting" in result.stderr
+
+    result = sssrd_command("check-config", env={"SSSRD_MAX_PENDING": "many"})
+    assert result.returncode == 2 and "SSSRD_MAX_PENDING" in result.stderr
+
+
+def test_wildcard_callback_listener_needs_an_advertised_url():
+    result = sssrd_command("check-config", "--callback-listen=0.0.0.0:8081")
+    assert result.returncode == 2 and result.stderr.startswith("sssrd: config error: callback_url:")
+
+
+def test_flags_beat_env_beat_file_beat_defaults(tmp_path):
+    config = tmp_path / "sssrd.toml"
+    config.write_text(
+        'callback_url = "http://10.0.0.1:8081"\nhead_timeout = 3\n'
+        "idle_timeout = 4\nmax_pending = 5\n"
+    )
+    result = sssrd_command(
+        "check-config",
+        "--config",
+        str(config),
+        "--idle-timeout=7",
+        env={"SSSRD_HEAD_TIMEOUT": "6", "SSSRD_IDLE_TIMEOUT": "8"},
+    )
+    assert result.returncode == 0, result.stderr
+    settings = dict(
+        line.split(" = ", 1) for line in result.stdout.splitlines() if not line.startswith("#")
+    )
+    assert settings["head_timeout"] == "6.0"  # env over file
+    assert settings["idle_timeout"] == "7.0"  # flag over env
+    assert settings["max_pending"] == "5"  # file over default
+    assert settings["drain_timeout"] == "30.0"  # default
+    assert settings["callback_url"] == '"http://10.0.0.1:8081"'
+
+
+def test_check_config_output_is_a_valid_config(tmp_path):
+    first = sssrd_command("check-config", "--callback-url=http://10.1.2.3:8081")
+    config = tmp_path / "effective.toml"
+    config.write_text(first.stdout)
+    second = sssrd_command("check-config", "--config", str(config))
+    assert second.returncode == 0 and second.stdout == first.stdout
+
+
+def test_version_prints_the_package_version():
+    from sssrd import __version__
+
+    assert sssrd_command("version").stdout == f"sssrd {__version__}\n"
+
+
+def test_bad_handler_fails_startup_with_a_clear_message():
+    result = sssrd_command(
+        "serve",
+        "--listen=127.0.0.1:0",
+        "--callback-listen=127.0.0.1:0",
+        "--admin-listen=off",
+        "--invoker=local",
+        "--handler=no_such_module:handler",
+    )
+    assert result.returncode == 1
+    assert "no_such_module" in result.stderr
+
+
+def test_port_in_use_fails_startup_naming_the_listener():
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = sssrd_command(
+            "serve",
+            f"--listen=127.0.0.1:{port}",
+            "--callback-listen=127.0.0.1:0",
+            "--invoker=local",
+        )
+    assert result.returncode == 1
+    assert f"127.0.0.1:{port} (viewer)" in result.stderr
