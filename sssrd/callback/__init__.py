@@ -1,0 +1,364 @@
+"""Lambda-side helper: stream a render back to sssrd over its callback URL (stdlib only).
+
+Each stream is one POST with chunked framing in AWS's prelude format (JSON prelude, 8 NUL bytes,
+body). sssrd sends nothing before the body ends unless it is ending the stream, so every write
+first polls the socket: anything readable means the viewer left or the callback was refused.
+
+    from sssrd import callback
+
+    def handler(event, context):
+        headers = {"content-type": "text/html; charset=utf-8"}
+        try:
+            with callback.open_stream(event, headers=headers) as out:
+                out.write("<!doctype html><title>Hi</title><p>first screen")
+                for row in slow_rows():
+                    out.write(f"<p>{row}</p>")     # reaches the browser at once
+        except callback.ViewerGone:
+            print("viewer left; render stopped")
+"""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import select
+import socket
+import ssl
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import Any, NoReturn
+from urllib.parse import SplitResult, urlsplit
+
+__all__ = [
+    "CallbackError",
+    "CallbackRejected",
+    "CallbackStream",
+    "ViewerGone",
+    "open_stream",
+    "respond",
+]
+
+PRELUDE_CONTENT_TYPE = "application/vnd.awslambda.http-integration-response"
+PRELUDE_SEPARATOR = b"\0" * 8
+DEFAULT_TIMEOUT = 30.0
+_LAST_CHUNK = b"0\r\n\r\n"
+_ANSWER_EXCERPT = 200
+_PROBE_SIZE = 65536
+
+
+class CallbackError(Exception):
+    """The callback to sssrd failed."""
+
+
+class ViewerGone(CallbackError):
+    """sssrd ended the stream (the viewer left, or the request is already over): stop rendering."""
+
+
+class CallbackRejected(CallbackError):
+    """sssrd answered the callback with an error status (401 bad token, 409 taken, ...)."""
+
+    def __init__(self, message: str, status: int, body: bytes) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = body
+
+
+class CallbackStream:
+    """One streamed callback: write() sends a chunk at once; close() ends it; abort() truncates."""
+
+    def __init__(self, connection: http.client.HTTPConnection, where: str) -> None:
+        self._connection = connection
+        self._sock: socket.socket = connection.sock
+        self._where = where
+        self._failure: CallbackError | None = None
+        self._finished = False
+        self.summary: dict[str, Any] | None = None
+
+    def __repr__(self) -> str:
+        state = "finished" if self._finished else "open"
+        return f"<CallbackStream {self._where} {state}>"
+
+    def __enter__(self) -> CallbackStream:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def write(self, data: str | bytes) -> None:
+        """Send data as one HTTP chunk now; raises ViewerGone once sssrd has ended the stream."""
+        payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+        if not payload:
+            return  # an empty chunk would end the body
+        self._check_open()
+        self._send(b"%x\r\n" % len(payload) + payload + b"\r\n")
+
+    def close(self) -> dict[str, Any]:
+        """Send the final chunk and return sssrd's JSON summary ({"requestId", "bytes"})."""
+        if self.summary is not None:
+            return self.summary
+        self._check_open()
+        self._send(_LAST_CHUNK)
+        try:
+            answer = _read_answer(self._sock, b"", self._where)
+        finally:
+            self._end()
+        if answer is None or answer[0] >= 400:
+            raise _error_for(answer, self._where)
+        self.summary = _parse_summary(answer[1])
+        return self.summary
+
+    def abort(self) -> None:
+        """Close without the final chunk, so the viewer sees a truncated response."""
+        self._end()
+
+    def _check_open(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+        if self._finished:
+            raise CallbackError(f"callback stream to {self._where} is already closed")
+        already_read = _probe_for_end(self._sock)
+        if already_read is not None:
+            self._fail_with_answer(already_read)
+
+    def _send(self, frame: bytes) -> None:
+        try:
+            self._sock.sendall(frame)
+        except (BrokenPipeError, ConnectionResetError):
+            self._fail_with_answer(b"")
+        except TimeoutError:
+            self._fail_with(CallbackError(f"timed out sending to sssrd at {self._where}"))
+        except OSError as exc:
+            self._fail_with(CallbackError(f"sending to sssrd at {self._where} failed: {exc}"))
+
+    def _fail_with_answer(self, already_read: bytes) -> NoReturn:
+        """sssrd ended the stream: read why, then fail this and every later call with it."""
+        try:
+            error = _error_for(_read_answer(self._sock, already_read, self._where), self._where)
+        except CallbackError as timed_out:
+            error = timed_out
+        self._fail_with(error)
+
+    def _fail_with(self, error: CallbackError) -> NoReturn:
+        self._failure = error
+        self._end()
+        raise error
+
+    def _end(self) -> None:
+        self._finished = True
+        self._connection.close()
+
+
+def open_stream(
+    event: Mapping[str, Any],
+    status: int = 200,
+    headers: Mapping[str, str | Sequence[str]] | None = None,
+    cookies: Sequence[str] | None = None,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    ssl_context: ssl.SSLContext | None = None,
+) -> CallbackStream:
+    """Open the callback and send the prelude at once, so sssrd can send the response head."""
+    url, token = _callback_target(event)
+    connection = _connect(url, timeout, ssl_context)
+    where = _describe(url)
+    try:
+        connection.putrequest("POST", _request_target(url), skip_accept_encoding=True)
+        _put_headers(connection, token, {"Transfer-Encoding": "chunked"})
+        connection.endheaders()
+    except OSError as exc:
+        connection.close()
+        raise CallbackError(f"sending the callback head to sssrd at {where} failed: {exc}") from exc
+    stream = CallbackStream(connection, where)
+    stream.write(_prelude(status, headers, cookies))
+    return stream
+
+
+def respond(
+    event: Mapping[str, Any],
+    body: str | bytes,
+    status: int = 200,
+    headers: Mapping[str, str | Sequence[str]] | None = None,
+    cookies: Sequence[str] | None = None,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    ssl_context: ssl.SSLContext | None = None,
+) -> dict[str, Any]:
+    """Send a whole response in one request (Content-Length) and return sssrd's JSON summary."""
+    url, token = _callback_target(event)
+    payload = _prelude(status, headers, cookies) + (
+        body.encode("utf-8") if isinstance(body, str) else bytes(body)
+    )
+    connection = _connect(url, timeout, ssl_context)
+    where = _describe(url)
+    try:
+        connection.putrequest("POST", _request_target(url), skip_accept_encoding=True)
+        _put_headers(connection, token, {"Content-Length": str(len(payload))})
+        connection.endheaders(payload)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # sssrd refused early and hung up: its answer, if any, is read below
+    except OSError as exc:
+        connection.close()
+        raise CallbackError(f"sending the callback to sssrd at {where} failed: {exc}") from exc
+    try:
+        answer = _read_answer(connection.sock, b"", where)
+    finally:
+        connection.close()
+    if answer is None or answer[0] >= 400:
+        raise _error_for(answer, where)
+    return _parse_summary(answer[1])
+
+
+def _callback_target(event: Mapping[str, Any]) -> tuple[SplitResult, str]:
+    try:
+        meta = event["sssrd"]
+        url, token = urlsplit(meta["callbackUrl"]), meta["token"]
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise CallbackError(
+            "event has no usable sssrd.callbackUrl and sssrd.token: was this invoked by sssrd?"
+        ) from None
+    if url.scheme not in ("http", "https") or not url.hostname or not isinstance(token, str):
+        raise CallbackError(f"sssrd.callbackUrl is not an http(s) URL: {url.scheme}://{url.netloc}")
+    return url, token
+
+
+def _connect(
+    url: SplitResult, timeout: float, ssl_context: ssl.SSLContext | None
+) -> http.client.HTTPConnection:
+    connection: http.client.HTTPConnection
+    if url.scheme == "https":
+        connection = http.client.HTTPSConnection(
+            url.hostname, url.port, timeout=timeout, context=ssl_context
+        )
+    else:
+        connection = http.client.HTTPConnection(url.hostname, url.port, timeout=timeout)
+    try:
+        connection.connect()
+        # Each write must leave at once, not wait for Nagle to batch it with the next one.
+        connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError as exc:
+        connection.close()
+        raise CallbackError(f"cannot reach sssrd at {_describe(url)}: {exc}") from exc
+    return connection
+
+
+def _put_headers(
+    connection: http.client.HTTPConnection, token: str, framing: Mapping[str, str]
+) -> None:
+    try:
+        connection.putheader("Authorization", f"Bearer {token}")
+    except ValueError:
+        connection.close()
+        # http.client's message would quote the header value, that is, the secret.
+        raise CallbackError("sssrd.token in the event is not a valid header value") from None
+    connection.putheader("Content-Type", PRELUDE_CONTENT_TYPE)
+    connection.putheader("User-Agent", "sssrd-callback/1")
+    for name, value in framing.items():
+        connection.putheader(name, value)
+
+
+def _prelude(
+    status: int,
+    headers: Mapping[str, str | Sequence[str]] | None,
+    cookies: Sequence[str] | None,
+) -> bytes:
+    prelude = {"statusCode": int(status), "headers": dict(headers or {})}
+    if cookies:
+        prelude["cookies"] = list(cookies)
+    return json.dumps(prelude, separators=(",", ":")).encode("utf-8") + PRELUDE_SEPARATOR
+
+
+def _probe_for_end(sock: socket.socket) -> bytes | None:
+    """None while sssrd is silent; else the bytes it sent (b"" for EOF or reset)."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    if not poller.poll(0):
+        return None
+    timeout = sock.gettimeout()
+    sock.settimeout(0)
+    try:
+        return sock.recv(_PROBE_SIZE)
+    except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+        return None  # TLS records without application data (e.g. session tickets)
+    except OSError:
+        return b""
+    finally:
+        sock.settimeout(timeout)
+
+
+class _Replay(io.RawIOBase):
+    """A socket stand-in for HTTPResponse: bytes already read first, then the socket."""
+
+    def __init__(self, already_read: bytes, sock: socket.socket) -> None:
+        super().__init__()
+        self._pending = already_read
+        self._sock = sock
+
+    def makefile(self, mode: str) -> io.BufferedReader:
+        return io.BufferedReader(self)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:
+        if not self._pending:
+            return self._sock.recv_into(buffer)
+        size = min(len(buffer), len(self._pending))
+        buffer[:size] = self._pending[:size]
+        self._pending = self._pending[size:]
+        return size
+
+
+def _read_answer(
+    sock: socket.socket | None, already_read: bytes, where: str
+) -> tuple[int, bytes] | None:
+    """sssrd's answer as (status, body), or None if it hung up without a readable one."""
+    if sock is None:
+        return None
+    response = http.client.HTTPResponse(_Replay(already_read, sock), method="POST")
+    try:
+        response.begin()
+        return response.status, response.read()
+    except TimeoutError:
+        raise CallbackError(f"timed out waiting for the answer of sssrd at {where}") from None
+    except (http.client.HTTPException, OSError):
+        return None
+    finally:
+        response.close()
+
+
+def _error_for(answer: tuple[int, bytes] | None, where: str) -> CallbackError:
+    if answer is None:
+        return ViewerGone(f"sssrd at {where} closed the callback stream (the viewer left)")
+    status, body = answer
+    excerpt = body[:_ANSWER_EXCERPT].decode("utf-8", "replace")
+    if status == 410:
+        return ViewerGone(f"sssrd at {where} ended the callback stream: 410 {excerpt}")
+    return CallbackRejected(
+        f"sssrd at {where} refused the callback: {status} {excerpt}", status, body
+    )
+
+
+def _parse_summary(body: bytes) -> dict[str, Any]:
+    try:
+        summary = json.loads(body)
+    except ValueError:
+        return {}
+    return summary if isinstance(summary, dict) else {}
+
+
+def _request_target(url: SplitResult) -> str:
+    return (url.path or "/") + (f"?{url.query}" if url.query else "")
+
+
+def _describe(url: SplitResult) -> str:
+    """Host and path for messages: the id may be logged, the token never is."""
+    return f"{url.netloc.rpartition('@')[2]}{url.path}"
