@@ -25,3 +25,9 @@ test: lint
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info
+
+# The Debian package $(DIST)/sssrd_<version>_<arch>.deb (needs python3-venv and binutils).
+DIST ?= dist
+.PHONY: deb
+deb:
+	bash packaging/deb/build.sh $(DIST)
