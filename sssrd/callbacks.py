@@ -126,13 +126,20 @@ class CallbackConnection:
 
     async def handle(self, request: h11.Request) -> bool:
         """Serve one callback; True if the connection may carry another."""
-        if request.method != b"POST" or not request.target.startswith(CALLBACK_PREFIX):
+        compat = self.server.settings.compat == "lambda-streaming"
+        if request.method == b"POST" and request.target.startswith(CALLBACK_PREFIX):
+            request_id = request.target[len(CALLBACK_PREFIX) :].decode("ascii", "replace")
+            tokenless = False
+        elif compat and request.method == b"POST" and request.target == b"/":
+            request_id = (header_value(request.headers, b"x-request-id") or b"").decode("latin-1")
+            tokenless = True
+        else:
             await self.reply(404, {"error": "no such callback"}, close=True)
             return False
-        request_id = request.target[len(CALLBACK_PREFIX) :].decode("ascii", "replace")
         stream = self.stream_for(request, request_id)
         try:
-            self.server.pending.claim(request_id, bearer_token(request.headers), stream)
+            token = bearer_token(request.headers)
+            self.server.pending.claim(request_id, token, stream, tokenless=tokenless)
         except Rejection as rejection:
             self.server.callback_rejected(rejection.reason)
             await self.reply(rejection.status, {"error": str(rejection)}, close=True)

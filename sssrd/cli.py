@@ -70,12 +70,18 @@ def settings_from(arguments: argparse.Namespace) -> Settings:
     return load_settings(config_path(arguments), flags=flags, defaults=defaults)
 
 
-async def run_daemon(settings: Settings, announce: bool) -> None:
+async def run_daemon(settings: Settings, arguments: argparse.Namespace) -> None:
     notifier = Notifier.from_environment()
     invoker = make_invoker(settings)
-    server = Server(settings, invoker, inherited=listen_fds(), notifier=notifier)
+    server = Server(
+        settings,
+        invoker,
+        inherited=listen_fds(),
+        notifier=notifier,
+        reload_settings=lambda: settings_from(arguments),
+    )
     await server.start()
-    if announce:
+    if arguments.command == "dev":
         print(
             f"sssrd dev: open http://{server.address_of('viewer')}/ "
             f"(metrics on http://{server.address_of('admin')}/metrics); Ctrl-C stops",
@@ -101,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(settings.log_level)
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(run_daemon(settings, announce=arguments.command == "dev"))
+            runner.run(run_daemon(settings, arguments))
     except (OSError, ValueError) as exc:
         print(f"sssrd: cannot start: {exc}", file=sys.stderr)
         return EXIT_STARTUP

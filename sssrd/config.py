@@ -98,6 +98,26 @@ def parse_callback_url(value: Any) -> str:
     return text
 
 
+def parse_optional_url(value: Any) -> str:
+    text = str(value).strip().rstrip("/")
+    if text and (urlsplit(text).scheme not in ("http", "https") or not urlsplit(text).hostname):
+        raise ValueError(f"must be an http(s) URL or '', got {value!r}")
+    return text
+
+
+def parse_retries(value: Any) -> int:
+    number = int(value)
+    if not 0 <= number <= 5:
+        raise ValueError(f"must be 0..5, got {value!r}")
+    return number
+
+
+def parse_networks(value: Any) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """CIDRs as a TOML list or a comma-separated string (for env and flags)."""
+    items = value if isinstance(value, list | tuple) else str(value).split(",")
+    return tuple(ipaddress.ip_network(str(item).strip()) for item in items if str(item).strip())
+
+
 def parse_handler(value: Any) -> str:
     text = str(value).strip()
     module, sep, function = text.partition(":")
@@ -132,6 +152,48 @@ FIELDS: tuple[Field, ...] = (
     Field("invoker", parse_choice("local", "lambda"), "lambda", "how renders are started"),
     Field("handler", parse_handler, "sssrd.demo:handler", "local invoker: module:function"),
     Field("local_workers", parse_positive_int, 64, "local invoker: concurrent handler threads"),
+    Field("function", parse_string, "", "lambda invoker: function name, partial or full ARN"),
+    Field("qualifier", parse_string, "", "lambda invoker: alias or version ('' for unqualified)"),
+    Field("region", parse_string, "", "lambda invoker: AWS region ('' uses boto3's chain)"),
+    Field(
+        "endpoint_url",
+        parse_optional_url,
+        "",
+        "lambda invoker: Invoke API endpoint ('' uses boto3's, incl. AWS_ENDPOINT_URL_LAMBDA)",
+    ),
+    Field(
+        "invoke_client",
+        parse_choice("lean", "boto3"),
+        "lean",
+        "lambda invoker: 'lean' signs with botocore and sends on sssrd's own pooled HTTP "
+        "client; 'boto3' calls boto3's invoke() on a thread pool",
+    ),
+    Field("invoke_timeout", parse_positive_float, 5.0, "seconds one invoke attempt may take"),
+    Field(
+        "invoke_retries",
+        parse_retries,
+        1,
+        "extra attempts after a connection failure or a 5xx (never after 429/4xx)",
+    ),
+    Field(
+        "invoke_connections",
+        parse_positive_int,
+        64,
+        "lean invoke client: most connections open to the Invoke API",
+    ),
+    Field(
+        "imds_endpoint",
+        parse_optional_url,
+        "",
+        "EC2 instance metadata endpoint for callback_url 'auto' ('' uses "
+        "AWS_EC2_METADATA_SERVICE_ENDPOINT, else http://169.254.169.254)",
+    ),
+    Field(
+        "compat",
+        parse_choice("", "lambda-streaming"),
+        "",
+        "'lambda-streaming' speaks the seed proof of concept's protocol (NO callback token)",
+    ),
     Field("max_pending", parse_positive_int, 10_000, "requests waiting or streaming; over: 503"),
     Field("max_head_bytes", parse_positive_int, 16_384, "request head size limit; over: 431"),
     Field("max_body_bytes", parse_positive_int, 1_048_576, "request body size limit; over: 413"),
@@ -148,6 +210,20 @@ FIELDS: tuple[Field, ...] = (
     ),
     Field("drain_timeout", parse_positive_float, 30.0, "seconds in-flight streams get on SIGTERM"),
     Field("backlog", parse_positive_int, 4096, "listen backlog of each listener"),
+    Field(
+        "body_path",
+        parse_choice("auto", "splice", "copy"),
+        "auto",
+        "how body bytes move: 'auto' splices large chunks and copies small ones; "
+        "'splice'/'copy' force one (benchmarks, debugging)",
+    ),
+    Field(
+        "trusted_proxies",
+        parse_networks,
+        "",
+        "CIDRs whose X-Forwarded-For is believed (the ALB's subnets; CloudFront's ranges if "
+        "the viewer's own address matters); the client address is then the last untrusted hop",
+    ),
     Field(
         "log_level",
         parse_choice("debug", "info", "warning", "error"),
@@ -167,6 +243,16 @@ class Settings:
     invoker: str
     handler: str
     local_workers: int
+    function: str
+    qualifier: str
+    region: str
+    endpoint_url: str
+    invoke_client: str
+    invoke_timeout: float
+    invoke_retries: int
+    invoke_connections: int
+    imds_endpoint: str
+    compat: str
     max_pending: int
     max_head_bytes: int
     max_body_bytes: int
@@ -178,6 +264,8 @@ class Settings:
     keepalive_timeout: float
     drain_timeout: float
     backlog: int
+    body_path: str
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     log_level: str
 
     def as_toml(self) -> str:
@@ -185,7 +273,12 @@ class Settings:
         lines = []
         for field in FIELDS:
             value = getattr(self, field.name)
-            shown = "off" if value is None else str(value) if isinstance(value, Address) else value
+            if value is None:
+                shown = "off"
+            elif isinstance(value, tuple):
+                shown = ",".join(str(item) for item in value)
+            else:
+                shown = str(value) if isinstance(value, Address) else value
             lines.append(f"# {field.help}")
             lines.append(f"{field.name} = {toml_literal(shown)}")
         return "\n".join(lines) + "\n"
@@ -267,10 +360,40 @@ def check_consistency(settings: Settings) -> None:
             "callback_url: required when callback_listen is a wildcard address "
             f"({settings.callback_listen}); set the address the Lambda can reach, or 'auto' on EC2"
         )
-    if settings.callback_url == "auto":
-        raise ConfigError("callback_url: 'auto' (EC2 instance discovery) is not available yet")
+    if settings.invoker == "lambda" and not settings.function:
+        raise ConfigError("function: required with invoker = 'lambda' (a name or ARN)")
     if settings.max_body_bytes > settings.max_event_bytes:
         raise ConfigError(
             f"max_body_bytes: {settings.max_body_bytes} exceeds max_event_bytes "
             f"({settings.max_event_bytes}); such a body could never be invoked"
         )
+
+
+# Settings read afresh on every use, so SIGHUP can change them in place. The rest (listeners,
+# the advertised URL, the invoker and its target) are built once at startup.
+RELOADABLE = frozenset(
+    {
+        "max_pending",
+        "max_head_bytes",
+        "max_body_bytes",
+        "max_event_bytes",
+        "max_prelude_bytes",
+        "head_timeout",
+        "callback_timeout",
+        "idle_timeout",
+        "keepalive_timeout",
+        "drain_timeout",
+        "body_path",
+        "trusted_proxies",
+        "log_level",
+    }
+)
+
+
+def merge_reload(current: Settings, loaded: Settings) -> tuple[Settings, list[str], list[str]]:
+    """The settings to run with after a reload, the names changed, and those needing a restart."""
+    changed = [f.name for f in FIELDS if getattr(current, f.name) != getattr(loaded, f.name)]
+    applied = [name for name in changed if name in RELOADABLE]
+    refused = [name for name in changed if name not in RELOADABLE]
+    merged = dataclasses.replace(current, **{name: getattr(loaded, name) for name in applied})
+    return merged, applied, refused

@@ -23,14 +23,21 @@ log = logging.getLogger("sssrd")
 
 
 class InvokeError(Exception):
-    """The render could not be started; status/outcome/retry_after tell the viewer's answer."""
+    """The render could not be started; status/outcome/retry_after tell the viewer's answer.
 
-    def __init__(self, status: int, outcome: str, message: str, retry_after: int = 0) -> None:
-        super().__init__(message)
+    `message` is for the viewer and says nothing about the AWS account; `detail` (AWS's error
+    type and message) goes to the access log only.
+    """
+
+    def __init__(
+        self, status: int, outcome: str, message: str, retry_after: int = 0, detail: str = ""
+    ) -> None:
+        super().__init__(detail or message)
         self.status = status
         self.outcome = outcome
         self.message = message
         self.retry_after = retry_after
+        self.detail = detail
 
 
 class Invoker(Protocol):
@@ -128,6 +135,11 @@ class LocalInvoker:
 
 
 def make_invoker(settings: Any) -> Invoker:
+    """The configured invoker; ValueError (shown at startup) if it cannot be built."""
     if settings.invoker == "local":
         return LocalInvoker(settings.handler, settings.local_workers)
-    raise ValueError("invoker 'lambda' is not available yet; use invoker = 'local'")
+    from sssrd import lambda_invoke  # boto3 is slow to import; `sssrd dev` does not need it
+
+    if settings.invoke_client == "boto3":
+        return lambda_invoke.Boto3Invoker(settings)
+    return lambda_invoke.LeanInvoker(settings)

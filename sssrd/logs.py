@@ -51,8 +51,12 @@ def configure(level: str, stream: TextIO | None = None) -> None:
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter())
     log.addHandler(handler)
-    log.setLevel(level.upper())
+    set_level(level)
     log.propagate = False
+
+
+def set_level(level: str) -> None:
+    log.setLevel(level.upper())
 
 
 def write_access(record: dict[str, Any], stream: TextIO | None = None) -> None:

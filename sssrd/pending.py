@@ -112,11 +112,19 @@ class PendingRegistry:
         self._entries[request_id] = entry
         return entry
 
-    def claim(self, request_id: str, token: str | None, stream: object) -> Pending:
-        """Hand `stream` to the waiting viewer, once; raises Rejection otherwise."""
+    def claim(
+        self, request_id: str, token: str | None, stream: object, tokenless: bool = False
+    ) -> Pending:
+        """Hand `stream` to the waiting viewer, once; raises Rejection otherwise.
+
+        `tokenless` is for the seed protocol (compat mode), where the unguessable id is the
+        only capability.
+        """
         if len(request_id) != ID_LENGTH or not all(c in "0123456789abcdef" for c in request_id):
             raise Rejection(404, "unknown", "no such callback")
-        if token is None or not hmac.compare_digest(token, self.token_for(request_id)):
+        if not tokenless and (
+            token is None or not hmac.compare_digest(token, self.token_for(request_id))
+        ):
             raise Rejection(401, "bad_token", "missing or invalid callback token")
         entry = self._entries.get(request_id)
         if entry is None:

@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 import h11
 
-from sssrd import logs
+from sssrd import ec2, logs
 from sssrd.admin import AdminConnection
 from sssrd.callbacks import CallbackConnection
-from sssrd.config import Address, Settings
+from sssrd.config import Address, ConfigError, Settings, merge_reload
 from sssrd.connection import Connection
 from sssrd.invoke import Invoker
 from sssrd.metrics import Metrics
@@ -62,12 +62,14 @@ class Server:
         *,
         inherited: dict[str, list[socket.socket]] | None = None,
         notifier: Notifier | None = None,
+        reload_settings: Callable[[], Settings] | None = None,
     ) -> None:
         self.settings = settings
         self.invoker = invoker
         self.callback_base = settings.callback_url
         self.inherited = inherited or {}
         self.notifier = notifier or Notifier(None)
+        self.reload_settings = reload_settings
         self.loop = asyncio.get_running_loop()
         self.log = logs.log
         self.pending = PendingRegistry(settings.max_pending)
@@ -91,7 +93,7 @@ class Server:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Bind every listener, then tell systemd we are ready."""
+        """Bind every listener, learn the callback URL, start accepting, tell systemd."""
         settings = self.settings
         wanted: list[tuple[str, Address | None, Callable[[Server, Connection], Any]]] = [
             ("viewer", settings.listen, ViewerConnection),
@@ -99,26 +101,40 @@ class Server:
             ("admin", settings.admin_listen, AdminConnection),
         ]
         try:
-            for name, address, handler in wanted:
+            for name, address, _ in wanted:
                 sock = self.listener_socket(name, address)
                 if sock is not None:
                     self.listeners[name] = sock
-                    self.accept_tasks[name] = self.loop.create_task(self.accept(name, handler))
+            # Before any accept: every event must carry the right callback URL.
+            self.callback_base = await self.advertised_callback_base()
         except BaseException:
             self.close_listeners()
             raise
-        if not self.callback_base:  # derived from the bound address, so port 0 works too
-            self.callback_base = f"http://{self.address_of('callback')}"
+        for name, _, handler in wanted:
+            if name in self.listeners:
+                self.accept_tasks[name] = self.loop.create_task(self.accept(name, handler))
         for signum in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(signum, self.stop)
+        if self.reload_settings is not None:
+            self.loop.add_signal_handler(signal.SIGHUP, self.reload)
+        self.notifier.ready(self.status_text())
         self.schedule_status()
         self.schedule_watchdog(watchdog_interval())
-        self.notifier.ready(self.status_text())
         self.log.info(
             "sssrd listening",
             extra={name: self.address_of(name) for name in self.listeners}
             | {"callback_url": self.callback_base},
         )
+
+    async def advertised_callback_base(self) -> str:
+        """The configured base; or derived from the bound callback port (so port 0 works)."""
+        configured = self.settings.callback_url
+        port = self.listeners["callback"].getsockname()[1]
+        if configured == "auto":
+            endpoint = ec2.imds_endpoint(self.settings.imds_endpoint)
+            address = await self.loop.run_in_executor(None, ec2.private_ipv4, endpoint)
+            return f"http://{address}:{port}"
+        return configured or f"http://{self.address_of('callback')}"
 
     def listener_socket(self, name: str, address: Address | None) -> socket.socket | None:
         inherited = self.inherited.get(name)
@@ -173,6 +189,27 @@ class Server:
         self.invoker.close()
         self.log.info("stopped", extra={"abandoned": left})
         self.stopped.set()
+
+    def reload(self) -> None:
+        """SIGHUP: apply what can change live; report, never silently ignore, the rest."""
+        assert self.reload_settings is not None
+        self.notifier.reloading()
+        try:
+            loaded = self.reload_settings()
+        except ConfigError as exc:
+            self.log.error("reload refused: invalid configuration", extra={"error": str(exc)})
+            self.notifier.ready(self.status_text())
+            return
+        self.settings, applied, refused = merge_reload(self.settings, loaded)
+        self.pending.set_limit(self.settings.max_pending)
+        self.metrics.pending_limit.set(self.settings.max_pending)
+        logs.set_level(self.settings.log_level)
+        self.log.info("reloaded", extra={"applied": applied, "needs_restart": refused})
+        if refused:
+            self.log.warning(
+                "some changed settings apply only after a restart", extra={"settings": refused}
+            )
+        self.notifier.ready(self.status_text())
 
     def stop_accepting(self, name: str) -> None:
         task = self.accept_tasks.pop(name, None)
@@ -242,23 +279,24 @@ class Server:
             metrics.time_to_first_byte.observe(cycle.ttfb)
         if cycle.outcome == "viewer_abort":
             metrics.aborts_by_side["viewer"].inc()
-        logs.write_access(
-            {
-                "time": logs.utc_timestamp(time.time()),
-                "type": "access",
-                "request_id": cycle.request_id or None,
-                "method": cycle.method,
-                "path": cycle.path,
-                "status": status,
-                "outcome": cycle.outcome,
-                "bytes": cycle.body_bytes,
-                "client": cycle.conn.peer,
-                "invoke_ms": milliseconds(cycle.invoke_seconds),
-                "callback_wait_ms": milliseconds(cycle.callback_wait),
-                "ttfb_ms": milliseconds(cycle.ttfb),
-                "duration_ms": milliseconds(now - cycle.started),
-            }
-        )
+        record = {
+            "time": logs.utc_timestamp(time.time()),
+            "type": "access",
+            "request_id": cycle.request_id or None,
+            "method": cycle.method,
+            "path": cycle.path,
+            "status": status,
+            "outcome": cycle.outcome,
+            "bytes": cycle.body_bytes,
+            "client": cycle.client,
+            "invoke_ms": milliseconds(cycle.invoke_seconds),
+            "callback_wait_ms": milliseconds(cycle.callback_wait),
+            "ttfb_ms": milliseconds(cycle.ttfb),
+            "duration_ms": milliseconds(now - cycle.started),
+        }
+        if cycle.error:
+            record["error"] = cycle.error
+        logs.write_access(record)
 
     def stream_started(self) -> None:
         self.streams_in_flight += 1

@@ -19,7 +19,15 @@ import h11
 
 from sssrd.callbacks import CallbackStream, Outcome
 from sssrd.connection import REASONS, Connection, PeerGone, head_size, response
-from sssrd.event import CallbackInfo, EventTooLarge, InvalidTarget, build_event, encode_event
+from sssrd.event import (
+    CallbackInfo,
+    EventTooLarge,
+    InvalidTarget,
+    build_compat_event,
+    build_event,
+    encode_event,
+)
+from sssrd.forwarded import client_address
 from sssrd.invoke import InvokeError
 from sssrd.pending import Pending, PendingFull, WaitEnded
 from sssrd.pipe import BodyRelay, StreamAborted, ViewerWatch
@@ -113,10 +121,17 @@ class RequestCycle:
         self.callback_wait: float | None = None
         self.ttfb: float | None = None
         self.response_started = False
+        self.error = ""  # for the access log only
 
     @property
     def method(self) -> str:
         return self.request.method.decode("ascii", "replace")
+
+    @property
+    def client(self) -> str:
+        """The viewer's address (X-Forwarded-For believed only from trusted_proxies)."""
+        forwarded = [v for n, v in self.request.headers if n == b"x-forwarded-for"]
+        return client_address(self.conn.peer, forwarded, self.server.settings.trusted_proxies)
 
     @property
     def path(self) -> str:
@@ -238,6 +253,7 @@ class RequestCycle:
         try:
             await self.server.invoker.invoke(payload)
         except InvokeError as failure:
+            self.error = failure.detail
             return failure
         finally:
             self.invoke_seconds = perf_counter() - started
@@ -245,6 +261,12 @@ class RequestCycle:
 
     def build_event(self, entry: Pending, body: bytes) -> dict:
         request = self.request
+        if self.server.settings.compat == "lambda-streaming":
+            return build_compat_event(
+                origin=self.server.callback_base,
+                url=self.viewer_url(),
+                request_id=entry.request_id,
+            )
         callback = CallbackInfo(
             url=f"{self.server.callback_base}/v1/callback/{entry.request_id}",
             token=entry.token,
@@ -256,11 +278,18 @@ class RequestCycle:
             http_version=request.http_version.decode("ascii"),
             headers=list(request.headers),
             body=body,
-            source_ip=self.conn.peer,
+            source_ip=self.client,
             request_id=entry.request_id,
             time_epoch_ms=int(time.time() * 1000),
             callback=callback,
         )
+
+    def viewer_url(self) -> str:
+        """The URL the viewer asked for, as the seed protocol's `url`."""
+        headers = dict(self.request.headers)
+        scheme = headers.get(b"x-forwarded-proto", b"http").decode("latin-1")
+        host = headers.get(b"host", b"").decode("latin-1")
+        return f"{scheme}://{host}{self.request.target.decode('latin-1')}"
 
     async def stream(self, stream: CallbackStream) -> None:
         """Send the callback's response to the viewer; tell the callback side how it ended."""
@@ -325,7 +354,7 @@ class RequestCycle:
                 raise PreludeError("the body ended before the prelude's 8-NUL separator")
 
     async def send_head(self, head: ResponseHead, body_length: int | None) -> None:
-        headers = [*head.headers, (b"x-request-id", self.request_id.encode())]
+        headers = [*head.headers, *self.request_id_header()]
         if body_length is not None and head.status not in NO_BODY_STATUSES:
             headers.append((b"content-length", b"%d" % body_length))
         if self.server.draining:
@@ -334,6 +363,12 @@ class RequestCycle:
         self.ttfb = perf_counter() - self.started
         self.response_started = True
         await self.conn.send(response(head.status, headers))
+
+    def request_id_header(self) -> list[tuple[bytes, bytes]]:
+        """X-Request-Id for tracing; never in compat mode, where the id is the capability."""
+        if not self.request_id or self.server.settings.compat:
+            return []
+        return [(b"x-request-id", self.request_id.encode())]
 
     async def reply(
         self,
@@ -355,8 +390,7 @@ class RequestCycle:
             (b"content-length", b"%d" % len(f"{message}\n".encode())),
             *(extra or []),
         ]
-        if self.request_id:
-            headers.append((b"x-request-id", self.request_id.encode()))
+        headers.extend(self.request_id_header())
         if close or self.server.draining:
             headers.append((b"connection", b"close"))
         self.ttfb = perf_counter() - self.started

@@ -104,8 +104,16 @@ class Conductor:
 class Daemon:
     """`sssrd serve` in a subprocess on ephemeral 127.0.0.1 ports."""
 
-    def __init__(self, conductor: Conductor | None = None, *args: str, **env: str) -> None:
+    def __init__(
+        self,
+        conductor: Conductor | None = None,
+        *args: str,
+        wrapper: list[str] | None = None,
+        pass_fds: tuple[int, ...] = (),
+        **env: str,
+    ) -> None:
         command = [
+            *(wrapper or []),
             sys.executable,
             "-m",
             "sssrd.cli",
@@ -123,7 +131,12 @@ class Daemon:
             environ["SSSRD_TEST_CONDUCTOR"] = conductor.address
         environ.update(env)
         self.process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environ, cwd=ROOT
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=environ,
+            cwd=ROOT,
+            pass_fds=pass_fds,
         )
         self.lines: list[dict[str, Any]] = []
         self.condition = threading.Condition()
@@ -307,8 +320,8 @@ def header(response: h11.Response, name: bytes) -> bytes | None:
 
 
 @contextlib.contextmanager
-def daemon(conductor: Conductor | None = None, *args: str, **env: str) -> Iterator[Daemon]:
-    running = Daemon(conductor, *args, **env)
+def daemon(conductor: Conductor | None = None, *args: str, **options: Any) -> Iterator[Daemon]:
+    running = Daemon(conductor, *args, **options)
     try:
         yield running
     finally:

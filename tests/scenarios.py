@@ -37,6 +37,9 @@ class Conductor:
 
 
 def handler(event: dict, context: Any) -> None:
+    if "sssrd" not in event:  # compat mode: the seed protocol's event
+        seed_handler(event, context)
+        return
     query = event.get("queryStringParameters") or {}
     scenario = query.get("scenario", "demo")
     if scenario == "demo":
@@ -98,6 +101,12 @@ def post(event: dict, body: bytes, headers: dict[str, str], url: str | None = No
         return conn.getresponse().status
     finally:
         conn.close()
+
+
+def environment(event: dict, conductor: Conductor, query: dict) -> None:
+    """Reports what the render inherited from the daemon's environment."""
+    conductor.report("environ", notify=os.environ.get("NOTIFY_SOCKET"), pid=os.getpid())
+    callback.respond(event, "ok")
 
 
 def plain(event: dict, conductor: Conductor, query: dict) -> None:
@@ -241,3 +250,20 @@ SCENARIOS = {
     and function.__module__ == __name__
     and function.__code__.co_varnames[:3] == ("event", "conductor", "query")
 }
+
+
+def seed_handler(event: dict, context: Any) -> None:
+    """The seed proof of concept's Lambda: chunked POST to the origin's root, no token."""
+    conductor = Conductor("seed")
+    origin = urlsplit(event["origin"])
+    conn = http.client.HTTPConnection(origin.hostname, origin.port, timeout=30)
+    conn.putrequest("POST", "/", skip_accept_encoding=True)
+    conn.putheader("x-request-id", event["requestId"])
+    conn.putheader("x-status-code", "203")
+    conn.putheader("content-type", "text/html")
+    conn.putheader("transfer-encoding", "chunked")
+    conn.endheaders()
+    for piece in (b"seed one ", b"seed two "):
+        conn.send(b"%x\r\n%s\r\n" % (len(piece), piece))
+    conn.send(b"0\r\n\r\n")
+    conductor.report("event", event=event, status=conn.getresponse().status)

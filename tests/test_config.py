@@ -51,6 +51,7 @@ def test_body_limit_cannot_exceed_the_event_limit():
             environ={},
             flags={
                 "callback_url": "http://10.0.0.1:1",
+                "invoker": "local",
                 "max_body_bytes": "10",
                 "max_event_bytes": "5",
             },

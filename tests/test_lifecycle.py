@@ -109,6 +109,7 @@ def test_flags_beat_env_beat_file_beat_defaults(tmp_path):
         "--config",
         str(config),
         "--idle-timeout=7",
+        "--function=render",
         env={"SSSRD_HEAD_TIMEOUT": "6", "SSSRD_IDLE_TIMEOUT": "8"},
     )
     assert result.returncode == 0, result.stderr
@@ -123,11 +124,19 @@ def test_flags_beat_env_beat_file_beat_defaults(tmp_path):
 
 
 def test_check_config_output_is_a_valid_config(tmp_path):
-    first = sssrd_command("check-config", "--callback-url=http://10.1.2.3:8081")
+    first = sssrd_command(
+        "check-config", "--callback-url=http://10.1.2.3:8081", "--function=arn:aws:lambda:x"
+    )
+    assert first.returncode == 0, first.stderr
     config = tmp_path / "effective.toml"
     config.write_text(first.stdout)
     second = sssrd_command("check-config", "--config", str(config))
     assert second.returncode == 0 and second.stdout == first.stdout
+
+
+def test_lambda_invoker_needs_a_function():
+    result = sssrd_command("check-config", "--callback-url=http://10.1.2.3:8081")
+    assert result.returncode == 2 and result.stderr.startswith("sssrd: config error: function:")
 
 
 def test_version_prints_the_package_version():

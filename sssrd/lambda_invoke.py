@@ -1,0 +1,232 @@
+"""Asynchronous invokes of the render Lambda (InvocationType=Event), two ways, one policy.
+
+botocore resolves what it is good at once, at startup: region, endpoint (including
+AWS_ENDPOINT_URL_LAMBDA), credentials and their refresh. The lean invoker then signs each invoke
+with botocore's SigV4 signer and sends it on sssrd's own keep-alive pool on the event loop; the
+boto3 invoker calls boto3's invoke() on a thread pool. Both share `classify` (what the viewer
+gets) and the retry rule: at most `invoke_retries` more attempts, only after a connection
+failure or a 5xx, never after a throttle or another 4xx (a retry storm would deepen a throttle).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import boto3
+import botocore.session
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from sssrd.httpclient import Pool, Reply, RequestFailed
+from sssrd.invoke import InvokeError
+
+log = logging.getLogger("sssrd")
+
+THROTTLE_RETRY_AFTER = 1
+CREDENTIAL_REFRESH_INTERVAL = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class LambdaTarget:
+    """Where invokes go, resolved once by botocore."""
+
+    function: str
+    qualifier: str
+    region: str
+    endpoint_url: str
+
+    @property
+    def path(self) -> str:
+        path = f"/2015-03-31/functions/{quote(self.function, safe='')}/invocations"
+        return f"{path}?Qualifier={quote(self.qualifier, safe='')}" if self.qualifier else path
+
+
+def resolve_target(settings: Any) -> tuple[LambdaTarget, botocore.session.Session]:
+    """Region, endpoint and credentials from botocore's usual chains; ValueError if missing."""
+    session = botocore.session.get_session()
+    client = session.create_client(
+        "lambda",
+        region_name=settings.region or None,
+        endpoint_url=settings.endpoint_url or None,
+    )
+    region = client.meta.region_name
+    if not region:
+        raise ValueError("no AWS region: set region, or AWS_REGION / AWS_DEFAULT_REGION")
+    if session.get_credentials() is None:
+        raise ValueError("no AWS credentials found (instance profile, environment or config)")
+    target = LambdaTarget(settings.function, settings.qualifier, region, client.meta.endpoint_url)
+    return target, session
+
+
+def classify(status: int, error_type: str, message: str) -> InvokeError:
+    """What the viewer gets for a refused invoke."""
+    detail = f"invoke answered {status} {error_type}: {message}".rstrip(": ")
+    if status == 429 or error_type.startswith(("TooManyRequests", "Throttl")):
+        return InvokeError(
+            503, "invoke_throttled", "the renderer is busy", THROTTLE_RETRY_AFTER, detail
+        )
+    return InvokeError(502, "invoke_failed", "the render could not start", detail=detail)
+
+
+def unreachable(reason: str) -> InvokeError:
+    return InvokeError(502, "invoke_failed", "the render could not start", detail=reason)
+
+
+async def with_retries(attempt: Callable[[], Awaitable[None]], retries: int) -> None:
+    """Run `attempt`; retry only what `attempt` marks retryable, at most `retries` times."""
+    for remaining in range(retries, -1, -1):
+        try:
+            await attempt()
+            return
+        except Retryable as failure:
+            if not remaining:
+                raise failure.error from None
+            log.debug("invoke retry", extra={"reason": str(failure.error)})
+
+
+class Retryable(Exception):
+    def __init__(self, error: InvokeError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class LeanInvoker:
+    """Signs with botocore, sends on sssrd's own pooled HTTP/1.1 client."""
+
+    def __init__(self, settings: Any) -> None:
+        self.target, session = resolve_target(settings)
+        self.credentials = session.get_credentials()
+        self.frozen = self.credentials.get_frozen_credentials()
+        self.url = self.target.endpoint_url.rstrip("/") + self.target.path
+        self.pool = Pool(
+            self.target.endpoint_url, settings.invoke_connections, settings.invoke_timeout
+        )
+        self.target_bytes = self.target.path.encode()
+        self.retries = settings.invoke_retries
+        self.refresher: asyncio.Task[None] | None = None
+
+    async def invoke(self, payload: bytes) -> None:
+        if self.refresher is None:
+            self.refresher = asyncio.get_running_loop().create_task(self.refresh_credentials())
+        await with_retries(lambda: self.attempt(payload), self.retries)
+
+    async def attempt(self, payload: bytes) -> None:
+        try:
+            reply = await self.pool.request(b"POST", self.target_bytes, self.sign(payload), payload)
+        except RequestFailed as exc:
+            raise Retryable(unreachable(str(exc))) from None
+        if reply.status == 202:
+            return
+        error = classify(reply.status, error_type(reply), error_message(reply.body))
+        if reply.status >= 500:
+            raise Retryable(error)
+        raise error
+
+    def sign(self, payload: bytes) -> list[tuple[bytes, bytes]]:
+        """SigV4 headers for this payload (botocore's signer; ~60 µs)."""
+        request = AWSRequest(
+            method="POST",
+            url=self.url,
+            data=payload,
+            headers={
+                "X-Amz-Invocation-Type": "Event",
+                "Host": self.pool.authority,
+                "Content-Length": str(len(payload)),
+            },
+        )
+        SigV4Auth(self.frozen, "lambda", self.target.region).add_auth(request)
+        return [(name.encode(), value.encode()) for name, value in request.headers.items()]
+
+    async def refresh_credentials(self) -> None:
+        """Keep a fresh frozen copy; botocore's refresh may block (IMDS), so off the loop."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(CREDENTIAL_REFRESH_INTERVAL)
+            try:
+                self.frozen = await loop.run_in_executor(
+                    None, self.credentials.get_frozen_credentials
+                )
+            except Exception:
+                log.exception("AWS credential refresh failed; keeping the previous credentials")
+
+    def close(self) -> None:
+        if self.refresher is not None:
+            self.refresher.cancel()
+        self.pool.close()
+
+
+class Boto3Invoker:
+    """boto3's invoke() on a thread pool (retries are sssrd's, not botocore's)."""
+
+    def __init__(self, settings: Any) -> None:
+        self.target, _ = resolve_target(settings)
+        config = Config(
+            retries={"total_max_attempts": 1},
+            connect_timeout=settings.invoke_timeout,
+            read_timeout=settings.invoke_timeout,
+            max_pool_connections=settings.invoke_connections,
+        )
+        self.client = boto3.session.Session().client(
+            "lambda",
+            region_name=self.target.region,
+            endpoint_url=self.target.endpoint_url,
+            config=config,
+        )
+        self.threads = ThreadPoolExecutor(
+            max_workers=settings.invoke_connections, thread_name_prefix="sssrd-invoke"
+        )
+        self.retries = settings.invoke_retries
+        self.arguments: dict[str, str] = {
+            "FunctionName": self.target.function,
+            "InvocationType": "Event",
+        }
+        if self.target.qualifier:
+            self.arguments["Qualifier"] = self.target.qualifier
+
+    async def invoke(self, payload: bytes) -> None:
+        await with_retries(lambda: self.attempt(payload), self.retries)
+
+    async def attempt(self, payload: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self.threads, self.call, payload)
+        except ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            error = exc.response.get("Error", {})
+            failure = classify(status, error.get("Code", ""), error.get("Message", ""))
+            if status >= 500:
+                raise Retryable(failure) from None
+            raise failure from None
+        except BotoCoreError as exc:
+            raise Retryable(unreachable(str(exc))) from None
+
+    def call(self, payload: bytes) -> None:
+        response = self.client.invoke(Payload=payload, **self.arguments)
+        response["Payload"].read()  # unread, urllib3 never pools the connection again
+
+    def close(self) -> None:
+        self.threads.shutdown(wait=False, cancel_futures=True)
+
+
+def error_type(reply: Reply) -> str:
+    value = reply.header(b"x-amzn-errortype") or b""
+    return value.decode("latin-1").split(":", 1)[0]
+
+
+def error_message(body: bytes) -> str:
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return ""
+    if not isinstance(document, dict):
+        return ""
+    return str(document.get("message") or document.get("Message") or "")

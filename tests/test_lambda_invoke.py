@@ -1,0 +1,243 @@
+"""The Lambda invokers against the fake Invoke API over real HTTP, and instance discovery.
+
+The daemon runs as a subprocess with `--invoker lambda`; boto3/botocore in it talk to a
+FakeLambda in this process, which checks every SigV4 signature and runs the scenario handlers
+(which call back into the daemon). Both invoke clients must pass the same tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import zipfile
+from collections.abc import Iterator
+
+import pytest
+from harness import ROOT, Viewer, daemon, header, http_get
+
+from sssrd.testing.fake_imds import FakeIMDS
+from sssrd.testing.fake_lambda import FakeLambda
+
+CLIENTS = ["lean", "boto3"]
+
+
+@pytest.fixture(scope="module")
+def fake(conductor) -> Iterator[FakeLambda]:
+    os.environ["SSSRD_TEST_CONDUCTOR"] = conductor.address  # the handlers run in this process
+    with FakeLambda(functions={"render": "scenarios:handler"}) as running:
+        yield running
+    del os.environ["SSSRD_TEST_CONDUCTOR"]
+
+
+@pytest.fixture(autouse=True)
+def normal_behaviour(fake: FakeLambda) -> None:
+    fake.reset_behaviour()
+
+
+def lambda_daemon(conductor, fake: FakeLambda, client: str, *args: str, **env: str):
+    return daemon(
+        conductor,
+        "--invoker=lambda",
+        "--function=render",
+        f"--invoke-client={client}",
+        *args,
+        **{**fake.env(), **env},
+    )
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_signed_event_invoke_reaches_the_lambda_and_streams_back(conductor, fake, client):
+    with lambda_daemon(conductor, fake, client) as sssrd:
+        head, body = Viewer(sssrd.viewer).get(f"/page?scenario=echo&tag=ok-{client}")
+        assert head.status_code == 200
+        event = json.loads(body)
+        assert event["rawPath"] == "/page"
+        invocation = fake.invocations[-1]
+        assert invocation.invocation_type == "Event"
+        assert invocation.function_name == "render" and invocation.qualifier is None
+        assert invocation.event["sssrd"]["callbackUrl"] == event["sssrd"]["callbackUrl"]
+        access = sssrd.access(request_id=header(head, b"x-request-id").decode())
+        assert access["invoke_ms"] > 0
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_qualifier_and_arn_are_sent_as_configured(conductor, fake, client):
+    arn = fake.function_arn("render")
+    with lambda_daemon(conductor, fake, client, f"--function={arn}", "--qualifier=live") as sssrd:
+        head, _ = Viewer(sssrd.viewer).get("/?scenario=echo")
+        assert head.status_code == 200
+        invocation = fake.invocations[-1]
+        assert (invocation.function_name, invocation.qualifier) == ("render", "live")
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_endpoint_flag_works_without_the_environment_variable(conductor, fake, client):
+    env = fake.env()
+    endpoint = env.pop("AWS_ENDPOINT_URL_LAMBDA")
+    with daemon(
+        conductor,
+        "--invoker=lambda",
+        "--function=render",
+        f"--invoke-client={client}",
+        f"--endpoint-url={endpoint}",
+        **env,
+        AWS_ENDPOINT_URL_LAMBDA="",
+    ) as sssrd:
+        assert Viewer(sssrd.viewer).get("/?scenario=echo")[0].status_code == 200
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_throttle_gives_503_with_retry_after_and_is_not_retried(conductor, fake, client):
+    with lambda_daemon(conductor, fake, client) as sssrd:
+        fake.set_behaviour("throttle")
+        before = len(fake.invocations)
+        status, headers, _ = http_get(sssrd.viewer, "/?scenario=echo")
+        assert status == 503 and headers["retry-after"] == "1"
+        assert len(fake.invocations) == before + 1
+        access = sssrd.access(path="/")
+        assert access["outcome"] == "invoke_throttled"
+        assert "TooManyRequestsException" in access["error"]
+        assert sssrd.metric("sssrd_pending_callbacks") == 0
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_server_error_is_retried_once_then_gives_502(conductor, fake, client):
+    with lambda_daemon(conductor, fake, client) as sssrd:
+        fake.set_behaviour("error")
+        before = len(fake.invocations)
+        status, _, body = http_get(sssrd.viewer, "/?scenario=echo")
+        assert status == 502
+        assert b"ServiceException" not in body  # AWS details stay in the log
+        assert len(fake.invocations) == before + 2
+        assert sssrd.access(path="/")["outcome"] == "invoke_failed"
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_one_server_error_then_success_streams_normally(conductor, fake, client):
+    with lambda_daemon(conductor, fake, client) as sssrd:
+        fake.set_behaviour("error", times=1)
+        assert Viewer(sssrd.viewer).get("/?scenario=echo")[0].status_code == 200
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_hanging_invoke_times_out_with_502_and_frees_the_entry(conductor, fake, client):
+    with lambda_daemon(
+        conductor, fake, client, "--invoke-timeout=0.3", "--invoke-retries=0"
+    ) as sssrd:
+        fake.set_behaviour("hang")
+        assert http_get(sssrd.viewer, "/?scenario=echo")[0] == 502
+        assert sssrd.metric("sssrd_pending_callbacks") == 0
+        fake.reset_behaviour()
+        assert Viewer(sssrd.viewer).get("/?scenario=echo")[0].status_code == 200
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_bad_credentials_give_502_without_retry(conductor, fake, client):
+    with lambda_daemon(conductor, fake, client, AWS_SECRET_ACCESS_KEY="wrong") as sssrd:
+        before = len(fake.invocations)
+        assert http_get(sssrd.viewer, "/?scenario=echo")[0] == 502
+        assert len(fake.invocations) == before  # refused before it counted as an invoke
+        assert "InvalidSignatureException" in sssrd.access(path="/")["error"]
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_unreachable_endpoint_gives_502(conductor, fake, client):
+    with lambda_daemon(
+        conductor, fake, client, "--endpoint-url=http://127.0.0.1:9", AWS_ENDPOINT_URL_LAMBDA=""
+    ) as sssrd:
+        assert http_get(sssrd.viewer, "/?scenario=echo")[0] == 502
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_event_delivered_twice_streams_once_and_the_second_callback_is_refused(
+    conductor, fake, client
+):
+    with lambda_daemon(conductor, fake, client) as sssrd:
+        fake.set_behaviour("twice")
+        conductor.release(f"twice-{client}:go")
+        head, body = Viewer(sssrd.viewer).get(f"/?scenario=late&tag=twice-{client}")
+        assert head.status_code == 200
+        assert body == b"too late"
+        fake.wait_for_handler_runs(2)
+        rejected = conductor.report(f"twice-{client}", "rejected")
+        assert "409" in rejected["message"] or "410" in rejected["message"]
+
+
+def test_no_region_is_a_clear_startup_error(conductor, fake):
+    env = fake.env()
+    env["AWS_DEFAULT_REGION"] = ""
+    with (
+        pytest.raises(AssertionError, match="no AWS region"),
+        daemon(conductor, "--invoker=lambda", "--function=render", **env),
+    ):
+        pass
+
+
+def test_callback_url_auto_advertises_the_address_imds_gives(conductor):
+    # A loopback address stands in for the private IPv4: nothing here may reach 10.x.
+    with (
+        FakeIMDS(local_ipv4="127.0.0.9") as imds,
+        daemon(conductor, "--callback-url=auto", f"--imds-endpoint={imds.endpoint}") as sssrd,
+    ):
+        assert sssrd.callback_url == f"http://127.0.0.9:{sssrd.callback[1]}"
+
+
+def test_callback_url_auto_renders_end_to_end(conductor):
+    with (
+        FakeIMDS(local_ipv4="127.0.0.1") as imds,
+        daemon(conductor, "--callback-url=auto", f"--imds-endpoint={imds.endpoint}") as sssrd,
+    ):
+        event = json.loads(Viewer(sssrd.viewer).get("/?scenario=echo&tag=auto")[1])
+        assert event["sssrd"]["callbackUrl"].startswith(sssrd.callback_url + "/v1/callback/")
+
+
+@pytest.mark.parametrize("mode", ["no_ipv4", "down"])
+def test_callback_url_auto_fails_startup_when_imds_cannot_tell(conductor, mode):
+    with FakeIMDS(local_ipv4="127.0.0.1") as imds:
+        imds.set_mode(mode)
+        with (
+            pytest.raises(AssertionError, match="instance metadata"),
+            daemon(conductor, "--callback-url=auto", f"--imds-endpoint={imds.endpoint}"),
+        ):
+            pass
+
+
+def test_compat_mode_speaks_the_seed_protocol(conductor):
+    with daemon(conductor, "--compat=lambda-streaming") as sssrd:
+        viewer = Viewer(sssrd.viewer)
+        head, body = viewer.get("/seed/page?x=1", headers=[("x-forwarded-proto", "https")])
+        assert head.status_code == 203
+        assert body == b"seed one seed two "
+        assert header(head, b"x-request-id") is None  # the id is the capability here
+        assert header(head, b"content-type") == b"text/html"
+        reported = conductor.report("seed", "event")
+        assert set(reported["event"]) == {"origin", "url", "requestId"}
+        assert reported["event"]["origin"] == sssrd.callback_url
+        assert reported["event"]["url"] == "https://sssrd.test/seed/page?x=1"
+        assert reported["status"] == 200
+
+
+def test_example_lambda_zip_works_unchanged_under_the_fake(conductor, tmp_path, monkeypatch):
+    """The deployable zip (handler + vendored helper, stdlib only) renders through sssrd."""
+    built = subprocess.run(
+        [str(ROOT / "examples" / "lambda" / "build.sh"), str(tmp_path / "render.zip")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    with zipfile.ZipFile(built.stdout.strip()) as archive:
+        assert sorted(archive.namelist()) == ["handler.py", "sssrd_callback.py"]
+        archive.extractall(tmp_path / "function")
+    monkeypatch.syspath_prepend(str(tmp_path / "function"))
+    monkeypatch.setenv("EXAMPLE_DELAY_MS", "0")
+    with (
+        FakeLambda(functions={"example": "handler:handler"}) as fake,
+        lambda_daemon(conductor, fake, "lean", "--function=example") as sssrd,
+    ):
+        head, body = Viewer(sssrd.viewer).get("/hello")
+        assert head.status_code == 200
+        assert body.count(b"streamed as it was rendered") == 5
+        assert b"<code>/hello</code>" in body and body.endswith(b"</html>")
+        fake.wait_for_handler_runs(1)
+        assert fake.handler_failures == []
