@@ -242,7 +242,8 @@ def http_get(
     try:
         conn.request(method, path, headers=headers or {})
         response = conn.getresponse()
-        return response.status, dict(response.getheaders()), response.read()
+        headers = {name.lower(): value for name, value in response.getheaders()}
+        return response.status, headers, response.read()
     finally:
         conn.close()
 
