@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import h11
 
-from sssrd.connection import Connection, response
+from sssrd.connection import BadHead, Connection, response
 
 if TYPE_CHECKING:
     from sssrd.server import Server
@@ -28,20 +28,19 @@ class AdminConnection:
         settings = self.server.settings
         while True:
             try:
-                async with asyncio.timeout(settings.keepalive_timeout):
-                    await self.conn.wait_for_data()
-                async with asyncio.timeout(settings.head_timeout):
-                    request = await self.conn.next_event()
-                    if not isinstance(request, h11.Request):
-                        return
+                request = await self.conn.next_request(
+                    settings.keepalive_timeout, settings.head_timeout, settings.max_head_bytes
+                )
+                if request is None:
+                    return
+                async with asyncio.timeout(settings.head_timeout):  # scrapes carry no body
                     while not isinstance(await self.conn.next_event(), h11.EndOfMessage):
                         pass
-            except (TimeoutError, h11.RemoteProtocolError):
+            except (BadHead, TimeoutError, h11.RemoteProtocolError):
                 return
             await self.answer(request)
-            if self.conn.h11.our_state is not h11.DONE:
+            if not self.conn.next_cycle():
                 return
-            self.conn.h11.start_next_cycle()
 
     async def answer(self, request: h11.Request) -> None:
         path = request.target.split(b"?", 1)[0]

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import h11
 
-from sssrd.connection import Connection, head_size, response
+from sssrd.connection import BadHead, Connection, response
 from sssrd.pending import Rejection
 from sssrd.prelude import PRELUDE_CONTENT_TYPE
 
@@ -104,25 +104,14 @@ class CallbackConnection:
         settings = self.server.settings
         while True:
             try:
-                async with asyncio.timeout(settings.keepalive_timeout):
-                    await self.conn.wait_for_data()
-                async with asyncio.timeout(settings.head_timeout):
-                    event = await self.conn.next_event()
-            except TimeoutError:
+                request = await self.conn.next_request(
+                    settings.keepalive_timeout, settings.head_timeout, settings.max_head_bytes
+                )
+            except BadHead as bad:
+                await self.reply(bad.status, {"error": str(bad)}, close=True)
                 return
-            except h11.RemoteProtocolError as exc:
-                await self.reply(exc.error_status_hint, {"error": str(exc)}, close=True)
+            if request is None or not await self.handle(request) or not self.conn.next_cycle():
                 return
-            if not isinstance(event, h11.Request):
-                return
-            if head_size(event) > settings.max_head_bytes:
-                await self.reply(431, {"error": "request head too large"}, close=True)
-                return
-            if not await self.handle(event):
-                return
-            if self.conn.h11.our_state is not h11.DONE or self.conn.h11.their_state is not h11.DONE:
-                return
-            self.conn.h11.start_next_cycle()
 
     async def handle(self, request: h11.Request) -> bool:
         """Serve one callback; True if the connection may carry another."""

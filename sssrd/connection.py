@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any
 
@@ -39,6 +40,14 @@ class PeerGone(Exception):
     """The peer closed or reset the connection."""
 
 
+class BadHead(Exception):
+    """A request head that cannot be served; `status` is the answer (400, 408 or 431)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 def _wake(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
@@ -60,29 +69,69 @@ class Connection:
         except (OSError, IndexError, TypeError):
             self.peer = ""
 
-    async def wait_readable(self, future: asyncio.Future[None] | None = None) -> None:
+    def wait_readable(self, future: asyncio.Future[None] | None = None) -> Awaitable[None]:
         """Wait until the socket is readable, or until someone else resolves `future`."""
-        future = future or self.loop.create_future()
-        self.loop.add_reader(self.fd, _wake, future)
-        try:
-            await future
-        finally:
-            if not self.closed:
-                self.loop.remove_reader(self.fd)
+        return self._wait(self.loop.add_reader, self.loop.remove_reader, future)
 
-    async def wait_writable(self, future: asyncio.Future[None] | None = None) -> None:
+    def wait_writable(self, future: asyncio.Future[None] | None = None) -> Awaitable[None]:
+        """Wait until the socket is writable, or until someone else resolves `future`."""
+        return self._wait(self.loop.add_writer, self.loop.remove_writer, future)
+
+    async def _wait(
+        self,
+        register: Callable[..., None],
+        unregister: Callable[[int], object],
+        future: asyncio.Future[None] | None,
+    ) -> None:
         future = future or self.loop.create_future()
-        self.loop.add_writer(self.fd, _wake, future)
+        register(self.fd, _wake, future)
         try:
             await future
         finally:
             if not self.closed:
-                self.loop.remove_writer(self.fd)
+                unregister(self.fd)
 
     async def wait_for_data(self) -> None:
         """Return once bytes are buffered in h11 or readable on the socket."""
         if not any(self.h11.trailing_data):
             await self.wait_readable()
+
+    async def next_request(
+        self, idle_timeout: float, head_timeout: float, max_head_bytes: int
+    ) -> h11.Request | None:
+        """The next request head; None if the peer closes or idles past `idle_timeout` first.
+
+        Raises BadHead when the head is too slow (408: the whole head within `head_timeout`,
+        slowloris), too large (431) or malformed (400).
+        """
+        try:
+            async with asyncio.timeout(idle_timeout):
+                await self.wait_for_data()
+        except TimeoutError:
+            return None
+        try:
+            async with asyncio.timeout(head_timeout):
+                event = await self.next_event()
+        except TimeoutError:
+            raise BadHead(408, "request head not received in time") from None
+        except h11.RemoteProtocolError as exc:
+            if exc.error_status_hint == 431:
+                raise BadHead(431, "request head too large") from None
+            raise BadHead(exc.error_status_hint, f"bad request: {exc}") from None
+        if not isinstance(event, h11.Request):
+            return None
+        if head_size(event) > max_head_bytes:
+            raise BadHead(431, "request head too large")
+        return event
+
+    def next_cycle(self) -> bool:
+        """Start the next request/response cycle if both sides finished this one cleanly."""
+        if self.closed or self.h11.our_state is not h11.DONE:
+            return False
+        if self.h11.their_state is not h11.DONE:
+            return False
+        self.h11.start_next_cycle()
+        return True
 
     async def receive(self) -> bytes:
         """Some bytes from the peer; b"" once it has closed its side."""

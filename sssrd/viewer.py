@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import h11
 
 from sssrd.callbacks import CallbackStream, Outcome
-from sssrd.connection import REASONS, Connection, PeerGone, head_size, response
+from sssrd.connection import REASONS, BadHead, Connection, PeerGone, response
 from sssrd.event import (
     CallbackInfo,
     EventTooLarge,
@@ -58,45 +58,22 @@ class ViewerConnection:
         self.conn = conn
 
     async def run(self) -> None:
+        settings = self.server.settings
         while True:
-            request = await self.read_request()
+            try:
+                request = await self.conn.next_request(
+                    settings.keepalive_timeout, settings.head_timeout, settings.max_head_bytes
+                )
+            except BadHead as bad:
+                if bad.status == 408:
+                    self.server.timed_out("head")
+                await self.refuse(bad.status, str(bad))
+                return
             if request is None:
                 return
             await RequestCycle(self.server, self.conn, request).run()
-            h11_conn = self.conn.h11
-            if self.conn.closed or h11_conn.our_state is not h11.DONE:
+            if not self.conn.next_cycle():
                 return
-            if h11_conn.their_state is not h11.DONE:
-                return
-            h11_conn.start_next_cycle()
-
-    async def read_request(self) -> h11.Request | None:
-        settings = self.server.settings
-        try:
-            async with asyncio.timeout(settings.keepalive_timeout):
-                await self.conn.wait_for_data()
-        except TimeoutError:
-            return None
-        try:
-            async with asyncio.timeout(settings.head_timeout):
-                event = await self.conn.next_event()
-        except TimeoutError:
-            self.server.timed_out("head")
-            await self.refuse(408, "request head not received in time")
-            return None
-        except h11.RemoteProtocolError as exc:
-            status = exc.error_status_hint
-            if status == 431:
-                await self.refuse(431, "request head too large")
-            else:
-                await self.refuse(status, f"bad request: {exc}")
-            return None
-        if not isinstance(event, h11.Request):
-            return None
-        if head_size(event) > settings.max_head_bytes:
-            await self.refuse(431, "request head too large")
-            return None
-        return event
 
     async def refuse(self, status: int, message: str) -> None:
         self.server.request_refused(status)
