@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import h11
 
+from sssrd.chunked import BodyDecoder, ChunkedDecoder, LengthDecoder
 from sssrd.connection import BadHead, Connection, response
 from sssrd.pending import Rejection
 from sssrd.prelude import PRELUDE_CONTENT_TYPE
@@ -45,7 +46,18 @@ class CallbackStream:
     status_header: bytes | None
     content_type: bytes | None
     content_length: int | None
+    chunked: bool
     finished: asyncio.Future[Outcome] = field(repr=False)
+
+    def decoder(self) -> BodyDecoder:
+        """A decoder for the body, holding what h11 already read past the request head.
+
+        The body is read by sssrd's own decoder, not h11, so that payload runs can be spliced;
+        h11 therefore never sees its end, and the answer to the callback closes the connection.
+        """
+        decoder = ChunkedDecoder() if self.chunked else LengthDecoder(self.content_length or 0)
+        decoder.receive(self.conn.h11.trailing_data[0])
+        return decoder
 
     def finish(self, outcome: Outcome) -> None:
         """Report how the stream ended; an unsuccessful end closes the callback right now.
@@ -138,8 +150,8 @@ class CallbackConnection:
         outcome = await stream.finished
         if outcome.kind != "delivered":
             return False  # finish() has already answered and closed
-        await self.reply(200, {"requestId": request_id, "bytes": outcome.body_bytes})
-        return True
+        await self.reply(200, {"requestId": request_id, "bytes": outcome.body_bytes}, close=True)
+        return False
 
     def stream_for(self, request: h11.Request, request_id: str) -> CallbackStream:
         content_type = header_value(request.headers, b"content-type")
@@ -152,6 +164,8 @@ class CallbackConnection:
             status_header=header_value(request.headers, b"x-status-code"),
             content_type=content_type,
             content_length=int(length) if length is not None else None,
+            chunked=(header_value(request.headers, b"transfer-encoding") or b"").lower()
+            == b"chunked",
             finished=self.server.loop.create_future(),
         )
 

@@ -27,6 +27,7 @@ from sssrd.connection import Connection
 from sssrd.invoke import Invoker
 from sssrd.metrics import Metrics
 from sssrd.pending import PendingRegistry
+from sssrd.pipe import PipePool
 from sssrd.systemd import Notifier, watchdog_interval
 from sssrd.viewer import ViewerConnection
 
@@ -34,6 +35,9 @@ if TYPE_CHECKING:
     from sssrd.viewer import RequestCycle
 
 STATUS_INTERVAL = 5.0
+# 64 KiB pipes: 1,024 of them are the 64 MiB of pipe pages a non-root user may hold; streams
+# beyond that copy instead of splicing.
+MAX_PIPES = 1024
 ACCEPT_ERROR_PAUSE = 0.1
 ViewerAbortStatus = 499  # nginx's "client closed request": no status was ever sent
 
@@ -73,6 +77,7 @@ class Server:
         self.loop = asyncio.get_running_loop()
         self.log = logs.log
         self.pending = PendingRegistry(settings.max_pending)
+        self.pipes = PipePool(MAX_PIPES)
         self.metrics = Metrics()
         self.draining = False
         self.listeners: dict[str, socket.socket] = {}
@@ -187,6 +192,7 @@ class Server:
             if timer is not None:
                 timer.cancel()
         self.invoker.close()
+        self.pipes.close()
         self.log.info("stopped", extra={"abandoned": left})
         self.stopped.set()
 
@@ -301,10 +307,11 @@ class Server:
     def stream_started(self) -> None:
         self.streams_in_flight += 1
 
-    def stream_ended(self, seconds: float, body_bytes: int) -> None:
+    def stream_ended(self, seconds: float, copied: int, spliced: int) -> None:
         self.streams_in_flight -= 1
         self.metrics.stream_duration.observe(seconds)
-        self.metrics.body_bytes_copy.inc(body_bytes)
+        self.metrics.body_bytes_copy.inc(copied)
+        self.metrics.body_bytes_splice.inc(spliced)
 
     def request_refused(self, status: int) -> None:
         """A request refused before it was parsed (400/408/431)."""

@@ -30,7 +30,7 @@ from sssrd.event import (
 from sssrd.forwarded import client_address
 from sssrd.invoke import InvokeError
 from sssrd.pending import Pending, PendingFull, WaitEnded
-from sssrd.pipe import BodyRelay, StreamAborted, ViewerWatch
+from sssrd.pipe import SPLICE_MIN, BodyRelay, StreamAborted, ViewerWatch
 from sssrd.prelude import PreludeError, PreludeReader, ResponseHead, plain_head
 
 if TYPE_CHECKING:
@@ -270,7 +270,15 @@ class RequestCycle:
 
     async def stream(self, stream: CallbackStream) -> None:
         """Send the callback's response to the viewer; tell the callback side how it ended."""
-        relay = BodyRelay(stream.conn, self.conn, self.server.settings.idle_timeout)
+        settings = self.server.settings
+        relay = BodyRelay(
+            stream.conn,
+            self.conn,
+            stream.decoder(),
+            settings.idle_timeout,
+            None if settings.body_path == "copy" else self.server.pipes,
+            splice_min=1 if settings.body_path == "splice" else SPLICE_MIN,
+        )
         watch = ViewerWatch(self.conn, relay.viewer_gone)
         self.server.stream_started()
         started = perf_counter()
@@ -278,22 +286,21 @@ class RequestCycle:
             head, first, body_length = await self.read_head(stream, relay)
             await self.send_head(head, body_length)
             if self.request.method == b"HEAD" or head.status in NO_BODY_STATUSES:
-                await relay.send_to_viewer(h11.EndOfMessage())
+                await relay.end()
                 stream.finish(Outcome("no_body", message="the viewer needs no body"))
                 return
             await relay.relay(first)
-            self.body_bytes = relay.sent
-            stream.finish(Outcome("delivered", body_bytes=relay.sent))
+            stream.finish(Outcome("delivered", body_bytes=relay.copied + relay.spliced))
         except PreludeError as exc:
             stream.finish(Outcome("malformed", message=str(exc)))
             await self.reply(502, "the render sent a malformed response", "bad_callback")
         except StreamAborted as abort:
-            self.body_bytes = relay.sent
             await self.abort_stream(stream, abort)
         finally:
             watch.stop()
             relay.close()
-            self.server.stream_ended(perf_counter() - started, relay.sent)
+            self.body_bytes = relay.copied + relay.spliced
+            self.server.stream_ended(perf_counter() - started, relay.copied, relay.spliced)
 
     async def abort_stream(self, stream: CallbackStream, abort: StreamAborted) -> None:
         stream.finish(Outcome(abort.kind, message=str(abort)))
@@ -317,9 +324,7 @@ class RequestCycle:
             return plain_head(stream.status_header, stream.content_type), b"", stream.content_length
         reader = PreludeReader(self.server.settings.max_prelude_bytes)
         consumed = 0
-        while True:
-            event = await relay.next_source_event()
-            data = event.data if isinstance(event, h11.Data) else b""
+        while (data := await relay.next_payload()) is not None:
             consumed += len(data)
             parsed = reader.feed(data)
             if parsed is not None:
@@ -327,8 +332,7 @@ class RequestCycle:
                 length = stream.content_length
                 known = None if length is None else length - consumed + len(rest)
                 return head, rest, known
-            if isinstance(event, h11.EndOfMessage):
-                raise PreludeError("the body ended before the prelude's 8-NUL separator")
+        raise PreludeError("the body ended before the prelude's 8-NUL separator")
 
     async def send_head(self, head: ResponseHead, body_length: int | None) -> None:
         headers = [*head.headers, *self.request_id_header()]

@@ -243,15 +243,6 @@ def status_only(event: dict, conductor: Conductor, query: dict) -> None:
         out.write("ignored")
 
 
-SCENARIOS = {
-    name: function
-    for name, function in globals().items()
-    if inspect.isfunction(function)
-    and function.__module__ == __name__
-    and function.__code__.co_varnames[:3] == ("event", "conductor", "query")
-}
-
-
 def seed_handler(event: dict, context: Any) -> None:
     """The seed proof of concept's Lambda: chunked POST to the origin's root, no token."""
     conductor = Conductor("seed")
@@ -267,3 +258,65 @@ def seed_handler(event: dict, context: Any) -> None:
         conn.send(b"%x\r\n%s\r\n" % (len(piece), piece))
     conn.send(b"0\r\n\r\n")
     conductor.report("event", event=event, status=conn.getresponse().status)
+
+
+def pattern(size: int) -> bytes:
+    """Deterministic bytes the test can rebuild to check integrity."""
+    block = bytes(range(256)) * 256
+    return (block * (size // len(block) + 1))[:size]
+
+
+def bulk(event: dict, conductor: Conductor, query: dict) -> None:
+    """A large body, chunked in `chunk`-byte chunks or with Content-Length (`framing=length`)."""
+    size, chunk = int(query["size"]), int(query.get("chunk", "65536"))
+    body = pattern(size)
+    prelude = b'{"statusCode":200,"headers":{"content-type":"application/octet-stream"}}'
+    head = prelude + b"\0" * 8
+    headers = {**bearer(event), "content-type": PRELUDE_TYPE}
+    if query.get("framing") == "length":
+        headers["content-length"] = str(len(head) + size)
+    else:
+        headers["transfer-encoding"] = "chunked"
+    conn = raw_callback(event, headers)
+    conn.sock.settimeout(float(query.get("block_after", "30")))
+    sent = 0
+    try:
+        if "content-length" in headers:
+            conn.send(head)
+            for start in range(0, size, chunk):
+                conn.sock.sendall(body[start : start + chunk])
+                sent += len(body[start : start + chunk])
+        else:
+            conn.send(b"%x\r\n%s\r\n" % (len(head), head))
+            for start in range(0, size, chunk):
+                piece = body[start : start + chunk]
+                conn.sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+                sent += len(piece)
+                if query.get("break_at") and sent >= int(query["break_at"]):
+                    conn.sock.sendall(b"zz\r\n")  # invalid framing mid-stream
+                    conductor.wait("closed")
+                    return
+            conn.send(b"0\r\n\r\n")
+    except TimeoutError:
+        conductor.report("blocked", sent=sent)
+        conductor.wait("resume")
+        conn.sock.settimeout(30)
+        for start in range(sent, size, chunk):
+            piece = body[start : start + chunk]
+            framed = piece if "content-length" in headers else b"%x\r\n%s\r\n" % (len(piece), piece)
+            conn.sock.sendall(framed)
+        if "content-length" not in headers:
+            conn.send(b"0\r\n\r\n")
+    except OSError as exc:
+        conductor.report("send_failed", error=type(exc).__name__, sent=sent)
+        return
+    conductor.report("answered", status=conn.getresponse().status)
+
+
+SCENARIOS = {
+    name: function
+    for name, function in globals().items()
+    if inspect.isfunction(function)
+    and function.__module__ == __name__
+    and function.__code__.co_varnames[:3] == ("event", "conductor", "query")
+}

@@ -1,0 +1,166 @@
+"""Incremental, strict decoders for a callback's body framing (chunked, or Content-Length).
+
+Strategy (after h11's readers): bytes go in with receive(); next_event() returns payload bytes,
+NEED_DATA or END, or raises FramingError. Unlike h11's decoder, the position inside the current
+chunk is public: `payload_left` says how many payload bytes of this chunk are still to come, and
+skip_payload(n) records that n of them were moved past the decoder (spliced socket to socket),
+so the zero-copy path never reads payload into Python. Framing is request-smuggling territory:
+chunk sizes are 1-16 hex digits and nothing else, lines and trailers are bounded, CRLF exactly.
+"""
+
+from __future__ import annotations
+
+import re
+
+MAX_SIZE_LINE = 1024  # the chunk-size line with its extensions, CRLF included
+MAX_TRAILERS = 8192  # all trailer lines together
+NEED_DATA = object()
+END = object()
+
+# chunk-size [ chunk-ext ]: hex digits, then ;-separated extensions of visible characters
+# (ignored, but not allowed to hide control bytes). No whitespace before the size.
+SIZE_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})((?:[ \t]*;[ \t]*[!-~][ -~\t]*)?)")
+TRAILER_LINE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+:[ \t]*[\t -~\x80-\xff]*")
+
+SIZE, PAYLOAD, PAYLOAD_CRLF, TRAILERS, DONE = range(5)
+
+
+class FramingError(ValueError):
+    """The body's framing is invalid; the stream must be cut."""
+
+
+class BodyDecoder:
+    """Shared buffer handling; subclasses decide what the bytes mean."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._start = 0  # consumed prefix of _buffer, dropped lazily
+        self.payload_left = 0
+
+    def receive(self, data: bytes) -> None:
+        if self._start:
+            del self._buffer[: self._start]
+            self._start = 0
+        self._buffer += data
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer) - self._start
+
+    def _take(self, count: int) -> bytes:
+        data = bytes(self._buffer[self._start : self._start + count])
+        self._start += len(data)
+        return data
+
+    def next_event(self) -> object:
+        raise NotImplementedError
+
+    def skip_payload(self, count: int) -> None:
+        """`count` payload bytes of the current chunk went past the decoder (spliced)."""
+        if self.buffered or not 0 < count <= self.payload_left:
+            raise RuntimeError(f"cannot skip {count} of {self.payload_left} payload bytes")
+        self.payload_left -= count
+        self._payload_done()
+
+    def _payload_done(self) -> None:
+        pass
+
+    @property
+    def in_payload(self) -> bool:
+        """True while the next bytes on the wire are payload of a known length."""
+        return self.payload_left > 0
+
+
+class LengthDecoder(BodyDecoder):
+    """A Content-Length body: exactly `length` payload bytes."""
+
+    def __init__(self, length: int) -> None:
+        super().__init__()
+        self.payload_left = length
+
+    def next_event(self) -> object:
+        if not self.payload_left:
+            return END
+        if not self.buffered:
+            return NEED_DATA
+        data = self._take(min(self.buffered, self.payload_left))
+        self.payload_left -= len(data)
+        return data
+
+
+class ChunkedDecoder(BodyDecoder):
+    """A Transfer-Encoding: chunked body."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._state = SIZE
+        self._trailer_bytes = 0
+
+    def next_event(self) -> object:
+        while True:
+            state = self._state
+            if state == PAYLOAD:
+                if not self.buffered:
+                    return NEED_DATA
+                data = self._take(min(self.buffered, self.payload_left))
+                self.payload_left -= len(data)
+                self._payload_done()
+                return data
+            if state == SIZE:
+                line = self._line(MAX_SIZE_LINE, "chunk size line")
+                if line is None:
+                    return NEED_DATA
+                self._start_chunk(line)
+            elif state == PAYLOAD_CRLF:
+                if self.buffered < 2:
+                    return NEED_DATA
+                if self._buffer[self._start : self._start + 2] != b"\r\n":
+                    raise FramingError("chunk payload not followed by CRLF")
+                self._start += 2
+                self._state = SIZE
+            elif state == TRAILERS:
+                line = self._line(MAX_TRAILERS - self._trailer_bytes, "trailers")
+                if line is None:
+                    return NEED_DATA
+                if not line:
+                    self._state = DONE
+                    return END
+                self._trailer_bytes += len(line) + 2
+                if not TRAILER_LINE.fullmatch(line):
+                    raise FramingError("malformed trailer field")
+            else:
+                return END
+
+    def _line(self, limit: int, what: str) -> bytes | None:
+        end = self._buffer.find(b"\r\n", self._start, self._start + limit)
+        if end < 0:
+            if self.buffered >= limit:
+                raise FramingError(f"{what} longer than {limit} bytes")
+            if self._buffer.find(b"\n", self._start) >= 0:
+                raise FramingError(f"bare LF in {what}")
+            return None
+        line = bytes(self._buffer[self._start : end])
+        if b"\n" in line or b"\r" in line:
+            raise FramingError(f"bare CR or LF in {what}")
+        self._start = end + 2
+        return line
+
+    def _start_chunk(self, line: bytes) -> None:
+        match = SIZE_LINE.fullmatch(line)
+        if match is None:
+            raise FramingError("malformed chunk size line")
+        size = int(match.group(1), 16)
+        if size:
+            self.payload_left = size
+            self._state = PAYLOAD
+        else:
+            self._state = TRAILERS
+
+    def _payload_done(self) -> None:
+        if not self.payload_left:
+            self._state = PAYLOAD_CRLF
+
+    @property
+    def unused(self) -> bytes:
+        """Bytes received after the end of the body (a pipelined request, or garbage)."""
+        return bytes(self._buffer[self._start :]) if self._state == DONE else b""
