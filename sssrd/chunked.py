@@ -36,6 +36,7 @@ class BodyDecoder:
         self._buffer = bytearray()
         self._start = 0  # consumed prefix of _buffer, dropped lazily
         self.payload_left = 0
+        self.chunk_size = 0  # size of the current (or last) chunk: a hint for read sizes
 
     def receive(self, data: bytes) -> None:
         if self._start:
@@ -76,7 +77,7 @@ class LengthDecoder(BodyDecoder):
 
     def __init__(self, length: int) -> None:
         super().__init__()
-        self.payload_left = length
+        self.payload_left = self.chunk_size = length
 
     def next_event(self) -> object:
         if not self.payload_left:
@@ -150,6 +151,7 @@ class ChunkedDecoder(BodyDecoder):
         if match is None:
             raise FramingError("malformed chunk size line")
         size = int(match.group(1), 16)
+        self.chunk_size = size
         if size:
             self.payload_left = size
             self._state = PAYLOAD
