@@ -22,7 +22,7 @@ END = object()
 SIZE_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})((?:[ \t]*;[ \t]*[!-~][ -~\t]*)?)")
 TRAILER_LINE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+:[ \t]*[\t -~\x80-\xff]*")
 
-SIZE, PAYLOAD, PAYLOAD_CRLF, TRAILERS, DONE = range(5)
+SIZE, PAYLOAD, PAYLOAD_CRLF, TRAILERS, DONE, FAILED = range(6)
 
 
 class FramingError(ValueError):
@@ -98,6 +98,13 @@ class ChunkedDecoder(BodyDecoder):
         self._trailer_bytes = 0
 
     def next_event(self) -> object:
+        try:
+            return self._next_event()
+        except FramingError:
+            self._state = FAILED  # sticky: nothing after a framing error is ever decoded
+            raise
+
+    def _next_event(self) -> object:
         while True:
             state = self._state
             if state == PAYLOAD:
@@ -129,6 +136,8 @@ class ChunkedDecoder(BodyDecoder):
                 self._trailer_bytes += len(line) + 2
                 if not TRAILER_LINE.fullmatch(line):
                     raise FramingError("malformed trailer field")
+            elif state == FAILED:
+                raise FramingError("the body's framing already failed")
             else:
                 return END
 
