@@ -31,3 +31,9 @@ DIST ?= dist
 .PHONY: deb
 deb:
 	bash packaging/deb/build.sh $(DIST)
+
+# The benchmark suite against HAProxy and nginx (needs haproxy nginx-light nghttp2-client curl);
+# `make bench BENCH_ARGS=--quick` for a one-minute smoke run. Figures: bench/RESULTS.md.
+.PHONY: bench
+bench: venv
+	$(BIN)/python -m bench.run $(BENCH_ARGS)

@@ -1,0 +1,347 @@
+"""Turning result rows into the printed table, the issue's targets (pass/miss) and JSON.
+
+Targets and the seed's anchor figures are quoted from issue 4; each is checked against the row
+that answers it (sssrd with its default body path unless the target names another). Machine
+details are collected here so every JSON file says where its figures came from.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import resource
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench import procs
+
+Row = dict[str, Any]
+Results = dict[str, Any]
+
+
+def first_line(argv: list[str]) -> str:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    except OSError:
+        return "not installed"
+    text = (done.stdout + done.stderr).strip()
+    return text.splitlines()[0] if text else "?"
+
+
+def machine_details() -> dict[str, str | int | None]:
+    model = next(
+        (
+            line.partition(":")[2].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        "?",
+    )
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "sssrd": first_line([str(Path(__file__).parents[1] / ".venv/bin/sssrd"), "version"]),
+        "commit": first_line(
+            ["git", "-C", str(Path(__file__).parents[1]), "describe", "--always", "--dirty"]
+        ),
+        "haproxy": first_line(["haproxy", "-v"]),
+        "nginx": first_line(["nginx", "-v"]),
+        "h2load": first_line(["h2load", "--version"]),
+        "curl": first_line(["curl", "--version"]),
+    }
+
+
+class ForeignLoad:
+    """CPU that processes outside this bench used while it ran (a shared machine's noise).
+
+    Busy time of the whole machine from /proc/stat, minus this process's and its waited-for
+    children's (every process the bench starts is reaped before `stop()`).
+    """
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.machine = procs.machine_busy_seconds()
+        self.ours = own_cpu_seconds()
+
+    def stop(self) -> dict[str, float]:
+        wall = time.monotonic() - self.started
+        machine = procs.machine_busy_seconds() - self.machine
+        ours = own_cpu_seconds() - self.ours
+        return {
+            "wall_seconds": wall,
+            "bench_cores": ours / wall,
+            "other_cores": max(0.0, machine - ours) / wall,
+        }
+
+
+def own_cpu_seconds() -> float:
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    return total
+
+
+@dataclass(frozen=True)
+class Target:
+    """One goal from the issue: how to find the measured figure, and the bound it must meet."""
+
+    goal: str
+    anchor: str
+    measure: Callable[[Results], float | None]
+    passes: Callable[[float], bool]
+    unit: str
+
+
+def find(rows: Sequence[Row], **match: Any) -> Row | None:
+    return next((row for row in rows if all(row.get(k) == v for k, v in match.items())), None)
+
+
+def pick(results: Results, scenario: str, key: str, **match: Any) -> float | None:
+    """The figure, None when the scenario did not run, NaN when it ran and broke."""
+    row = find(results.get(scenario, []), **match)
+    if row is None:
+        return None
+    if row.get("ok") is False or row.get("broken_streams"):
+        return float("nan")
+    return float("nan") if row.get(key) is None else float(row[key])
+
+
+TARGETS = (
+    Target(
+        "CPU per request at C=200 <= 0.30 ms",
+        "seed 0.64 ms",
+        lambda r: pick(r, "rendezvous", "sssrd_cpu_ms_per_request", clients=200),
+        lambda v: v <= 0.30,
+        "ms",
+    ),
+    Target(
+        "no failed requests at C=1000",
+        "",
+        lambda r: pick(r, "rendezvous", "failed", clients=1000),
+        lambda v: v == 0,
+        "failed",
+    ),
+    Target(
+        "RSS per held stream <= 6 KiB",
+        "seed 17.9 KiB",
+        lambda r: (r.get("held") or {}).get("kib_per_stream"),
+        lambda v: v <= 6,
+        "KiB",
+    ),
+    Target(
+        "bulk chunked >= 2x HAProxy",
+        "HAProxy 2.6 ~0.32x direct",
+        lambda r: pick(r, "bulk", "vs_haproxy", peer="sssrd", framing="chunked"),
+        lambda v: v >= 2,
+        "x HAProxy",
+    ),
+    Target(
+        "bulk chunked >= 0.6x direct",
+        "",
+        lambda r: pick(r, "bulk", "vs_direct", peer="sssrd", framing="chunked"),
+        lambda v: v >= 0.6,
+        "x direct",
+    ),
+    Target(
+        "bulk chunked CPU <= 0.4 s/GB",
+        "",
+        lambda r: pick(r, "bulk", "cpu_s_per_gb", peer="sssrd", framing="chunked"),
+        lambda v: v <= 0.4,
+        "s/GB",
+    ),
+    Target(
+        "chunk latency added p50 <= 60 us idle",
+        "",
+        lambda r: pick(r, "latency", "added_idle_p50_us", peer="sssrd"),
+        lambda v: v <= 60,
+        "us",
+    ),
+)
+
+
+def evaluate_targets(results: Results) -> list[Row]:
+    rows = []
+    for target in TARGETS:
+        value = target.measure(results)
+        measured = value is not None and not math.isnan(value)
+        if value is None:
+            verdict = "not run"
+        elif not measured:
+            verdict = "BROKEN"
+        else:
+            verdict = "pass" if target.passes(value) else "MISS"
+        rows.append(
+            {
+                "target": target.goal,
+                "measured": value if measured else None,
+                "unit": target.unit,
+                "anchor": target.anchor,
+                "verdict": verdict,
+            }
+        )
+    return rows
+
+
+# -- printing -----------------------------------------------------------------------------------
+
+
+def cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "NO"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "-"
+        if abs(value) >= 100:
+            return f"{value:,.0f}"
+        return f"{value:.2f}" if abs(value) >= 1 else f"{value:.3f}"
+    return str(value)
+
+
+def table(title: str, rows: Sequence[Row], columns: Sequence[tuple[str, str]]) -> str:
+    """A fixed-width table of `columns` (key, heading) from `rows`; text left, numbers right."""
+    cells = [[heading for _, heading in columns]]
+    cells += [[cell(row.get(key)) for key, _ in columns] for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+    textual = [any(isinstance(row.get(key), str) for row in rows) for key, _ in columns]
+    lines = [f"## {title}"]
+    for number, line in enumerate(cells):
+        justified = [
+            text.ljust(width) if left else text.rjust(width)
+            for text, width, left in zip(line, widths, textual, strict=True)
+        ]
+        lines.append("  ".join(justified).rstrip())
+        if number == 0:
+            lines.append("  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+RENDEZVOUS_COLUMNS = (
+    ("clients", "C"),
+    ("requests", "requests"),
+    ("req_per_s", "req/s"),
+    ("failed", "failed"),
+    ("ttfb_p50_ms", "TTFB p50 ms"),
+    ("ttfb_p99_ms", "TTFB p99 ms"),
+    ("probe_requests", "probed"),
+    ("sssrd_cpu_ms_per_request", "sssrd CPU ms/req"),
+    ("sssrd_system_share", "kernel share"),
+    ("sssrd_cores", "sssrd cores"),
+    ("fake_cores", "fake cores"),
+    ("h2load_cores", "h2load cores"),
+    ("machine_cores", "machine cores"),
+    ("bottleneck", "bottleneck"),
+)
+HELD_COLUMNS = (
+    ("streams", "held streams"),
+    ("rss_before_mib", "RSS before MiB"),
+    ("rss_after_mib", "RSS after MiB"),
+    ("kib_per_stream", "KiB/stream"),
+    ("seconds_to_hold", "s to admit"),
+)
+BULK_COLUMNS = (
+    ("framing", "framing"),
+    ("peer", "peer"),
+    ("mb_per_s", "MB/s"),
+    ("vs_direct", "/direct"),
+    ("vs_haproxy", "/HAProxy"),
+    ("cpu_s_per_gb", "CPU s/GB"),
+    ("splice_share", "spliced"),
+    ("rounds", "rounds"),
+    ("ok", "ok"),
+)
+LATENCY_COLUMNS = (
+    ("peer", "peer"),
+    ("idle_p50_us", "idle p50 us"),
+    ("idle_p99_us", "idle p99 us"),
+    ("added_idle_p50_us", "added p50"),
+    ("added_idle_p99_us", "added p99"),
+    ("load_p50_us", "load p50 us"),
+    ("load_p99_us", "load p99 us"),
+    ("added_load_p50_us", "added p50"),
+    ("added_load_p99_us", "added p99"),
+    ("idle_chunks", "chunks idle"),
+    ("load_chunks", "chunks load"),
+    ("broken_streams", "broken"),
+)
+TARGET_COLUMNS = (
+    ("target", "target"),
+    ("measured", "measured"),
+    ("unit", "unit"),
+    ("anchor", "anchor"),
+    ("verdict", "verdict"),
+)
+
+
+def render(results: Results) -> str:
+    machine = results["machine"]
+    parts = [
+        f"# sssrd bench ({results['mode']}) {results['started']}",
+        f"{machine['nproc']} x {machine['cpu']}, kernel {machine['kernel']}, "
+        f"Python {machine['python']}, sssrd {machine['commit']}",
+    ]
+    load = results.get("foreign_load")
+    if load:
+        busy = (
+            " -- the machine was busy: figures are not reliable"
+            if load["other_cores"] > 0.2
+            else ""
+        )
+        parts[-1] += (
+            f"\nother processes used {load['other_cores']:.2f} of {machine['nproc']} cores "
+            f"during the {load['wall_seconds']:.0f} s run{busy}"
+        )
+    if results.get("rendezvous"):
+        parts.append(
+            table("rendezvous (h2load --h1, 10 x 2 KiB)", results["rendezvous"], RENDEZVOUS_COLUMNS)
+        )
+    if results.get("held"):
+        parts.append(table("held streams (fresh sssrd)", [results["held"]], HELD_COLUMNS))
+    if results.get("bulk"):
+        parts.append(table("bulk (MB = 10^6 bytes)", results["bulk"], BULK_COLUMNS))
+    if results.get("latency"):
+        parts.append(
+            table("chunk latency (20 x 2 KiB, 0-10 ms gaps)", results["latency"], LATENCY_COLUMNS)
+        )
+    parts += [
+        f"! {row['peer']}: {row['broken_streams']} broken streams, first: {row['first_break']}"
+        for row in results.get("latency", [])
+        if row["broken_streams"]
+    ]
+    parts += [
+        f"! {row['peer']} {row['framing']}: a transfer failed: {row['failure']}"
+        for row in results.get("bulk", [])
+        if not row["ok"]
+    ]
+    parts.append(table("targets (issue 4)", results["targets"], TARGET_COLUMNS))
+    return "\n\n".join(parts)
+
+
+def without_nan(value: Any) -> Any:
+    """JSON has no NaN: a figure that could not be measured becomes null."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {key: without_nan(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [without_nan(item) for item in value]
+    return value
+
+
+def write_json(results: Results, directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"bench-{results['started'].replace(':', '')}.json"
+    text = json.dumps(without_nan(results), indent=2, allow_nan=False, default=str)
+    path.write_text(text)
+    (directory / "latest.json").write_text(text)
+    return path

@@ -1,0 +1,181 @@
+"""One command for the whole bench: start every process, run the scenarios, report the ratios.
+
+    .venv/bin/python -m bench.run              # full run (~2.5 min here): bench/RESULTS.md
+    .venv/bin/python -m bench.run --quick      # smoke run, ~1 min, small counts and sizes
+    .venv/bin/python -m bench.run --scenario bulk --scenario latency --peer sssrd --peer direct
+
+Peers (bulk, latency): sssrd (body_path auto), sssrd-splice, sssrd-copy (forced), direct (the
+client talks to the origin itself), haproxy and nginx (Debian's, in front of the same origin).
+The fake Lambda and the origin are separate processes, so their CPU is never counted as sssrd's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import resource
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench import report, scenarios
+from bench.procs import (
+    Fake,
+    start_fake,
+    start_haproxy,
+    start_nginx,
+    start_origin,
+    start_sssrd,
+    temp_workdir,
+    wait_until_quiet,
+)
+
+SCENARIOS = ("rendezvous", "held", "bulk", "latency")
+PEERS = ("sssrd", "sssrd-splice", "sssrd-copy", "direct", "haproxy", "haproxy-64k", "nginx")
+BODY_PATHS = {"sssrd": "auto", "sssrd-splice": "splice", "sssrd-copy": "copy"}
+PROXIES = {"haproxy": start_haproxy, "haproxy-64k": start_haproxy, "nginx": start_nginx}
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+GIB = 2**30
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much each scenario does; --quick shrinks everything but the shape."""
+
+    rendezvous: tuple[tuple[int, int], ...]  # (clients, requests)
+    held_streams: int
+    bulk_bytes: int
+    bulk_rounds: int
+    latency_idle_streams: int
+    latency_load_streams: int
+    latency_load_waves: int
+
+
+FULL = Sizes(((50, 20_000), (200, 30_000), (1000, 30_000)), 5000, GIB, 3, 20, 50, 3)
+QUICK = Sizes(((50, 2000), (200, 3000), (1000, 3000)), 1000, 128 * 2**20, 1, 3, 20, 1)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="short smoke run (~1 min)")
+    parser.add_argument("--scenario", action="append", choices=SCENARIOS, help="repeatable")
+    parser.add_argument("--peer", action="append", choices=PEERS, help="repeatable")
+    parser.add_argument("--results", type=Path, default=RESULTS_DIR, help="JSON directory")
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="first wait up to this long for other processes to leave the CPUs idle",
+    )
+    return parser.parse_args(argv)
+
+
+def raise_fd_limit() -> None:
+    """Thousands of held connections: the soft fd limit goes up to the hard one (children
+    inherit it)."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def missing_tools(scenario_names: list[str], peer_names: list[str]) -> list[str]:
+    needed = {"curl"} if {"bulk"} & set(scenario_names) else set()
+    if "rendezvous" in scenario_names:
+        needed.add("h2load")
+    needed |= {peer.partition("-")[0] for peer in peer_names if peer in PROXIES}
+    return sorted(tool for tool in needed if shutil.which(tool) is None)
+
+
+def start_peers(
+    stack: contextlib.ExitStack, workdir: Path, fake: Fake, names: list[str]
+) -> list[scenarios.Peer]:
+    peers = []
+    for name in names:
+        if name in BODY_PATHS:
+            sssrd = start_sssrd(stack, workdir, name, fake, body_path=BODY_PATHS[name])
+            peers.append(scenarios.Peer(name, sssrd.viewer, sssrd.process, sssrd))
+    if {"direct", *PROXIES} & set(names):
+        origin_port = start_origin(stack, workdir).port
+        for name in names:
+            if name == "direct":
+                peers.append(scenarios.Peer("direct", ("127.0.0.1", origin_port)))
+            elif name in PROXIES:
+                process = PROXIES[name](stack, workdir, origin_port, name)
+                peers.append(scenarios.Peer(name, ("127.0.0.1", process.port), process))
+    return peers
+
+
+def run(args: argparse.Namespace) -> report.Results:
+    sizes = QUICK if args.quick else FULL
+    scenario_names = args.scenario or list(SCENARIOS)
+    peer_names = args.peer or list(PEERS)
+    results: report.Results = {
+        "mode": "quick" if args.quick else "full",
+        "started": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "machine": report.machine_details(),
+        "sizes": sizes.__dict__,
+    }
+    foreign_load = report.ForeignLoad()
+    with temp_workdir() as workdir, contextlib.ExitStack() as stack:
+        fake = start_fake(stack, workdir)
+        peers = start_peers(stack, workdir, fake, peer_names)
+        default = next((peer for peer in peers if peer.name == "sssrd"), None)
+        if "rendezvous" in scenario_names and default is not None and default.sssrd:
+            log("rendezvous")
+            scenarios.warm_up(default.sssrd)
+            results["rendezvous"] = [
+                scenarios.rendezvous(default.sssrd, fake.process, clients, requests)
+                for clients, requests in sizes.rendezvous
+            ]
+        if "bulk" in scenario_names:
+            log("bulk")
+            results["bulk"] = scenarios.bulk(peers, sizes.bulk_bytes, sizes.bulk_rounds)
+        if "latency" in scenario_names:
+            log("chunk latency")
+            results["latency"] = scenarios.chunk_latency(
+                peers,
+                sizes.latency_idle_streams,
+                sizes.latency_load_streams,
+                sizes.latency_load_waves,
+            )
+        if "held" in scenario_names:
+            log("held streams")
+            results["held"] = scenarios.held_streams(workdir, sizes.held_streams)
+    results["foreign_load"] = foreign_load.stop()
+    results["targets"] = report.evaluate_targets(results)
+    return results
+
+
+STARTED = time.monotonic()
+
+
+def log(what: str) -> None:
+    print(f"[{time.monotonic() - STARTED:6.1f}s] {what}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    missing = missing_tools(args.scenario or list(SCENARIOS), args.peer or list(PEERS))
+    if missing:
+        print(
+            f"missing: {', '.join(missing)} (apt-get install -y haproxy nginx-light "
+            "nghttp2-client curl)",
+            file=sys.stderr,
+        )
+        return 2
+    raise_fd_limit()
+    if args.wait_quiet > 0:
+        busy = wait_until_quiet(args.wait_quiet)
+        log(f"machine busy before the run: {busy:.2f} cores")
+    results = run(args)
+    print(report.render(results))
+    path = report.write_json(results, args.results)
+    log(f"done; JSON in {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""Smoke test of the benchmark suite's building blocks, so CI notices when bench/ breaks.
+
+Starts the real processes the bench measures (fake Lambda, sssrd with the Lambda invoker, the
+origin) and runs every scenario except h2load's for a second or two with tiny counts, checking
+that each yields a well-formed result row and a rendered report. No figure is asserted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import threading
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/ is not an installed package
+
+from bench import clients, report, scenarios
+from bench.procs import start_fake
+from bench.run import start_peers
+
+SMALL_BODY_BYTES = 10 * 2048
+
+
+def test_bench_scenarios_produce_well_formed_rows(tmp_path: Path) -> None:
+    with contextlib.ExitStack() as stack:
+        fake = start_fake(stack, tmp_path, workers=8)
+        peers = start_peers(stack, tmp_path, fake, ["sssrd", "direct"])
+        sssrd = peers[0].sssrd
+        assert sssrd is not None
+        timings = clients.probe_until(sssrd.viewer, "/small", threading.Event(), limit=5)
+        bulk = scenarios.bulk(peers, size=4 * 2**20, rounds=1)
+        latency = scenarios.chunk_latency(peers, idle_streams=1, load_streams=3, load_waves=1)
+    held = scenarios.held_streams(tmp_path, count=20, baseline=5)
+
+    assert [(t.status, t.body_bytes) for t in timings] == [(200, SMALL_BODY_BYTES)] * 5
+    assert {(row["peer"], row["framing"]) for row in bulk} == {
+        (peer, framing) for peer in ("sssrd", "direct") for framing in ("chunked", "length")
+    }
+    for row in bulk:
+        assert row["ok"] or row["failure"], row
+        assert row["vs_direct"] is None or row["vs_direct"] > 0
+    assert all(row["ok"] and row["mb_per_s"] > 0 for row in bulk if row["peer"] == "direct")
+    direct = next(row for row in latency if row["peer"] == "direct")
+    assert (direct["idle_chunks"], direct["load_chunks"], direct["broken_streams"]) == (20, 60, 0)
+    assert direct["added_idle_p50_us"] == 0
+    assert held["streams"] == 20 and math.isfinite(held["kib_per_stream"])
+
+    results = {
+        "mode": "smoke",
+        "started": "now",
+        "machine": report.machine_details(),
+        "bulk": bulk,
+        "latency": latency,
+        "held": held,
+    }
+    results["targets"] = report.evaluate_targets(results)
+    assert "## bulk" in report.render(results)
+    assert {row["verdict"] for row in results["targets"]} <= {"pass", "MISS", "BROKEN", "not run"}
