@@ -6,7 +6,6 @@ Kept off the viewer listener so that metrics are reachable only where the operat
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING
 
 import h11
@@ -33,11 +32,13 @@ class AdminConnection:
                 )
                 if request is None:
                     return
-                async with asyncio.timeout(settings.head_timeout):  # scrapes carry no body
-                    while not isinstance(await self.conn.next_event(), h11.EndOfMessage):
-                        pass
+                self.conn.deadline = self.conn.loop.time() + settings.head_timeout
+                while not isinstance(await self.conn.next_event(), h11.EndOfMessage):
+                    pass  # scrapes carry no body; whatever there is, is read and dropped
             except (BadHead, TimeoutError, h11.RemoteProtocolError):
                 return
+            finally:
+                self.conn.deadline = None
             await self.answer(request)
             if not self.conn.next_cycle():
                 return

@@ -2,9 +2,9 @@
 
 uvloop refuses add_reader/add_writer on sockets owned by transports, and the zero-copy path needs
 the real socket, so every connection is a plain non-blocking socket. Waiting is a future resolved
-by loop.add_reader/add_writer and unregistered on every exit path; timeouts belong to the caller
-(asyncio.timeout around whole operations, e.g. a whole request head). This module knows sockets
-and h11, nothing about sssrd's requests.
+by loop.add_reader/add_writer and unregistered on every exit path. Timeouts are the owner's:
+`deadline`, enforced by each wait, spans whole operations such as reading a request head. This
+module knows sockets and h11, nothing about sssrd's requests.
 """
 
 from __future__ import annotations
@@ -53,10 +53,15 @@ def _wake(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
+def _expire(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
+
+
 class Connection:
     """Drives one socket and its h11.Connection; the owner decides when to close it."""
 
-    __slots__ = ("closed", "fd", "h11", "loop", "peer", "sock")
+    __slots__ = ("closed", "deadline", "fd", "fresh", "h11", "loop", "peer", "sock")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, h11_conn: Any) -> None:
         self.loop = loop
@@ -64,6 +69,11 @@ class Connection:
         self.fd = sock.fileno()
         self.h11: h11.Connection = h11_conn
         self.closed = False
+        self.fresh = True  # no request read yet: its bytes are probably already here
+        # loop.time() by which the current wait must end (TimeoutError), or None. A timer on
+        # the wait's own future, not asyncio.timeout(): on Python 3.11 that costs a getpid()
+        # syscall per use, and this is the per-request path.
+        self.deadline: float | None = None
         try:
             self.peer: str = sock.getpeername()[0]
         except (OSError, IndexError, TypeError):
@@ -85,16 +95,25 @@ class Connection:
     ) -> None:
         future = future or self.loop.create_future()
         register(self.fd, _wake, future)
+        deadline = self.deadline
+        timer = None if deadline is None else self.loop.call_at(deadline, _expire, future)
         try:
             await future
         finally:
+            if timer is not None:
+                timer.cancel()
             if not self.closed:
                 unregister(self.fd)
 
-    async def wait_for_data(self) -> None:
-        """Return once bytes are buffered in h11 or readable on the socket."""
-        if not any(self.h11.trailing_data):
-            await self.wait_readable()
+    def try_receive(self) -> None:
+        """Hand h11 whatever has already arrived, without waiting."""
+        try:
+            data = self.sock.recv(RECV_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        self.h11.receive_data(data)
 
     async def next_request(
         self, idle_timeout: float, head_timeout: float, max_head_bytes: int
@@ -104,20 +123,29 @@ class Connection:
         Raises BadHead when the head is too slow (408: the whole head within `head_timeout`,
         slowloris), too large (431) or malformed (400).
         """
+        if self.fresh:  # saves registering a reader (epoll_ctl) when the head is here already
+            self.fresh = False
+            self.try_receive()
+        loop = self.loop
         try:
-            async with asyncio.timeout(idle_timeout):
-                await self.wait_for_data()
+            if not any(self.h11.trailing_data):
+                self.deadline = loop.time() + idle_timeout
+                await self.wait_readable()
         except TimeoutError:
             return None
+        finally:
+            self.deadline = None
         try:
-            async with asyncio.timeout(head_timeout):
-                event = await self.next_event()
+            self.deadline = loop.time() + head_timeout
+            event = await self.next_event()
         except TimeoutError:
             raise BadHead(408, "request head not received in time") from None
         except h11.RemoteProtocolError as exc:
             if exc.error_status_hint == 431:
                 raise BadHead(431, "request head too large") from None
             raise BadHead(exc.error_status_hint, f"bad request: {exc}") from None
+        finally:
+            self.deadline = None
         if not isinstance(event, h11.Request):
             return None
         if head_size(event) > max_head_bytes:

@@ -38,10 +38,12 @@ class Reply:
 class ClientConnection(asyncio.Protocol):
     """One connection: writes a request, collects the h11 events of its response."""
 
-    def __init__(self) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
         self.h11 = h11.Connection(h11.CLIENT)
         self.transport: asyncio.Transport | None = None
         self.closed = False
+        self.timed_out = False
         self.wakeup: asyncio.Future[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -59,6 +61,12 @@ class ClientConnection(asyncio.Protocol):
     def wake(self) -> None:
         if self.wakeup is not None and not self.wakeup.done():
             self.wakeup.set_result(None)
+
+    def expire(self) -> None:
+        """The exchange took too long: end it (the connection is not reused)."""
+        self.timed_out = True
+        self.close()
+        self.wake()
 
     @property
     def reusable(self) -> bool:
@@ -81,9 +89,11 @@ class ClientConnection(asyncio.Protocol):
             except h11.RemoteProtocolError as exc:
                 raise RequestFailed(f"bad response: {exc}") from None
             if event is h11.NEED_DATA:
-                self.wakeup = asyncio.get_running_loop().create_future()
+                self.wakeup = self.loop.create_future()
                 await self.wakeup
                 self.wakeup = None
+                if self.timed_out:
+                    raise TimeoutError
             elif isinstance(event, h11.Response):
                 reply.status = event.status_code
                 reply.headers = list(event.headers)
@@ -124,14 +134,16 @@ class Pool:
         """One exchange; RequestFailed when no complete response arrived in time."""
         request = h11.Request(method=method, target=target, headers=headers)
         connection = await self.acquire()
+        # A timer, not asyncio.timeout(): that costs a getpid() syscall per use on Python 3.11.
+        timer = connection.loop.call_later(self.timeout, connection.expire)
         try:
-            async with asyncio.timeout(self.timeout):
-                reply = await connection.exchange(request, body)
+            reply = await connection.exchange(request, body)
         except TimeoutError:
             raise RequestFailed(f"no response within {self.timeout:g} s") from None
         except (OSError, h11.LocalProtocolError) as exc:
             raise RequestFailed(str(exc) or type(exc).__name__) from None
         finally:
+            timer.cancel()
             self.release(connection)
         return reply
 
@@ -159,7 +171,7 @@ class Pool:
         try:
             async with asyncio.timeout(self.timeout):
                 _, connection = await loop.create_connection(
-                    ClientConnection,
+                    lambda: ClientConnection(loop),
                     self.host,
                     self.port,
                     ssl=self.ssl_context,

@@ -9,7 +9,6 @@ a cycle ends in `finish`, which releases the entry and reports one access record
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from time import perf_counter
@@ -167,8 +166,8 @@ class RequestCycle:
             await self.conn.send(h11.InformationalResponse(status_code=100, headers=[]))
         try:
             while True:
-                async with asyncio.timeout(settings.idle_timeout):
-                    event = await self.conn.next_event()
+                self.conn.deadline = self.loop.time() + settings.idle_timeout
+                event = await self.conn.next_event()
                 if isinstance(event, h11.EndOfMessage):
                     return bytes(body)
                 if isinstance(event, h11.ConnectionClosed):
@@ -182,6 +181,8 @@ class RequestCycle:
             await self.reply(408, "request body not received in time", "bad_request", close=True)
         except h11.RemoteProtocolError as exc:
             await self.reply(400, f"bad request body: {exc}", "bad_request", close=True)
+        finally:
+            self.conn.deadline = None
         return None
 
     def declared_length(self) -> int | None:
@@ -220,10 +221,10 @@ class RequestCycle:
                     self.outcome = "viewer_abort"
                     self.conn.close()
                 return
+            self.callback_wait = perf_counter() - self.started
+            await self.stream(stream, watch)
         finally:
             watch.stop()
-        self.callback_wait = perf_counter() - self.started
-        await self.stream(stream)
 
     async def invoke(self, payload: bytes) -> InvokeError | None:
         started = perf_counter()
@@ -268,8 +269,12 @@ class RequestCycle:
         host = headers.get(b"host", b"").decode("latin-1")
         return f"{scheme}://{host}{self.request.target.decode('latin-1')}"
 
-    async def stream(self, stream: CallbackStream) -> None:
-        """Send the callback's response to the viewer; tell the callback side how it ended."""
+    async def stream(self, stream: CallbackStream, watch: ViewerWatch) -> None:
+        """Send the callback's response to the viewer; tell the callback side how it ended.
+
+        The viewer watch that guarded the wait now guards the relay (one reader registration
+        for the whole request, not one per phase).
+        """
         settings = self.server.settings
         relay = BodyRelay(
             stream.conn,
@@ -279,7 +284,9 @@ class RequestCycle:
             None if settings.body_path == "copy" else self.server.pipes,
             splice_min=1 if settings.body_path == "splice" else SPLICE_MIN,
         )
-        watch = ViewerWatch(self.conn, relay.viewer_gone)
+        watch.on_gone = relay.viewer_gone
+        if watch.gone:  # it left between the callback's arrival and now
+            relay.viewer_gone()
         self.server.stream_started()
         started = perf_counter()
         try:
@@ -297,7 +304,6 @@ class RequestCycle:
         except StreamAborted as abort:
             await self.abort_stream(stream, abort)
         finally:
-            watch.stop()
             relay.close()
             self.body_bytes = relay.copied + relay.spliced
             self.server.stream_ended(perf_counter() - started, relay.copied, relay.spliced)
