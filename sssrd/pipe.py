@@ -161,6 +161,9 @@ class BodyRelay:
         self.last_activity = self.loop.time()
         self.abort: StreamAborted | None = None
         self._wakeup: asyncio.Future[None] | None = None
+        self.reading = False  # the callback's reader is registered (kept across waits)
+        self.waiting_to_read = False
+        self.drained = False  # the last read was short: the callback socket is likely empty
         self._idle_timer = self.loop.call_at(self.last_activity + idle_timeout, self._check_idle)
 
     # -- interruption ------------------------------------------------------------------------
@@ -184,20 +187,42 @@ class BodyRelay:
 
     def close(self) -> None:
         self._idle_timer.cancel()
+        if self.reading and not self.source.closed:
+            self.loop.remove_reader(self.source.fd)
+        self.reading = False
         if self.pipe is not None and self.pipes is not None:
             self.pipes.release(self.pipe, clean=self.in_pipe == 0)
             self.pipe = None
 
     async def _wait(self, conn: Connection, writable: bool) -> None:
+        """Wait for the viewer to take bytes, or (writable=False) for callback bytes."""
         if self.abort is not None:
             raise self.abort
         self._wakeup = self.loop.create_future()
         try:
-            await (conn.wait_writable if writable else conn.wait_readable)(self._wakeup)
+            if writable:
+                await conn.wait_writable(self._wakeup)
+            else:
+                # The callback's reader stays registered between waits: adding and removing
+                # it per chunk cost ~3 epoll_ctl calls (uvloop builds a poll handle each time).
+                if not self.reading:
+                    self.loop.add_reader(self.source.fd, self._source_readable)
+                    self.reading = True
+                self.waiting_to_read = True
+                await self._wakeup
         finally:
             self._wakeup = None
+            self.waiting_to_read = False
         if self.abort is not None:
             raise self.abort
+
+    def _source_readable(self) -> None:
+        wakeup = self._wakeup
+        if self.waiting_to_read and wakeup is not None and not wakeup.done():
+            wakeup.set_result(None)
+        else:  # nobody is waiting for it (the viewer is slow): pause, or epoll would spin
+            self.loop.remove_reader(self.source.fd)
+            self.reading = False
 
     # -- reading the callback -------------------------------------------------------------------
 
@@ -217,6 +242,9 @@ class BodyRelay:
             # The rest of a short tail, plus the next framing; never the spliceable payload.
             left = decoder.payload_left
             size = FRAME_READ + (left if left < self.splice_min else 0)
+        if self.drained:  # skip a recv that would only say EAGAIN
+            await self.flush()
+            await self._wait(self.source, writable=False)
         while True:
             try:
                 data = self.source.sock.recv(size)
@@ -228,6 +256,7 @@ class BodyRelay:
                 data = b""
             if not data:
                 raise StreamAborted("lambda_abort", "the Lambda closed the callback early")
+            self.drained = len(data) < size
             self.last_activity = self.loop.time()
             self.decoder.receive(data)
             return
