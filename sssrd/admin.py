@@ -10,26 +10,22 @@ from typing import TYPE_CHECKING
 
 import h11
 
-from sssrd.connection import BadHead, Connection, response
+from sssrd.connection import BadHead, Served, response
 
 if TYPE_CHECKING:
     from sssrd.server import Server
 
 
-class AdminConnection:
+class AdminConnection(Served):
     """Serves one admin connection: GET /metrics, GET /healthz, 404 otherwise."""
 
-    def __init__(self, server: Server, conn: Connection) -> None:
-        self.server = server
-        self.conn = conn
+    server: Server
 
     async def run(self) -> None:
         settings = self.server.settings
         while True:
             try:
-                request = await self.conn.next_request(
-                    settings.keepalive_timeout, settings.head_timeout, settings.max_head_bytes
-                )
+                request = await self.conn.next_request(settings)
                 if request is None:
                     return
                 self.conn.deadline = self.conn.loop.time() + settings.head_timeout

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import h11
 
 from sssrd.chunked import BodyDecoder, ChunkedDecoder, LengthDecoder
-from sssrd.connection import BadHead, Connection, response
+from sssrd.connection import BadHead, Connection, Served, response
 from sssrd.pending import Rejection
 from sssrd.prelude import PRELUDE_CONTENT_TYPE
 
@@ -105,20 +105,16 @@ def header_value(headers: Any, name: bytes) -> bytes | None:
     return None
 
 
-class CallbackConnection:
+class CallbackConnection(Served):
     """Serves one connection on the callback listener."""
 
-    def __init__(self, server: Server, conn: Connection) -> None:
-        self.server = server
-        self.conn = conn
+    server: Server
 
     async def run(self) -> None:
         settings = self.server.settings
         while True:
             try:
-                request = await self.conn.next_request(
-                    settings.keepalive_timeout, settings.head_timeout, settings.max_head_bytes
-                )
+                request = await self.conn.next_request(settings)
             except BadHead as bad:
                 await self.reply(bad.status, {"error": str(bad)}, close=True)
                 return

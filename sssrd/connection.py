@@ -48,6 +48,15 @@ class BadHead(Exception):
         self.status = status
 
 
+class Served:
+    """What each listener's per-connection handler holds: the server it reports to and its
+    connection; `run()` serves the connection until it should close."""
+
+    def __init__(self, server: Any, conn: Connection) -> None:
+        self.server = server
+        self.conn = conn
+
+
 def _wake(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
@@ -115,12 +124,11 @@ class Connection:
             data = b""
         self.h11.receive_data(data)
 
-    async def next_request(
-        self, idle_timeout: float, head_timeout: float, max_head_bytes: int
-    ) -> h11.Request | None:
-        """The next request head; None if the peer closes or idles past `idle_timeout` first.
+    async def next_request(self, limits: Any) -> h11.Request | None:
+        """The next request head; None if the peer closes or idles past keepalive_timeout.
 
-        Raises BadHead when the head is too slow (408: the whole head within `head_timeout`,
+        `limits` carries keepalive_timeout, head_timeout and max_head_bytes (the settings).
+        Raises BadHead when the head is too slow (408: the whole head within head_timeout,
         slowloris), too large (431) or malformed (400).
         """
         if self.fresh:  # saves registering a reader (epoll_ctl) when the head is here already
@@ -129,14 +137,14 @@ class Connection:
         loop = self.loop
         try:
             if not any(self.h11.trailing_data):
-                self.deadline = loop.time() + idle_timeout
+                self.deadline = loop.time() + limits.keepalive_timeout
                 await self.wait_readable()
         except TimeoutError:
             return None
         finally:
             self.deadline = None
         try:
-            self.deadline = loop.time() + head_timeout
+            self.deadline = loop.time() + limits.head_timeout
             event = await self.next_event()
         except TimeoutError:
             raise BadHead(408, "request head not received in time") from None
@@ -148,7 +156,7 @@ class Connection:
             self.deadline = None
         if not isinstance(event, h11.Request):
             return None
-        if head_size(event) > max_head_bytes:
+        if head_size(event) > limits.max_head_bytes:
             raise BadHead(431, "request head too large")
         return event
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import h11
 
 from sssrd.callbacks import CallbackStream, Outcome
-from sssrd.connection import REASONS, BadHead, Connection, PeerGone, response
+from sssrd.connection import REASONS, BadHead, Connection, PeerGone, Served, response
 from sssrd.event import (
     CallbackInfo,
     EventTooLarge,
@@ -49,20 +49,16 @@ def canned_response(status: int, message: str, close: bool = True) -> bytes:
     ) % (status, reason, len(body), connection, body)
 
 
-class ViewerConnection:
+class ViewerConnection(Served):
     """Serves one viewer socket until it closes, errs or idles out."""
 
-    def __init__(self, server: Server, conn: Connection) -> None:
-        self.server = server
-        self.conn = conn
+    server: Server
 
     async def run(self) -> None:
         settings = self.server.settings
         while True:
             try:
-                request = await self.conn.next_request(
-                    settings.keepalive_timeout, settings.head_timeout, settings.max_head_bytes
-                )
+                request = await self.conn.next_request(settings)
             except BadHead as bad:
                 if bad.status == 408:
                     self.server.timed_out("head")
