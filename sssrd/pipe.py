@@ -311,6 +311,14 @@ class BodyRelay:
         if buffers:
             await self.write(buffers, more)
 
+    def salvage(self) -> None:
+        """The Lambda failed mid-body: still hand the viewer the valid bytes already decoded
+        (the response stays unterminated, so it knows it is incomplete). One non-blocking
+        attempt: a viewer that is not reading must not hold the cycle."""
+        buffers = [buffer for buffer in self.take_output() if buffer]
+        with contextlib.suppress(OSError):
+            self.sink.sock.sendmsg(buffers)
+
     async def send_head(self, response: h11.Response) -> None:
         await self.write([self.sink.h11.send(response)])
 

@@ -298,14 +298,18 @@ class RequestCycle:
             stream.finish(Outcome("malformed", message=str(exc)))
             await self.reply(502, "the render sent a malformed response", "bad_callback")
         except StreamAborted as abort:
-            await self.abort_stream(stream, abort)
+            await self.abort_stream(stream, abort, relay)
         finally:
             relay.close()
             self.body_bytes = relay.copied + relay.spliced
             self.server.stream_ended(perf_counter() - started, relay.copied, relay.spliced)
 
-    async def abort_stream(self, stream: CallbackStream, abort: StreamAborted) -> None:
+    async def abort_stream(
+        self, stream: CallbackStream, abort: StreamAborted, relay: BodyRelay
+    ) -> None:
         stream.finish(Outcome(abort.kind, message=str(abort)))
+        if abort.kind != "viewer_gone" and self.response_started:
+            relay.salvage()
         if abort.kind == "viewer_gone":
             self.outcome = "viewer_abort"
         else:

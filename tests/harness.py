@@ -51,7 +51,8 @@ class Conductor:
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
-        with conn, conn.makefile("rb") as lines:
+        # A handler's connection may be reset when its daemon stops: that ends it, quietly.
+        with contextlib.suppress(ConnectionError), conn, conn.makefile("rb") as lines:
             for line in lines:
                 message = json.loads(line)
                 with self.condition:
