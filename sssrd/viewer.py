@@ -99,7 +99,7 @@ class RequestCycle:
     def method(self) -> str:
         return self.request.method.decode("ascii", "replace")
 
-    @property
+    @functools.cached_property
     def client(self) -> str:
         """The viewer's address (X-Forwarded-For believed only from trusted_proxies)."""
         forwarded = [v for n, v in self.request.headers if n == b"x-forwarded-for"]
