@@ -10,6 +10,7 @@ a cycle ends in `finish`, which releases the entry and reports one access record
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from time import perf_counter
 from typing import TYPE_CHECKING
