@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import h11
 
-from sssrd.connection import BadHead, Served, response
+from sssrd.connection import BadHead, Served, complete_response
 
 if TYPE_CHECKING:
     from sssrd.server import Server
@@ -55,8 +55,5 @@ class AdminConnection(Served):
             status, body, headers = 404, b"not found\n", []
         if not any(name.lower() == b"content-type" for name, _ in headers):
             headers.append((b"content-type", b"text/plain; charset=utf-8"))
-        headers.append((b"content-length", b"%d" % len(body)))
-        await self.conn.send(response(status, headers))
-        if request.method != b"HEAD":
-            await self.conn.send(h11.Data(data=body))
-        await self.conn.send(h11.EndOfMessage())
+        head_request = request.method == b"HEAD"
+        await self.conn.send(*complete_response(status, body, headers, head_request))

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import h11
 
 from sssrd.chunked import BodyDecoder, ChunkedDecoder, LengthDecoder
-from sssrd.connection import BadHead, Connection, Served, response
+from sssrd.connection import BadHead, Connection, Served, complete_response
 from sssrd.pending import Rejection
 from sssrd.prelude import PRELUDE_CONTENT_TYPE
 
@@ -80,11 +80,8 @@ FAILURE_STATUS = {"viewer_gone": 410, "no_body": 410, "malformed": 400}
 
 
 def json_response(status: int, body: dict[str, Any], close: bool) -> list[Any]:
-    payload = json.dumps(body).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(payload))]
-    if close:
-        headers.append((b"connection", b"close"))
-    return [response(status, headers), h11.Data(data=payload), h11.EndOfMessage()]
+    content = [(b"content-type", b"application/json")]
+    return complete_response(status, json.dumps(body).encode(), content, close=close)
 
 
 def answer_now(conn: Connection, status: int, body: dict[str, Any]) -> None:
@@ -169,17 +166,8 @@ class CallbackConnection(Served):
         """Answer the Lambda; never raises (it may already have gone)."""
         if self.conn.closed or self.conn.h11.our_state is not h11.SEND_RESPONSE:
             return
-        payload = json.dumps(body).encode()
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", b"%d" % len(payload)),
-        ]
-        if close:
-            headers.append((b"connection", b"close"))
         try:
-            await self.conn.send(response(status, headers))
-            await self.conn.send(h11.Data(data=payload))
-            await self.conn.send(h11.EndOfMessage())
+            await self.conn.send(*json_response(status, body, close))
         except Exception:  # a Lambda that hung up cannot be answered; nothing else depends on it
             self.server.log.debug("could not answer callback", exc_info=True)
 

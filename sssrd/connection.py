@@ -36,6 +36,24 @@ def response(status: int, headers: list[tuple[bytes, bytes]]) -> h11.Response:
     return h11.Response(status_code=status, headers=headers, reason=REASONS.get(status, b""))
 
 
+def complete_response(
+    status: int,
+    body: bytes,
+    headers: list[tuple[bytes, bytes]],
+    head_request: bool = False,
+    close: bool = False,
+) -> list[Any]:
+    """A whole short response as h11 events: framing added, no body bytes for HEAD."""
+    headers = [*headers, (b"content-length", b"%d" % len(body))]
+    if close:
+        headers.append((b"connection", b"close"))
+    events: list[Any] = [response(status, headers)]
+    if body and not head_request:
+        events.append(h11.Data(data=body))
+    events.append(h11.EndOfMessage())
+    return events
+
+
 class PeerGone(Exception):
     """The peer closed or reset the connection."""
 
@@ -114,15 +132,20 @@ class Connection:
             if not self.closed:
                 unregister(self.fd)
 
+    def _recv_now(self) -> bytes | None:
+        """Bytes already here (b"" at EOF or reset), or None when none have arrived yet."""
+        try:
+            return self.sock.recv(RECV_SIZE)
+        except BlockingIOError:
+            return None
+        except OSError:
+            return b""
+
     def try_receive(self) -> None:
         """Hand h11 whatever has already arrived, without waiting."""
-        try:
-            data = self.sock.recv(RECV_SIZE)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        self.h11.receive_data(data)
+        data = self._recv_now()
+        if data is not None:
+            self.h11.receive_data(data)
 
     async def next_request(self, limits: Any) -> h11.Request | None:
         """The next request head; None if the peer closes or idles past keepalive_timeout.
@@ -171,13 +194,9 @@ class Connection:
 
     async def receive(self) -> bytes:
         """Some bytes from the peer; b"" once it has closed its side."""
-        while True:
-            try:
-                return self.sock.recv(RECV_SIZE)
-            except BlockingIOError:
-                await self.wait_readable()
-            except (ConnectionResetError, TimeoutError):
-                return b""
+        while (data := self._recv_now()) is None:
+            await self.wait_readable()
+        return data
 
     async def send_all(self, data: bytes | memoryview) -> None:
         """Write everything, waiting while the peer's window is full (backpressure)."""
@@ -200,13 +219,15 @@ class Connection:
                 return event
             self.h11.receive_data(await self.receive())
 
-    async def send(self, event: Any) -> None:
-        data = self.h11.send(event)
+    async def send(self, *events: Any) -> None:
+        """Send h11 events in one write."""
+        data = b"".join(self.h11.send(event) or b"" for event in events)
         if data:
             await self.send_all(data)
 
     def close(self) -> None:
-        """Close the socket; pending waits are woken by the loop unregistering the fd first."""
+        """Unregister and close the socket. Only its owner closes it, never under a pending
+        wait of another task (unregistering wakes no one)."""
         if not self.closed:
             self.closed = True
             self.loop.remove_reader(self.fd)

@@ -105,7 +105,9 @@ class LeanInvoker:
     def __init__(self, settings: Any) -> None:
         self.target, session = resolve_target(settings)
         self.credentials = session.get_credentials()
-        self.frozen = self.credentials.get_frozen_credentials()
+        # Built once per credential refresh, not per invoke: it holds a frozen copy.
+        frozen = self.credentials.get_frozen_credentials()
+        self.signer = SigV4Auth(frozen, "lambda", self.target.region)
         self.url = self.target.endpoint_url.rstrip("/") + self.target.path
         self.pool = Pool(
             self.target.endpoint_url, settings.invoke_connections, settings.invoke_timeout
@@ -143,7 +145,7 @@ class LeanInvoker:
                 "Content-Length": str(len(payload)),
             },
         )
-        SigV4Auth(self.frozen, "lambda", self.target.region).add_auth(request)
+        self.signer.add_auth(request)
         return [(name.encode(), value.encode()) for name, value in request.headers.items()]
 
     async def refresh_credentials(self) -> None:
@@ -152,9 +154,8 @@ class LeanInvoker:
         while True:
             await asyncio.sleep(CREDENTIAL_REFRESH_INTERVAL)
             try:
-                self.frozen = await loop.run_in_executor(
-                    None, self.credentials.get_frozen_credentials
-                )
+                frozen = await loop.run_in_executor(None, self.credentials.get_frozen_credentials)
+                self.signer = SigV4Auth(frozen, "lambda", self.target.region)
             except Exception:
                 log.exception("AWS credential refresh failed; keeping the previous credentials")
 

@@ -18,7 +18,15 @@ from typing import TYPE_CHECKING
 import h11
 
 from sssrd.callbacks import CallbackStream, Outcome
-from sssrd.connection import REASONS, BadHead, Connection, PeerGone, Served, response
+from sssrd.connection import (
+    REASONS,
+    BadHead,
+    Connection,
+    PeerGone,
+    Served,
+    complete_response,
+    response,
+)
 from sssrd.event import (
     CallbackInfo,
     EventTooLarge,
@@ -106,7 +114,7 @@ class RequestCycle:
         forwarded = [v for n, v in self.request.headers if n == b"x-forwarded-for"]
         return client_address(self.conn.peer, forwarded, self.server.settings.trusted_proxies)
 
-    @property
+    @functools.cached_property
     def path(self) -> str:
         return self.request.target.split(b"?", 1)[0].decode("utf-8", "replace")
 
@@ -124,7 +132,7 @@ class RequestCycle:
         body = await self.read_body()
         if body is None:
             return
-        if self.request.target.split(b"?", 1)[0] == b"/healthz":
+        if self.path == "/healthz":
             await self.health()
             return
         try:
@@ -372,17 +380,18 @@ class RequestCycle:
         self.status = status
         self.outcome = outcome
         self.response_started = True
-        body = b"" if self.request.method == b"HEAD" else f"{message}\n".encode()
         headers = [
             (b"content-type", b"text/plain; charset=utf-8"),
-            (b"content-length", b"%d" % len(f"{message}\n".encode())),
             *(extra or []),
+            *self.request_id_header(),
         ]
-        headers.extend(self.request_id_header())
-        if close or self.server.draining:
-            headers.append((b"connection", b"close"))
         self.ttfb = perf_counter() - self.started
-        await self.conn.send(response(status, headers))
-        if body:
-            await self.conn.send(h11.Data(data=body))
-        await self.conn.send(h11.EndOfMessage())
+        await self.conn.send(
+            *complete_response(
+                status,
+                f"{message}\n".encode(),
+                headers,
+                head_request=self.request.method == b"HEAD",
+                close=close or self.server.draining,
+            )
+        )
