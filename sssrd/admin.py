@@ -22,8 +22,8 @@ class AdminConnection(Served):
     server: Server
 
     async def run(self) -> None:
-        settings = self.server.settings
         while True:
+            settings = self.server.settings  # per request: SIGHUP may have replaced them
             try:
                 request = await self.conn.next_request(settings)
                 if request is None:

@@ -64,8 +64,8 @@ class ViewerConnection(Served):
     server: Server
 
     async def run(self) -> None:
-        settings = self.server.settings
         while True:
+            settings = self.server.settings  # per request: SIGHUP may have replaced them
             try:
                 request = await self.conn.next_request(settings)
             except BadHead as bad:
