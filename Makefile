@@ -3,9 +3,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint venv clean
+.PHONY: demo test lint venv clean system-packages
 
 $(BIN)/sssrd: pyproject.toml
+	bash tests/ensure-system-packages python3-venv
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
@@ -20,7 +21,11 @@ lint: venv
 	$(BIN)/ruff check sssrd tests bench
 	$(BIN)/ruff format --check sssrd tests bench
 
-test: lint
+# Debian packages the tests need (tests/system-packages.txt): installed as root, else named.
+system-packages:
+	bash tests/ensure-system-packages tests/system-packages.txt
+
+test: system-packages lint
 	$(BIN)/pytest
 
 clean:
