@@ -2,7 +2,10 @@
 
 It reads the workload from the viewer's request target (rawPath + rawQueryString), opens one
 connection to the event's callback URL and POSTs the body in AWS's prelude format, written by
-bench.wire exactly as the origin writes it for HAProxy and nginx. Raw sockets rather than
+bench.wire exactly as the origin writes it for HAProxy and nginx. An event of the
+lambda-streaming proof of concept ({"origin", "url", "requestId"}: the proof of concept itself,
+and sssrd with `compat = "lambda-streaming"`) gets that protocol's callback instead: a POST to
+the origin's root with `x-request-id` and `x-status-code`. Raw sockets rather than
 sssrd.callback keep the fake's CPU per request small, so the fake is less likely the bottleneck.
 """
 
@@ -10,8 +13,9 @@ from __future__ import annotations
 
 import json
 import socket
+from dataclasses import dataclass
 from typing import Any, Final
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from bench.wire import Workload, framing_header, read_answer, write_body
 
@@ -21,25 +25,54 @@ PRELUDE: Final = (
 )
 
 
+@dataclass(frozen=True)
+class Callback:
+    """One callback POST: where to, its head (without Host), the body and what precedes it."""
+
+    url: SplitResult
+    head: list[bytes]
+    workload: Workload
+    prelude: bytes = b""
+
+
 def handler(event: dict[str, Any], context: object) -> None:
+    post(sssrd_callback(event) if "sssrd" in event else seed_callback(event))
+
+
+def sssrd_callback(event: dict[str, Any]) -> Callback:
     workload = Workload.from_target(event.get("rawPath", "/"), event.get("rawQueryString", ""))
     callback = event["sssrd"]
     url = urlsplit(callback["callbackUrl"])
-    head = b"".join(
-        [
-            b"POST %s HTTP/1.1\r\n" % url.path.encode(),
-            b"Host: %s\r\n" % url.netloc.encode(),
-            b"Authorization: Bearer %s\r\n" % callback["token"].encode(),
-            b"Content-Type: %s\r\n" % PRELUDE_CONTENT_TYPE,
-            framing_header(workload, len(PRELUDE)),
-            b"\r\n",
-        ]
-    )
+    head = [
+        b"POST %s HTTP/1.1\r\n" % url.path.encode(),
+        b"Authorization: Bearer %s\r\n" % callback["token"].encode(),
+        b"Content-Type: %s\r\n" % PRELUDE_CONTENT_TYPE,
+        framing_header(workload, len(PRELUDE)),
+    ]
+    return Callback(url, head, workload, PRELUDE)
+
+
+def seed_callback(event: dict[str, Any]) -> Callback:
+    """The proof of concept's protocol: POST to the origin's root, the id in a header."""
+    target = urlsplit(event["url"])
+    workload = Workload.from_target(target.path, target.query)
+    head = [
+        b"POST / HTTP/1.1\r\n",
+        b"x-request-id: %s\r\n" % event["requestId"].encode(),
+        b"x-status-code: 200\r\nContent-Type: text/html\r\n",
+        framing_header(workload),
+    ]
+    return Callback(urlsplit(event["origin"]), head, workload)
+
+
+def post(callback: Callback) -> None:
+    url = callback.url
+    head = b"".join([callback.head[0], b"Host: %s\r\n" % url.netloc.encode(), *callback.head[1:]])
     try:
         with socket.create_connection((url.hostname, url.port), timeout=60) as sock:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.sendall(head)
-            write_body(sock, workload, PRELUDE)
+            sock.sendall(head + b"\r\n")
+            write_body(sock, callback.workload, callback.prelude)
             read_answer(sock)
     except OSError:
         return  # the viewer left and sssrd closed the callback: stop, as a render would

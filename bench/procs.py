@@ -13,6 +13,7 @@ import http.client
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -24,6 +25,9 @@ from pathlib import Path
 from string import Template
 
 REPO = Path(__file__).resolve().parents[1]
+# The team's copy of the proof of concept's proxy; --poc points elsewhere (a checkout of the
+# public repository's src/proxy).
+POC_SOURCE = REPO.parent / "shared" / "peers" / "lambda-streaming-poc"
 PEER_TEMPLATES = Path(__file__).resolve().parent / "peers"
 SSSRD = REPO / ".venv" / "bin" / "sssrd"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -139,7 +143,7 @@ class Process:
 
 def spawn(stack: contextlib.ExitStack, name: str, argv: list[str], log: Path, **kw) -> Process:
     with log.open("w") as out:
-        popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, **kw)
+        popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, **{"cwd": REPO, **kw})
     process = Process(name, popen)
     stack.callback(process.stop)
     return process
@@ -218,6 +222,36 @@ def start_sssrd(
     return Sssrd(
         name, process, split_address(ready["viewer"]), split_address(ready["admin"]), settings
     )
+
+
+def start_sssrd_compat(stack: contextlib.ExitStack, workdir: Path, fake: Fake) -> Sssrd:
+    """sssrd speaking the proof of concept's protocol, for a like-for-like comparison."""
+    return start_sssrd(stack, workdir, "sssrd-compat", fake, compat="lambda-streaming")
+
+
+def start_poc(stack: contextlib.ExitStack, workdir: Path, fake: Fake, source: Path) -> Process:
+    """The proof of concept's Node.js proxy, from a temporary copy of `source` with its one
+    dependency installed by npm (npm's cache makes later runs offline-fast); nothing of it is
+    kept. It serves viewers and callbacks on one port and invokes the same fake."""
+    copy = Path(tempfile.mkdtemp(prefix="poc-", dir=workdir))
+    shutil.copytree(source, copy, ignore=shutil.ignore_patterns("node_modules"), dirs_exist_ok=True)
+    npm = ["npm", "install", "--no-audit", "--no-fund", "--loglevel=error", "--omit=dev"]
+    subprocess.run(npm, cwd=copy, check=True, capture_output=True, timeout=300)
+    port = free_port()
+    env = {
+        **os.environ,
+        **fake.env,
+        "PORT": str(port),
+        "ORIGIN": f"http://127.0.0.1:{port}",
+        "AWS_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL_LAMBDA": fake.endpoint,
+        "LAMBDA_FUNCTION_NAME": "render",
+    }
+    log = copy / "poc.log"
+    process = spawn(stack, "poc", ["node", "index.js"], log, cwd=copy, env=env)
+    process.port = port
+    wait_for_line(log, "Started server", process.popen, "the proof of concept")
+    return process
 
 
 def start_origin(stack: contextlib.ExitStack, workdir: Path) -> Process:

@@ -1,8 +1,9 @@
 """Turning result rows into the printed table, the issue's targets (pass/miss) and JSON.
 
-Targets and the seed's anchor figures are quoted from issue 4; each is checked against the row
-that answers it (sssrd with its default body path unless the target names another). Machine
-details are collected here so every JSON file says where its figures came from.
+Targets and the seed's anchor figures are quoted from issues 4 and 15; each is checked against
+the row that answers it (sssrd with its default body path unless the target names another), and
+the ratio targets against two rows of the same run. Machine details are collected here so every
+JSON file says where its figures came from.
 """
 
 from __future__ import annotations
@@ -115,27 +116,59 @@ def pick(results: Results, scenario: str, key: str, **match: Any) -> float | Non
     return float("nan") if row.get(key) is None else float(row[key])
 
 
+def ratio(
+    results: Results, scenario: str, key: str, of: str, to: str, **match: Any
+) -> float | None:
+    """pick() of peer `of` over pick() of peer `to` (same scenario, key and other match)."""
+    mine = pick(results, scenario, key, peer=of, **match)
+    theirs = pick(results, scenario, key, peer=to, **match)
+    if mine is None or theirs is None:
+        return None
+    return mine / theirs if theirs else float("nan")
+
+
 TARGETS = (
     Target(
         "CPU per request at C=200 <= 0.30 ms",
         "seed 0.64 ms",
-        lambda r: pick(r, "rendezvous", "sssrd_cpu_ms_per_request", clients=200),
+        lambda r: pick(r, "rendezvous", "cpu_ms_per_request", peer="sssrd", clients=200),
         lambda v: v <= 0.30,
         "ms",
     ),
     Target(
+        "CPU per request vs the proof of concept at C=200 <= 0.8x (goal 0.5x)",
+        "1.32x (issue 15)",
+        lambda r: ratio(r, "rendezvous", "cpu_ms_per_request", "sssrd", "poc", clients=200),
+        lambda v: v <= 0.8,
+        "x poc",
+    ),
+    Target(
+        "req/s vs the proof of concept at C=200 >= 1.5x",
+        "0.76x (issue 15)",
+        lambda r: ratio(r, "rendezvous", "req_per_s", "sssrd", "poc", clients=200),
+        lambda v: v >= 1.5,
+        "x poc",
+    ),
+    Target(
         "no failed requests at C=1000",
         "",
-        lambda r: pick(r, "rendezvous", "failed", clients=1000),
+        lambda r: pick(r, "rendezvous", "failed", peer="sssrd", clients=1000),
         lambda v: v == 0,
         "failed",
     ),
     Target(
         "RSS per held stream <= 6 KiB",
         "seed 17.9 KiB",
-        lambda r: (r.get("held") or {}).get("kib_per_stream"),
+        lambda r: pick(r, "held", "kib_per_stream", peer="sssrd"),
         lambda v: v <= 6,
         "KiB",
+    ),
+    Target(
+        "RSS per held stream vs the proof of concept <= 0.33x",
+        "0.24x (issue 15)",
+        lambda r: ratio(r, "held", "kib_per_stream", "sssrd", "poc"),
+        lambda v: v <= 0.33,
+        "x poc",
     ),
     Target(
         "bulk chunked >= 2x HAProxy",
@@ -164,6 +197,13 @@ TARGETS = (
         lambda r: pick(r, "latency", "added_idle_p50_us", peer="sssrd"),
         lambda v: v <= 60,
         "us",
+    ),
+    Target(
+        "chunk latency added p50 idle vs HAProxy <= 1.0x",
+        "1.7x (issue 15)",
+        lambda r: ratio(r, "latency", "added_idle_p50_us", "sssrd", "haproxy"),
+        lambda v: v <= 1.0,
+        "x HAProxy",
     ),
 )
 
@@ -228,21 +268,23 @@ def table(title: str, rows: Sequence[Row], columns: Sequence[tuple[str, str]]) -
 
 RENDEZVOUS_COLUMNS = (
     ("clients", "C"),
+    ("peer", "peer"),
     ("requests", "requests"),
     ("req_per_s", "req/s"),
     ("failed", "failed"),
     ("ttfb_p50_ms", "TTFB p50 ms"),
     ("ttfb_p99_ms", "TTFB p99 ms"),
     ("probe_requests", "probed"),
-    ("sssrd_cpu_ms_per_request", "sssrd CPU ms/req"),
-    ("sssrd_system_share", "kernel share"),
-    ("sssrd_cores", "sssrd cores"),
+    ("cpu_ms_per_request", "CPU ms/req"),
+    ("kernel_share", "kernel share"),
+    ("peer_cores", "peer cores"),
     ("fake_cores", "fake cores"),
     ("h2load_cores", "h2load cores"),
     ("machine_cores", "machine cores"),
     ("bottleneck", "bottleneck"),
 )
 HELD_COLUMNS = (
+    ("peer", "peer"),
     ("streams", "held streams"),
     ("rss_before_mib", "RSS before MiB"),
     ("rss_after_mib", "RSS after MiB"),
@@ -306,7 +348,7 @@ def render(results: Results) -> str:
             table("rendezvous (h2load --h1, 10 x 2 KiB)", results["rendezvous"], RENDEZVOUS_COLUMNS)
         )
     if results.get("held"):
-        parts.append(table("held streams (fresh sssrd)", [results["held"]], HELD_COLUMNS))
+        parts.append(table("held streams (a fresh process each)", results["held"], HELD_COLUMNS))
     if results.get("bulk"):
         parts.append(table("bulk (MB = 10^6 bytes)", results["bulk"], BULK_COLUMNS))
     if results.get("latency"):
@@ -323,7 +365,7 @@ def render(results: Results) -> str:
         for row in results.get("bulk", [])
         if not row["ok"]
     ]
-    parts.append(table("targets (issue 4)", results["targets"], TARGET_COLUMNS))
+    parts.append(table("targets (issues 4 and 15)", results["targets"], TARGET_COLUMNS))
     return "\n\n".join(parts)
 
 

@@ -6,7 +6,10 @@
 
 Peers (bulk, latency): sssrd (body_path auto), sssrd-splice, sssrd-copy (forced), direct (the
 client talks to the origin itself), haproxy and nginx (Debian's, in front of the same origin).
-The fake Lambda and the origin are separate processes, so their CPU is never counted as sssrd's.
+Peers (rendezvous, held): sssrd, sssrd-compat (the proof of concept's protocol) and poc, the
+lambda-streaming proof of concept's Node.js proxy (`--poc DIR`, default ../shared/peers/…),
+all invoking the same fake. The fake Lambda and the origin are separate processes, so their
+CPU is never counted as a peer's.
 """
 
 from __future__ import annotations
@@ -23,18 +26,33 @@ from pathlib import Path
 
 from bench import report, scenarios
 from bench.procs import (
+    POC_SOURCE,
     Fake,
     start_fake,
     start_haproxy,
     start_nginx,
     start_origin,
+    start_poc,
     start_sssrd,
+    start_sssrd_compat,
     temp_workdir,
     wait_until_quiet,
 )
 
 SCENARIOS = ("rendezvous", "held", "bulk", "latency")
-PEERS = ("sssrd", "sssrd-splice", "sssrd-copy", "direct", "haproxy", "haproxy-64k", "nginx")
+PEERS = (
+    "sssrd",
+    "sssrd-splice",
+    "sssrd-copy",
+    "direct",
+    "haproxy",
+    "haproxy-64k",
+    "nginx",
+    "sssrd-compat",
+    "poc",
+)
+RENDEZVOUS_PEERS = ("sssrd", "sssrd-compat", "poc")
+BODY_PEERS = tuple(peer for peer in PEERS if peer not in RENDEZVOUS_PEERS[1:])
 BODY_PATHS = {"sssrd": "auto", "sssrd-splice": "splice", "sssrd-copy": "copy"}
 PROXIES = {"haproxy": start_haproxy, "haproxy-64k": start_haproxy, "nginx": start_nginx}
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -65,6 +83,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--peer", action="append", choices=PEERS, help="repeatable")
     parser.add_argument("--results", type=Path, default=RESULTS_DIR, help="JSON directory")
     parser.add_argument(
+        "--poc",
+        type=Path,
+        default=POC_SOURCE,
+        metavar="DIR",
+        help="the proof of concept's proxy folder (index.js, package.json); default %(default)s",
+    )
+    parser.add_argument(
         "--wait-quiet",
         type=float,
         default=60.0,
@@ -86,17 +111,30 @@ def missing_tools(scenario_names: list[str], peer_names: list[str]) -> list[str]
     if "rendezvous" in scenario_names:
         needed.add("h2load")
     needed |= {peer.partition("-")[0] for peer in peer_names if peer in PROXIES}
+    if "poc" in peer_names:
+        needed |= {"node", "npm"}
     return sorted(tool for tool in needed if shutil.which(tool) is None)
 
 
 def start_peers(
-    stack: contextlib.ExitStack, workdir: Path, fake: Fake, names: list[str]
+    stack: contextlib.ExitStack,
+    workdir: Path,
+    fake: Fake,
+    names: list[str],
+    poc_source: Path = POC_SOURCE,
 ) -> list[scenarios.Peer]:
     peers = []
     for name in names:
-        if name in BODY_PATHS:
-            sssrd = start_sssrd(stack, workdir, name, fake, body_path=BODY_PATHS[name])
+        if name in BODY_PATHS or name == "sssrd-compat":
+            sssrd = (
+                start_sssrd_compat(stack, workdir, fake)
+                if name == "sssrd-compat"
+                else start_sssrd(stack, workdir, name, fake, body_path=BODY_PATHS[name])
+            )
             peers.append(scenarios.Peer(name, sssrd.viewer, sssrd.process, sssrd))
+        elif name == "poc":
+            process = start_poc(stack, workdir, fake, poc_source)
+            peers.append(scenarios.Peer(name, ("127.0.0.1", process.port), process))
     if {"direct", *PROXIES} & set(names):
         origin_port = start_origin(stack, workdir).port
         for name in names:
@@ -121,32 +159,46 @@ def run(args: argparse.Namespace) -> report.Results:
     foreign_load = report.ForeignLoad()
     with temp_workdir() as workdir, contextlib.ExitStack() as stack:
         fake = start_fake(stack, workdir)
-        peers = start_peers(stack, workdir, fake, peer_names)
-        default = next((peer for peer in peers if peer.name == "sssrd"), None)
-        if "rendezvous" in scenario_names and default is not None and default.sssrd:
+        peers = start_peers(stack, workdir, fake, peer_names, args.poc)
+        body_peers = [peer for peer in peers if peer.name in BODY_PEERS]
+        if "rendezvous" in scenario_names:
             log("rendezvous")
-            scenarios.warm_up(default.sssrd)
-            results["rendezvous"] = [
-                scenarios.rendezvous(default.sssrd, fake.process, clients, requests)
-                for clients, requests in sizes.rendezvous
-            ]
+            results["rendezvous"] = rendezvous_rows(
+                [peer for peer in peers if peer.name in RENDEZVOUS_PEERS], fake, sizes
+            )
         if "bulk" in scenario_names:
             log("bulk")
-            results["bulk"] = scenarios.bulk(peers, sizes.bulk_bytes, sizes.bulk_rounds)
+            results["bulk"] = scenarios.bulk(body_peers, sizes.bulk_bytes, sizes.bulk_rounds)
         if "latency" in scenario_names:
             log("chunk latency")
             results["latency"] = scenarios.chunk_latency(
-                peers,
+                body_peers,
                 sizes.latency_idle_streams,
                 sizes.latency_load_streams,
                 sizes.latency_load_waves,
             )
         if "held" in scenario_names:
             log("held streams")
-            results["held"] = scenarios.held_streams(workdir, sizes.held_streams)
+            results["held"] = [scenarios.held_streams(workdir, sizes.held_streams)]
+            if "poc" in peer_names:
+                results["held"].append(
+                    scenarios.held_streams(workdir, sizes.held_streams, poc_source=args.poc)
+                )
     results["foreign_load"] = foreign_load.stop()
     results["targets"] = report.evaluate_targets(results)
     return results
+
+
+def rendezvous_rows(peers: list[scenarios.Peer], fake: Fake, sizes: Sizes) -> list[report.Row]:
+    """Every peer at every size, the peers taking turns within a size so that drift on a
+    shared machine lands on all of them alike."""
+    for peer in peers:
+        scenarios.warm_up(peer)
+    return [
+        scenarios.rendezvous(peer, fake.process, clients, requests)
+        for clients, requests in sizes.rendezvous
+        for peer in peers
+    ]
 
 
 STARTED = time.monotonic()

@@ -9,6 +9,7 @@ never comes; bulk: one large body through every peer, interleaved by round; late
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import re
 import resource
@@ -22,7 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from bench import clients
-from bench.procs import Process, Sssrd, machine_busy_seconds, start_fake, start_sssrd
+from bench.procs import (
+    Process,
+    Sssrd,
+    machine_busy_seconds,
+    start_fake,
+    start_poc,
+    start_sssrd,
+)
 from bench.wire import Workload
 
 Row = dict[str, Any]
@@ -100,36 +108,37 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def rendezvous(sssrd: Sssrd, fake_process: Process, connections: int, requests: int) -> Row:
+def rendezvous(peer: Peer, fake_process: Process, connections: int, requests: int) -> Row:
     """`connections` in all: h2load's, plus one probe per 100 timing each request's first byte.
 
     Probe connections keep requesting until h2load is done; their requests count in the CPU
     per request and in the failures, not in h2load's req/s.
     """
+    assert peer.process is not None, f"{peer.name} has no process to measure"
     probes = max(1, connections // PROBE_SHARE)
     stop = threading.Event()
     timings: list[clients.Timing] = []
     threads = [
         threading.Thread(
             target=lambda: timings.extend(
-                clients.probe_until(sssrd.viewer, SMALL_TARGET, stop, PROBE_LIMIT)
+                clients.probe_until(peer.address, SMALL_TARGET, stop, PROBE_LIMIT)
             )
         )
         for _ in range(probes)
     ]
-    sssrd_cpu, fake_cpu, h2load_cpu = sssrd.process.cpu(), fake_process.cpu(), children_cpu()
-    sssrd_system = sssrd.process.system_cpu()
+    peer_cpu, fake_cpu, h2load_cpu = peer.cpu(), fake_process.cpu(), children_cpu()
+    peer_system = peer.process.system_cpu()
     machine_busy = machine_busy_seconds()
     started = time.perf_counter()
     for thread in threads:
         thread.start()
-    output = run_h2load(sssrd.viewer, connections - probes, requests, H2LOAD_TIMEOUT)
+    output = run_h2load(peer.address, connections - probes, requests, H2LOAD_TIMEOUT)
     stop.set()
     for thread in threads:
         thread.join()
     wall = time.perf_counter() - started
-    sssrd_cpu = sssrd.process.cpu() - sssrd_cpu
-    sssrd_system = sssrd.process.system_cpu() - sssrd_system
+    peer_cpu = peer.cpu() - peer_cpu
+    peer_system = peer.process.system_cpu() - peer_system
     fake_cpu = fake_process.cpu() - fake_cpu
     h2load_cpu = children_cpu() - h2load_cpu
     machine_busy = machine_busy_seconds() - machine_busy
@@ -138,6 +147,7 @@ def rendezvous(sssrd: Sssrd, fake_process: Process, connections: int, requests: 
     ttfbs = [timing.ttfb * 1000 for timing in timings if timing.status == 200]
     probe_failed = sum(timing.status != 200 for timing in timings)
     row = {
+        "peer": peer.name,
         "clients": connections,
         "requests": requests,
         **parsed,
@@ -145,9 +155,9 @@ def rendezvous(sssrd: Sssrd, fake_process: Process, connections: int, requests: 
         "probe_requests": len(timings),
         "ttfb_p50_ms": percentile(ttfbs, 0.50),
         "ttfb_p99_ms": percentile(ttfbs, 0.99),
-        "sssrd_cpu_ms_per_request": sssrd_cpu / served * 1000 if served else NAN,
-        "sssrd_system_share": sssrd_system / sssrd_cpu if sssrd_cpu else NAN,
-        "sssrd_cores": sssrd_cpu / wall,
+        "cpu_ms_per_request": peer_cpu / served * 1000 if served else NAN,
+        "kernel_share": peer_system / peer_cpu if peer_cpu else NAN,
+        "peer_cores": peer_cpu / wall,
         "fake_cores": fake_cpu / wall,
         "h2load_cores": h2load_cpu / wall,
         "machine_cores": machine_busy / wall,
@@ -157,10 +167,10 @@ def rendezvous(sssrd: Sssrd, fake_process: Process, connections: int, requests: 
 
 
 def bottleneck(row: Row) -> str:
-    """Which process saturated: sssrd (one event loop: one core), the fake (GIL: about one
+    """Which process saturated: the peer (one event loop: one core), the fake (GIL: about one
     core), or the machine (its two cores, shared with the clients and anything else running)."""
-    if row["sssrd_cores"] >= 0.9:
-        return "sssrd"
+    if row["peer_cores"] >= 0.9:
+        return str(row["peer"])
     if row["fake_cores"] >= 0.9:
         return "fake lambda"
     if row["machine_cores"] >= 1.8:
@@ -168,9 +178,9 @@ def bottleneck(row: Row) -> str:
     return "none (latency-bound)"
 
 
-def warm_up(sssrd: Sssrd, requests: int = 300) -> None:
+def warm_up(peer: Peer, requests: int = 300) -> None:
     """Fill caches, pools and the invoke client's connections before anything is measured."""
-    run_h2load(sssrd.viewer, 20, requests, timeout=60)
+    run_h2load(peer.address, 20, requests, timeout=60)
 
 
 # -- held streams -------------------------------------------------------------------------------
@@ -187,32 +197,44 @@ def wait_for_metric(sssrd: Sssrd, name: str, at_least: float, timeout: float) ->
         time.sleep(0.1)
 
 
-def held_streams(workdir: Path, count: int, baseline: int = 50) -> Row:
-    """RSS growth of a fresh sssrd per viewer waiting on a callback that never comes.
+def held_streams(
+    workdir: Path, count: int, baseline: int = 50, poc_source: Path | None = None
+) -> Row:
+    """RSS growth per viewer waiting on a callback that never comes, in a fresh sssrd (or, given
+    `poc_source`, a fresh proof of concept).
 
     `baseline` streams are held first, so one-time costs (first connection, lazy imports)
-    land before the first RSS reading, not in the per-stream figure.
+    land before the first RSS reading, not in the per-stream figure. The proof of concept
+    answers 500 after 30 s, so its streams must all be held and measured well within that.
     """
     with contextlib.ExitStack() as stack:
         fake = start_fake(stack, workdir, behaviour="never")
-        sssrd = start_sssrd(
-            stack,
-            workdir,
-            "sssrd-held",
-            fake,
-            callback_timeout="600",
-            max_pending=str(count + baseline + 1000),
-        )
-        held = clients.hold_requests(sssrd.viewer, baseline)
+        if poc_source is None:
+            sssrd = start_sssrd(
+                stack,
+                workdir,
+                "sssrd-held",
+                fake,
+                callback_timeout="600",
+                max_pending=str(count + baseline + 1000),
+            )
+            process, address = sssrd.process, sssrd.viewer
+            settled = functools.partial(settle, sssrd)
+        else:
+            process = start_poc(stack, workdir, fake, poc_source)
+            address = ("127.0.0.1", process.port)
+            settled = functools.partial(wait_until_idle, process)
+        held = clients.hold_requests(address, baseline)
         stack.callback(clients.release, held)
-        settle(sssrd, baseline)
-        rss_before = sssrd.process.rss()
+        settled(baseline)
+        rss_before = process.rss()
         started = time.perf_counter()
-        held += clients.hold_requests(sssrd.viewer, count)
-        settle(sssrd, baseline + count)
+        held += clients.hold_requests(address, count)
+        settled(baseline + count)
         admitted = time.perf_counter() - started
-        rss_after = sssrd.process.rss()
+        rss_after = process.rss()
     return {
+        "peer": process.name if poc_source else "sssrd",
         "streams": count,
         "rss_before_mib": rss_before / 2**20,
         "rss_after_mib": rss_after / 2**20,
@@ -224,12 +246,17 @@ def held_streams(workdir: Path, count: int, baseline: int = 50) -> Row:
 def settle(sssrd: Sssrd, pending: int) -> None:
     """Wait until sssrd holds `pending` requests and has gone quiet (invokes all answered)."""
     wait_for_metric(sssrd, "sssrd_pending_callbacks", pending, timeout=120)
+    wait_until_idle(sssrd.process, pending)
+
+
+def wait_until_idle(process: Process, pending: int) -> None:
+    """Wait until `process` has gone quiet (every invoke for its `pending` requests sent)."""
     for _ in range(QUIET_CHECKS):
-        before = sssrd.process.cpu()
+        before = process.cpu()
         time.sleep(QUIET_INTERVAL)
-        if sssrd.process.cpu() - before <= QUIET_CPU:
+        if process.cpu() - before <= QUIET_CPU:
             return
-    raise RuntimeError(f"{sssrd.name} still busy holding {pending} idle requests")
+    raise RuntimeError(f"{process.name} still busy holding {pending} idle requests")
 
 
 # -- bulk ---------------------------------------------------------------------------------------

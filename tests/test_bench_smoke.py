@@ -52,8 +52,23 @@ def test_bench_scenarios_produce_well_formed_rows(tmp_path: Path) -> None:
         "machine": report.machine_details(),
         "bulk": bulk,
         "latency": latency,
-        "held": held,
+        "held": [held],
     }
     results["targets"] = report.evaluate_targets(results)
     assert "## bulk" in report.render(results)
     assert {row["verdict"] for row in results["targets"]} <= {"pass", "MISS", "BROKEN", "not run"}
+
+
+def test_bench_runs_the_proof_of_concept_and_sssrd_compat_against_one_fake(tmp_path: Path) -> None:
+    """Both speak the seed protocol through the bench Lambda: each request gets its 10 chunks."""
+    with contextlib.ExitStack() as stack:
+        fake = start_fake(stack, tmp_path, workers=8)
+        peers = start_peers(stack, tmp_path, fake, ["sssrd-compat", "poc"])
+        answers = {
+            peer.name: [
+                (t.status, t.body_bytes)
+                for t in clients.probe_until(peer.address, "/small", threading.Event(), limit=3)
+            ]
+            for peer in peers
+        }
+    assert answers == {name: [(200, SMALL_BODY_BYTES)] * 3 for name in ("sssrd-compat", "poc")}
