@@ -25,8 +25,17 @@ lint: venv
 system-packages:
 	bash tests/ensure-system-packages tests/system-packages.txt
 
-test: system-packages lint
+test: system-packages lint npm-packages
+	SSSRD_PYTHON=$(BIN)/python node --test node/test/*.test.mjs
 	$(BIN)/pytest
+
+# The React example's npm packages (tests/test_browser.py builds it), from npm's own cache
+# (~/.npm) when it has them; node_modules is never committed.
+REACT_SSR := examples/react-ssr
+.PHONY: npm-packages
+npm-packages: $(REACT_SSR)/node_modules/.package-lock.json
+$(REACT_SSR)/node_modules/.package-lock.json: $(REACT_SSR)/package-lock.json $(REACT_SSR)/package.json
+	cd $(REACT_SSR) && npm ci --prefer-offline --no-audit --no-fund --loglevel=error
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info
