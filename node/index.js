@@ -72,6 +72,10 @@ class CallbackStream extends Writable {
     this.#options = { timeoutMs: DEFAULT_TIMEOUT_MS, ...options };
     this.#contentType = contentType;
     this.summary = null;
+    // The viewer leaving is routine, not a crash: an 'error' nobody listens for would kill
+    // the runtime process. The error still reaches signal, finished(), pipeline() and write
+    // callbacks.
+    this.on('error', () => {});
   }
 
   /** Aborts (with the ViewerGone or CallbackRejected error as its reason) when sssrd ends it. */
@@ -182,8 +186,9 @@ class CallbackStream extends Writable {
 
   #fail(error) {
     if (this.destroyed) return;
-    this.#abort.abort(error);
+    // Destroyed first, so what abort listeners still write (React's abort does) is dropped.
     this.destroy(error);
+    this.#abort.abort(error);
   }
 }
 
@@ -329,7 +334,6 @@ class HttpResponseStream {
 function streamifyResponse(handler) {
   return async function sssrdStreamingHandler(event, context) {
     const responseStream = new CallbackStream(event);
-    // Without a listener, a ViewerGone error event would crash the runtime process.
     const done = new Promise((resolve) => finished(responseStream, resolve));
     try {
       await handler(event, responseStream, context);

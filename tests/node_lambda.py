@@ -19,11 +19,13 @@ from typing import Any
 
 from harness import ROOT, WAIT
 
+from sssrd.testing.fake_lambda import DEFAULT_ACCESS_KEY, DEFAULT_REGION, DEFAULT_SECRET_KEY
+
 INVOKE_TARGET = ROOT / "node" / "invoke-target.js"
-CREDENTIALS = {
-    "AWS_ACCESS_KEY_ID": "AKIDSSSRDTEST",
-    "AWS_SECRET_ACCESS_KEY": "sssrd-test-secret",
-    "AWS_DEFAULT_REGION": "us-east-1",
+CREDENTIALS = {  # what the daemon signs with; the Node target does not check signatures
+    "AWS_ACCESS_KEY_ID": DEFAULT_ACCESS_KEY,
+    "AWS_SECRET_ACCESS_KEY": DEFAULT_SECRET_KEY,
+    "AWS_DEFAULT_REGION": DEFAULT_REGION,
     "AWS_EC2_METADATA_DISABLED": "true",
 }
 

@@ -129,3 +129,19 @@ test('an event sssrd did not send is refused with a clear error', () => {
     /not an http\(s\) URL/,
   );
 });
+
+test('a viewer leaving does not crash a handler that listens for nothing', async () => {
+  const settled = sssrd.route('/unheard', async (event) => {
+    const out = streamResponse(event);
+    out.write('first');
+    await once(out.signal, 'abort'); // no 'error' listener: an unheard error must not crash
+    return out.destroyed;
+  });
+  const viewer = new Viewer(sssrd, '/unheard');
+  await viewer.head;
+  assert.equal((await viewer.next()).toString(), 'first');
+  viewer.close();
+  const { result, error } = await within(settled, 'the handler');
+  assert.equal(error, undefined);
+  assert.equal(result, true);
+});
