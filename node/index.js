@@ -98,26 +98,18 @@ class CallbackStream extends Writable {
       'transfer-encoding': 'chunked',
     });
     this.#request = request;
-    request.on('socket', (socket) => {
-      // Each write must leave at once, not wait for Nagle to batch it with the next one.
-      socket.setNoDelay(true);
-      if (socket.connecting) socket.once('connect', () => (this.#connected = true));
-      else this.#connected = true;
-    });
     const connectTimer = setTimeout(() => {
       if (!this.#connected) {
         this.#fail(new CallbackError(`timed out connecting to sssrd at ${this.#target.where}`));
       }
     }, this.#options.timeoutMs);
     connectTimer.unref();
-    request.on('response', (response) => {
+    whenConnected(request, () => {
+      this.#connected = true;
       clearTimeout(connectTimer);
-      this.#answered(response);
     });
-    request.on('error', (error) => {
-      clearTimeout(connectTimer);
-      this.#lost(error);
-    });
+    request.on('response', (response) => this.#answered(response));
+    request.on('error', (error) => this.#lost(error));
     request.flushHeaders();
     return this;
   }
@@ -126,7 +118,7 @@ class CallbackStream extends Writable {
     this.open();
     if (chunk.length === 0) return callback(); // an empty chunk would end the body
     this.#request.write(chunk, (error) => {
-      if (error) this.#lost(error); // destroys this stream with ViewerGone (or why else)
+      if (error) this.#lost(error); // destroys this stream with ViewerGone (or what else)
       callback();
     });
   }
@@ -169,19 +161,7 @@ class CallbackStream extends Writable {
 
   #lost(error) {
     if (this.summary !== null || this.destroyed) return;
-    this.#fail(this.#failure(error));
-  }
-
-  /** The CallbackError a network failure means: before connecting, unreachable; after, gone. */
-  #failure(error) {
-    if (error instanceof CallbackError) return error;
-    const where = this.#target.where;
-    if (!this.#connected) {
-      return new CallbackError(`cannot reach sssrd at ${where}: ${error.message}`, { cause: error });
-    }
-    return new ViewerGone(`sssrd at ${where} closed the callback stream (the viewer left)`, {
-      cause: error,
-    });
+    this.#fail(networkFailure(error, this.#connected, this.#target.where));
   }
 
   #fail(error) {
@@ -215,6 +195,8 @@ function respond(event, body, init = {}, options = {}) {
       'content-type': PRELUDE_CONTENT_TYPE,
       'content-length': String(payload.length),
     });
+    let connected = false;
+    whenConnected(request, () => (connected = true));
     const timer = setTimeout(() => {
       request.destroy(new CallbackError(`timed out waiting for the answer of sssrd at ${where}`));
     }, settings.timeoutMs);
@@ -227,8 +209,7 @@ function respond(event, body, init = {}, options = {}) {
     });
     request.on('error', (error) => {
       clearTimeout(timer);
-      if (error instanceof CallbackError) reject(error);
-      else reject(new CallbackError(`callback to sssrd at ${where} failed: ${error.message}`));
+      reject(networkFailure(error, connected, where));
     });
     request.end(payload);
   });
@@ -240,6 +221,27 @@ function post(url, token, options, framing) {
     method: 'POST',
     agent: options.agent ?? agents[url.protocol],
     headers: { authorization: `Bearer ${token}`, 'user-agent': USER_AGENT, ...framing },
+  });
+}
+
+/** Sets TCP_NODELAY on the request's socket and calls back once it is connected. */
+function whenConnected(request, callback) {
+  request.on('socket', (socket) => {
+    // Each write must leave at once, not wait for Nagle to batch it with the next one.
+    socket.setNoDelay(true);
+    if (socket.connecting) socket.once('connect', callback);
+    else callback(); // a kept-alive socket
+  });
+}
+
+/** The CallbackError a network failure means: before connecting, unreachable; after, gone. */
+function networkFailure(error, connected, where) {
+  if (error instanceof CallbackError) return error;
+  if (!connected) {
+    return new CallbackError(`cannot reach sssrd at ${where}: ${error.message}`, { cause: error });
+  }
+  return new ViewerGone(`sssrd at ${where} closed the callback stream (the viewer left)`, {
+    cause: error,
   });
 }
 

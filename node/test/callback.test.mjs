@@ -2,6 +2,7 @@
 
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
+import net from 'node:net';
 import { finished } from 'node:stream/promises';
 import { after, before, test } from 'node:test';
 import {
@@ -117,6 +118,22 @@ test('destroying the stream mid-body gives the viewer a truncated response', asy
   assert.equal((await viewer.next()).toString(), 'partial');
   cut.open();
   assert.deepEqual(await viewer.rest(), { body: '', ended: 'truncated' });
+});
+
+test('an unreachable sssrd is a CallbackError, not a viewer leaving', async () => {
+  const closed = net.createServer();
+  await new Promise((resolve) => closed.listen(0, '127.0.0.1', resolve));
+  const { port } = closed.address();
+  await new Promise((resolve) => closed.close(resolve));
+  const event = { sssrd: { callbackUrl: `http://127.0.0.1:${port}/v1/callback/x`, token: 't' } };
+  const out = streamResponse(event);
+  const [streamError] = await within(once(out, 'error'), 'the stream error');
+  const respondError = await within(respond(event, 'x').catch((error) => error), 'respond');
+  for (const error of [streamError, respondError]) {
+    assert.equal(error.name, 'CallbackError');
+    assert.match(error.message, /^cannot reach sssrd at 127\.0\.0\.1:\d+\/v1\/callback\/x: /);
+  }
+  assert.equal(out.signal.reason, streamError);
 });
 
 test('an event sssrd did not send is refused with a clear error', () => {
