@@ -55,7 +55,7 @@ export class Sssrd {
     this.invocations = new Map(); // InvokeTarget request id -> rawPath
     this.target.on('invoked', ({ requestId, event }) => this.invocations.set(requestId, event.rawPath));
     const endpoint = await this.target.listen();
-    const python = process.env.SSSRD_PYTHON ?? path.join(ROOT, '.venv', 'bin', 'python');
+    const python = path.resolve(process.env.SSSRD_PYTHON ?? path.join(ROOT, '.venv', 'bin', 'python'));
     const environment = Object.fromEntries(
       Object.entries(process.env).filter(([name]) => !name.startsWith('SSSRD_')),
     );
@@ -89,6 +89,7 @@ export class Sssrd {
         if (line.message === 'sssrd listening') resolve(line);
       });
       this.process.once('exit', (code) => reject(new Error(`sssrd exited ${code}: ${this.stderr}`)));
+      this.process.once('error', (error) => reject(new Error(`cannot start sssrd with ${python}: ${error.message}`)));
     });
     const line = await within(listening, 'sssrd to listen');
     const [host, port] = line.viewer.split(/:(?=\d+$)/);
