@@ -3,7 +3,7 @@
 `Browser` starts /usr/bin/chromium (fresh profile, no sandbox as root, no background
 networking, its lifetime capped by coreutils `timeout`), reads the browser's websocket URL from
 its stderr and speaks CDP over one websocket (the `websockets` sync client). A reader thread
-routes answers to their callers by id and keeps events. `Page` is one tab attached in flat
+routes answers to their callers by id. `Page` is one tab attached in flat
 session mode: navigate, evaluate, wait for a DOM state, screenshot, close.
 """
 
@@ -76,7 +76,6 @@ class Browser:
         )
         self.ids = itertools.count(1)
         self.answers: dict[int, dict[str, Any]] = {}
-        self.events: list[dict[str, Any]] = []
         self.condition = threading.Condition()
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -105,11 +104,10 @@ class Browser:
         with contextlib.suppress(Exception):  # the connection closes with the browser
             for text in self.ws:
                 message = json.loads(text)
+                if "id" not in message:
+                    continue  # an event: the tests ask for state instead of following events
                 with self.condition:
-                    if "id" in message:
-                        self.answers[message["id"]] = message
-                    else:
-                        self.events.append(message)
+                    self.answers[message["id"]] = message
                     self.condition.notify_all()
 
     def send(self, method: str, params: dict | None = None, session: str | None = None) -> Any:
@@ -130,9 +128,7 @@ class Browser:
     def new_page(self) -> Page:
         target = self.send("Target.createTarget", {"url": "about:blank"})["targetId"]
         session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})
-        page = Page(self, target, session["sessionId"])
-        page.send("Page.enable")
-        return page
+        return Page(self, target, session["sessionId"])
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
