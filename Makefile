@@ -25,8 +25,18 @@ lint: venv
 system-packages:
 	bash tests/ensure-system-packages tests/system-packages.txt
 
-test: system-packages lint
+test: system-packages lint npm-packages
+	SSSRD_PYTHON=$(BIN)/python node --test node/test/*.test.mjs
 	$(BIN)/pytest
+
+# npm packages for the tests: the Node helper's dev tools (TypeScript, for its types) and the
+# React example (tests/test_browser.py builds it), from npm's own cache (~/.npm) when it has
+# them; node_modules is never committed.
+NPM_CI := npm ci --prefer-offline --no-audit --no-fund --loglevel=error
+.PHONY: npm-packages
+npm-packages: node/node_modules/.package-lock.json examples/react-ssr/node_modules/.package-lock.json
+%/node_modules/.package-lock.json: %/package-lock.json %/package.json
+	cd $* && $(NPM_CI)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info
