@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import zipfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from harness import ROOT, Viewer, daemon, header, http_get
@@ -377,3 +379,19 @@ def test_example_lambda_zip_works_unchanged_under_the_fake(conductor, tmp_path, 
         assert b"<code>/hello</code>" in body and body.endswith(b"</html>")
         fake.wait_for_handler_runs(1)
         assert fake.handler_failures == []
+
+
+def test_example_build_writes_where_the_readme_says(tmp_path):
+    """Run in a copy of the tree, so the default output lands outside the work tree."""
+    shutil.copytree(ROOT / "examples" / "lambda", tmp_path / "examples" / "lambda")
+    shutil.copytree(ROOT / "sssrd" / "callback", tmp_path / "sssrd" / "callback")
+    built = subprocess.run(
+        [str(tmp_path / "examples" / "lambda" / "build.sh")],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+    )
+    written = Path(built.stdout.strip()).relative_to(tmp_path)
+    assert (tmp_path / written).is_file()
+    assert f"`examples/lambda/build.sh` makes `{written}`" in (ROOT / "README.md").read_text()
