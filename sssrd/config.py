@@ -222,7 +222,12 @@ FIELDS: tuple[Field, ...] = (
     Field("local_workers", parse_positive_int, 64, "local invoker: concurrent handler threads"),
     Field("function", parse_string, "", "lambda invoker: function name, partial or full ARN"),
     Field("qualifier", parse_string, "", "lambda invoker: alias or version ('' for unqualified)"),
-    Field("region", parse_string, "", "lambda invoker: AWS region ('' uses boto3's chain)"),
+    Field(
+        "region",
+        parse_string,
+        "",
+        "lambda invoker: AWS region ('' tries AWS_REGION, AWS_DEFAULT_REGION/profile, IMDSv2)",
+    ),
     Field(
         "endpoint_url",
         parse_optional_url,
@@ -253,7 +258,7 @@ FIELDS: tuple[Field, ...] = (
         "imds_endpoint",
         parse_optional_url,
         "",
-        "EC2 instance metadata endpoint for callback_url 'auto' ('' uses "
+        "EC2 instance metadata endpoint for callback_url 'auto' and the region ('' uses "
         "AWS_EC2_METADATA_SERVICE_ENDPOINT, else http://169.254.169.254)",
     ),
     Field(
