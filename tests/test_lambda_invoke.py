@@ -176,8 +176,11 @@ NO_REGION = {"AWS_DEFAULT_REGION": "", "AWS_REGION": "", "AWS_CONFIG_FILE": "/no
 
 @pytest.mark.parametrize("client", CLIENTS)
 def test_aws_region_alone_is_enough(conductor, fake, client):
-    """AWS_REGION is what Lambda, ECS and CodeBuild set; botocore alone reads only the other."""
-    env = {**NO_REGION, "AWS_REGION": fake.region}
+    """AWS_REGION is what Lambda, ECS and CodeBuild set; botocore alone reads only the other.
+
+    It also wins over AWS_DEFAULT_REGION: the fake accepts only signatures for its own region.
+    """
+    env = {**NO_REGION, "AWS_REGION": fake.region, "AWS_DEFAULT_REGION": "eu-west-8"}
     with lambda_daemon(conductor, fake, client, **env) as sssrd:
         assert Viewer(sssrd.viewer).get("/?scenario=echo")[0].status_code == 200
         assert region_line(sssrd)["region"] == fake.region
@@ -192,11 +195,10 @@ def test_aws_region_alone_is_enough(conductor, fake, client):
             {"AWS_REGION": "eu-west-9", "AWS_DEFAULT_REGION": "eu-west-8"},
             "the region setting",
         ),
-        ("", {"AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "eu-west-8"}, "AWS_REGION"),
         ("", {"AWS_DEFAULT_REGION": "us-east-1"}, "AWS_DEFAULT_REGION"),
         ("", {"AWS_CONFIG_FILE": "PROFILE"}, "the AWS profile"),
     ],
-    ids=["setting", "AWS_REGION", "AWS_DEFAULT_REGION", "profile"],
+    ids=["setting", "AWS_DEFAULT_REGION", "profile"],
 )
 def test_region_sources_in_order(conductor, fake, tmp_path, args, env, source):
     """Each source beats the later ones; the fake accepts only signatures for us-east-1."""
