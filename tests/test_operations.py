@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import sys
+import time
 
 from harness import WAIT, Viewer, daemon, header, http_get
 from prometheus_client.parser import text_string_to_metric_families
@@ -184,8 +185,10 @@ def test_sighup_applies_a_new_timeout_live_and_reports_what_needs_a_restart(cond
 
 def notices_until(sock: socket.socket, key: str) -> dict[str, str]:
     """Notify messages in order until one carries `key` (STATUS pings may come between)."""
+    deadline = time.monotonic() + WAIT
     message = receive(sock)
     while key not in message:
+        assert time.monotonic() < deadline, f"no {key} from the daemon"
         message = receive(sock)
     return message
 
