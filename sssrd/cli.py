@@ -17,7 +17,14 @@ from typing import Any
 import uvloop
 
 from sssrd import __version__, logs
-from sssrd.config import DEFAULT_CONFIG_PATH, FIELDS, ConfigError, Settings, load_settings
+from sssrd.config import (
+    CONFIG_ENV,
+    DEFAULT_CONFIG_PATH,
+    FIELDS,
+    ConfigError,
+    Settings,
+    load_settings,
+)
 from sssrd.invoke import make_invoker
 from sssrd.server import Server
 from sssrd.systemd import Notifier, listen_fds
@@ -47,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument(
             "--config",
             help=f"TOML config file (default: {DEFAULT_CONFIG_PATH} if it exists; "
-            "SSSRD_CONFIG also names one)",
+            f"{CONFIG_ENV} also names one)",
         )
         for field in FIELDS:
             command.add_argument(
@@ -58,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_path(arguments: argparse.Namespace) -> str | None:
-    explicit = arguments.config or os.environ.get("SSSRD_CONFIG")
+    explicit = arguments.config or os.environ.get(CONFIG_ENV)
     if explicit:
         return explicit
     return DEFAULT_CONFIG_PATH if os.path.exists(DEFAULT_CONFIG_PATH) else None
@@ -82,9 +89,13 @@ async def run_daemon(settings: Settings, arguments: argparse.Namespace) -> None:
     )
     await server.start()
     if arguments.command == "dev":
+        metrics = (
+            f" (metrics on http://{server.address_of('admin')}/metrics)"
+            if "admin" in server.listeners  # admin_listen = "off" has none
+            else ""
+        )
         print(
-            f"sssrd dev: open http://{server.address_of('viewer')}/ "
-            f"(metrics on http://{server.address_of('admin')}/metrics); Ctrl-C stops",
+            f"sssrd dev: open http://{server.address_of('viewer')}/{metrics}; Ctrl-C stops",
             file=sys.stderr,
             flush=True,
         )

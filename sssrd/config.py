@@ -9,8 +9,10 @@ A bad value raises ConfigError naming the key and where the value came from.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ from urllib.parse import urlsplit
 
 DEFAULT_CONFIG_PATH = "/etc/sssrd/sssrd.toml"
 ENV_PREFIX = "SSSRD_"
+CONFIG_ENV = "SSSRD_CONFIG"  # names the file; the one SSSRD_ variable that is not a setting
 
 
 class ConfigError(ValueError):
@@ -38,96 +41,161 @@ class Address:
         return self.host in ("0.0.0.0", "::", "")
 
 
+def toml_literal(value: Any) -> str:
+    """A value spelled as in TOML: for check-config's output and for error messages."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_literal(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return "a table"
+    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+def text(value: Any, expected: str) -> str:
+    """A setting's value as text; TOML numbers, booleans and lists are refused, not stringified."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected {expected}, got {toml_literal(value)}")
+    return value.strip()
+
+
 def parse_address(value: Any) -> Address:
-    text = str(value).strip()
-    host, sep, port_text = text.rpartition(":")
+    expected = "HOST:PORT such as 127.0.0.1:8080"
+    address = text(value, expected)
+    host, sep, port_text = address.rpartition(":")
     if not sep or not port_text.isdigit():
-        raise ValueError(f"expected HOST:PORT, got {text!r}")
+        raise ValueError(f"expected {expected}, got {toml_literal(address)}")
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     port = int(port_text)
     if not 0 <= port <= 65535:
-        raise ValueError(f"port {port} out of range")
+        raise ValueError(f"port {port} is out of range (0..65535)")
     try:
         ipaddress.ip_address(host)
     except ValueError:
         if host != "localhost":
-            raise ValueError(f"host must be an IP address or localhost, got {host!r}") from None
+            raise ValueError(
+                f"host must be an IP address or localhost, got {toml_literal(host)}"
+            ) from None
     return Address(host, port)
 
 
 def parse_optional_address(value: Any) -> Address | None:
-    return None if str(value).strip().lower() in ("", "off", "none") else parse_address(value)
+    if isinstance(value, str) and value.strip().lower() in ("", "off", "none"):
+        return None
+    return parse_address(value)
 
 
 def parse_positive_float(value: Any) -> float:
-    number = float(value)
+    expected = "a positive number of seconds"
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"expected {expected}, got {toml_literal(value)}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"expected {expected}, got {toml_literal(value)}") from None
     if not number > 0 or number == float("inf"):
-        raise ValueError(f"must be a positive number of seconds, got {value!r}")
+        raise ValueError(f"expected {expected}, got {toml_literal(value)}")
     return number
 
 
+def parse_whole_number(value: Any, expected: str) -> int:
+    """A TOML integer, or decimal digits from the environment or a flag; never a fraction."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and re.fullmatch(r"[+-]?[0-9]+", value.strip()):
+        return int(value)
+    raise ValueError(f"expected {expected}, got {toml_literal(value)}")
+
+
 def parse_positive_int(value: Any) -> int:
-    if isinstance(value, bool):
-        raise ValueError(f"must be a positive integer, got {value!r}")
-    number = int(value)
+    expected = "a positive whole number"
+    number = parse_whole_number(value, expected)
     if number <= 0:
-        raise ValueError(f"must be a positive integer, got {value!r}")
+        raise ValueError(f"expected {expected}, got {number}")
     return number
 
 
 def parse_choice(*choices: str) -> Callable[[Any], str]:
+    expected = "one of " + ", ".join(toml_literal(choice) for choice in choices)
+
     def parse(value: Any) -> str:
-        text = str(value).strip().lower()
-        if text not in choices:
-            raise ValueError(f"must be one of {', '.join(repr(c) for c in choices)}, got {value!r}")
-        return text
+        choice = text(value, expected).lower()
+        if choice not in choices:
+            raise ValueError(f"expected {expected}, got {toml_literal(value)}")
+        return choice
 
     return parse
 
 
 def parse_callback_url(value: Any) -> str:
     """An advertised callback base such as http://10.0.1.23:8081, or 'auto' (EC2), or ''."""
-    text = str(value).strip().rstrip("/")
-    if text in ("", "auto"):
-        return text
-    parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"must be an http(s)://HOST[:PORT] URL or 'auto', got {value!r}")
+    expected = 'an http(s)://HOST[:PORT] URL or "auto"'
+    url = text(value, expected).rstrip("/")
+    if url in ("", "auto"):
+        return url
+    if not is_http_url(url):
+        raise ValueError(f"expected {expected}, got {toml_literal(url)}")
+    parts = urlsplit(url)
     if parts.query or parts.fragment:
-        raise ValueError(f"must not have a query or fragment, got {value!r}")
-    return text
+        raise ValueError(f"must not have a query or fragment, got {toml_literal(url)}")
+    return url
 
 
 def parse_optional_url(value: Any) -> str:
-    text = str(value).strip().rstrip("/")
-    if text and (urlsplit(text).scheme not in ("http", "https") or not urlsplit(text).hostname):
-        raise ValueError(f"must be an http(s) URL or '', got {value!r}")
-    return text
+    expected = 'an http(s)://HOST[:PORT] URL or ""'
+    url = text(value, expected).rstrip("/")
+    if url and not is_http_url(url):
+        raise ValueError(f"expected {expected}, got {toml_literal(url)}")
+    return url
+
+
+def is_http_url(url: str) -> bool:
+    parts = urlsplit(url)
+    try:
+        port = parts.port  # raises for a port that is not a number or is out of range
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and port != 0
 
 
 def parse_retries(value: Any) -> int:
-    number = int(value)
+    expected = "a whole number from 0 to 5"
+    number = parse_whole_number(value, expected)
     if not 0 <= number <= 5:
-        raise ValueError(f"must be 0..5, got {value!r}")
+        raise ValueError(f"expected {expected}, got {number}")
     return number
 
 
 def parse_networks(value: Any) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
     """CIDRs as a TOML list or a comma-separated string (for env and flags)."""
-    items = value if isinstance(value, list | tuple) else str(value).split(",")
-    return tuple(ipaddress.ip_network(str(item).strip()) for item in items if str(item).strip())
+    expected = 'CIDRs such as "10.0.0.0/8", as a list or comma-separated'
+    items = value if isinstance(value, list) else text(value, expected).split(",")
+    networks = []
+    for item in items:
+        cidr = text(item, expected)
+        if not cidr:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(cidr))
+        except ValueError:
+            raise ValueError(f"expected {expected}, got {toml_literal(cidr)}") from None
+    return tuple(networks)
 
 
 def parse_handler(value: Any) -> str:
-    text = str(value).strip()
-    module, sep, function = text.partition(":")
+    expected = "module:function such as sssrd.demo:handler"
+    spec = text(value, expected)
+    module, sep, function = spec.partition(":")
     if not sep or not module or not function.isidentifier():
-        raise ValueError(f"expected module:function, got {value!r}")
-    return text
+        raise ValueError(f"expected {expected}, got {toml_literal(spec)}")
+    return spec
 
 
 def parse_string(value: Any) -> str:
-    return str(value).strip()
+    return text(value, "text in quotes")
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +222,12 @@ FIELDS: tuple[Field, ...] = (
     Field("local_workers", parse_positive_int, 64, "local invoker: concurrent handler threads"),
     Field("function", parse_string, "", "lambda invoker: function name, partial or full ARN"),
     Field("qualifier", parse_string, "", "lambda invoker: alias or version ('' for unqualified)"),
-    Field("region", parse_string, "", "lambda invoker: AWS region ('' uses boto3's chain)"),
+    Field(
+        "region",
+        parse_string,
+        "",
+        "lambda invoker: AWS region ('' tries AWS_REGION, AWS_DEFAULT_REGION/profile, IMDSv2)",
+    ),
     Field(
         "endpoint_url",
         parse_optional_url,
@@ -185,7 +258,7 @@ FIELDS: tuple[Field, ...] = (
         "imds_endpoint",
         parse_optional_url,
         "",
-        "EC2 instance metadata endpoint for callback_url 'auto' ('' uses "
+        "EC2 instance metadata endpoint for callback_url 'auto' and the region ('' uses "
         "AWS_EC2_METADATA_SERVICE_ENDPOINT, else http://169.254.169.254)",
     ),
     Field(
@@ -287,37 +360,43 @@ class Settings:
 assert tuple(f.name for f in dataclasses.fields(Settings)) == tuple(f.name for f in FIELDS)
 
 
-def toml_literal(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{escaped}"'
-
-
 def read_toml(path: str) -> dict[str, Any]:
+    """The file's settings; every way it can be unreadable is a one-line ConfigError."""
     try:
         with open(path, "rb") as file:
             data = tomllib.load(file)
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path}: not found") from None
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"config file {path}: {exc}") from None
-    unknown = sorted(set(data) - set(FIELDS_BY_NAME))
-    if unknown:
-        raise ConfigError(f"{unknown[0]}: unknown setting (in {path})")
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        byte = exc.object[exc.start]
+        raise ConfigError(
+            f"config file {path}: not UTF-8 text (byte 0x{byte:02x} at offset {exc.start})"
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: not valid TOML: {exc}") from None
+    for key in sorted(data):
+        if key not in FIELDS_BY_NAME:
+            raise ConfigError(f"{key}: unknown setting{did_you_mean(key, '')} (in {path})")
     return data
 
 
 def read_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """SSSRD_<NAME> values; any other SSSRD_ name is a typo, refused as the file's are."""
     values = {}
     for key, value in environ.items():
-        if key.startswith(ENV_PREFIX):
-            name = key[len(ENV_PREFIX) :].lower()
-            if name in FIELDS_BY_NAME:
-                values[name] = value
+        if not key.startswith(ENV_PREFIX) or key == CONFIG_ENV:
+            continue
+        name = key[len(ENV_PREFIX) :].lower()
+        if name not in FIELDS_BY_NAME:
+            hint = did_you_mean(name, ENV_PREFIX)
+            raise ConfigError(f"{key}: unknown setting{hint} (environment variable)")
+        values[name] = value
     return values
+
+
+def did_you_mean(name: str, prefix: str) -> str:
+    close = difflib.get_close_matches(name.lower(), FIELDS_BY_NAME, n=1)
+    return f"; did you mean {prefix}{close[0].upper() if prefix else close[0]}?" if close else ""
 
 
 def load_settings(
@@ -346,7 +425,10 @@ def load_settings(
         try:
             values[field.name] = field.parse(value)
         except (TypeError, ValueError) as exc:
-            origin = f"{ENV_PREFIX}{field.name.upper()}" if source == "environment" else source
+            origin = {
+                "environment": f"{ENV_PREFIX}{field.name.upper()}",
+                "flag": "--" + field.name.replace("_", "-"),
+            }.get(source, source)
             raise ConfigError(f"{field.name}: {exc} (from {origin})") from None
     settings = Settings(**values)
     check_consistency(settings)
@@ -358,10 +440,10 @@ def check_consistency(settings: Settings) -> None:
     if not settings.callback_url and settings.callback_listen.is_wildcard:
         raise ConfigError(
             "callback_url: required when callback_listen is a wildcard address "
-            f"({settings.callback_listen}); set the address the Lambda can reach, or 'auto' on EC2"
+            f'({settings.callback_listen}); set the address the Lambda can reach, or "auto" on EC2'
         )
     if settings.invoker == "lambda" and not settings.function:
-        raise ConfigError("function: required with invoker = 'lambda' (a name or ARN)")
+        raise ConfigError('function: required with invoker = "lambda" (a name or ARN)')
     if settings.max_body_bytes > settings.max_event_bytes:
         raise ConfigError(
             f"max_body_bytes: {settings.max_body_bytes} exceeds max_event_bytes "

@@ -1,7 +1,9 @@
 """Asynchronous invokes of the render Lambda (InvocationType=Event), two ways, one policy.
 
-botocore resolves what it is good at once, at startup: region, endpoint (including
-AWS_ENDPOINT_URL_LAMBDA), credentials and their refresh. The lean invoker then signs each invoke
+Everything is resolved once, at startup, and any gap stops startup with one line naming the
+setting: the region (setting, AWS_REGION, then botocore's AWS_DEFAULT_REGION/profile, then
+IMDSv2 on EC2), and through botocore the endpoint (including AWS_ENDPOINT_URL_LAMBDA) and the
+credentials with their refresh. The lean invoker then signs each invoke
 with botocore's SigV4 signer and sends it on sssrd's own keep-alive pool on the event loop; the
 boto3 invoker calls boto3's invoke() on a thread pool. Both share `classify` (what the viewer
 gets) and the retry rule: at most `invoke_retries` more attempts, only after a connection
@@ -13,19 +15,22 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import re
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import boto3
 import botocore.session
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, ProfileNotFound
 
+from sssrd import ec2
 from sssrd.httpclient import Pool, Reply, RequestFailed
 from sssrd.invoke import InvokeError
 
@@ -50,21 +55,96 @@ class LambdaTarget:
         return f"{path}?Qualifier={quote(self.qualifier, safe='')}" if self.qualifier else path
 
 
+# The Invoke API's FunctionName forms: name, name:qualifier, ACCOUNT:function:name[:qualifier],
+# arn:PARTITION:lambda:REGION:ACCOUNT:function:name[:qualifier].
+FUNCTION_REFERENCE = re.compile(
+    r"^(?:arn:aws[a-zA-Z-]*:lambda:(?P<region>[a-z]{2}(?:-[a-z]+)+-\d{1,2}):)?"
+    r"(?:\d{12}:function:)?[A-Za-z0-9_-]{1,140}(?::(?:\$LATEST|[A-Za-z0-9_-]{1,128}))?$"
+)
+
+
+class StartupError(ValueError):
+    """The invoker cannot be built; str() is one line that starts with the setting to change."""
+
+
 def resolve_target(settings: Any) -> tuple[LambdaTarget, botocore.session.Session]:
-    """Region, endpoint and credentials from botocore's usual chains; ValueError if missing."""
+    """Function, region, endpoint and credentials, checked once; StartupError if unusable."""
+    arn = FUNCTION_REFERENCE.match(settings.function)
+    if arn is None:
+        raise StartupError(
+            f'function: "{settings.function}" is not a function name (render), partial ARN '
+            "(123456789012:function:render) or full ARN "
+            "(arn:aws:lambda:REGION:ACCOUNT:function:render)"
+        )
     session = botocore.session.get_session()
-    client = session.create_client(
-        "lambda",
-        region_name=settings.region or None,
-        endpoint_url=settings.endpoint_url or None,
+    try:
+        session.get_scoped_config()
+    except ProfileNotFound as exc:
+        raise StartupError(f"AWS_PROFILE: {exc}") from None
+    region, source = resolve_region(settings, session)
+    if not ec2.REGION_NAME.match(region):
+        raise StartupError(f'region: "{region}" (from {source}) is not a region such as eu-west-1')
+    if arn["region"] and arn["region"] != region:
+        raise StartupError(
+            f"function: the ARN is in {arn['region']} but the region is {region} (from {source}); "
+            "set region to match"
+        )
+    try:
+        credentials = session.get_credentials()
+    except BotoCoreError as exc:
+        raise StartupError(f"AWS credentials: {exc}") from None
+    if credentials is None:
+        raise StartupError(
+            "AWS credentials: none found; give the instance a role (instance profile), or set "
+            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE"
+        )
+    # A set endpoint_url was checked with the config, so a bad one here came from botocore's
+    # own sources (AWS_ENDPOINT_URL_LAMBDA, AWS_ENDPOINT_URL, the profile).
+    endpoint_source = "endpoint_url" if settings.endpoint_url else "AWS_ENDPOINT_URL_LAMBDA"
+    try:
+        client = session.create_client(
+            "lambda", region_name=region, endpoint_url=settings.endpoint_url or None
+        )
+    except (BotoCoreError, ValueError) as exc:
+        raise StartupError(f"{endpoint_source}: unusable Invoke API endpoint: {exc}") from None
+    endpoint = client.meta.endpoint_url
+    check_endpoint(endpoint, endpoint_source)
+    log.info("AWS region", extra={"region": region, "source": source, "endpoint": endpoint})
+    return LambdaTarget(settings.function, settings.qualifier, region, endpoint), session
+
+
+def resolve_region(settings: Any, session: botocore.session.Session) -> tuple[str, str]:
+    """The region and where it came from: region setting, AWS_REGION, AWS_DEFAULT_REGION or the
+    profile (botocore's own lookup), then IMDSv2 on EC2 (the same endpoint as callback_url auto)."""
+    if settings.region:
+        return settings.region, "the region setting"
+    # botocore would let an empty variable hide the profile's region; sssrd treats it as unset.
+    for variable in ("AWS_REGION", "AWS_DEFAULT_REGION"):
+        if os.environ.get(variable):
+            return os.environ[variable], variable
+    if session.get_scoped_config().get("region"):
+        return session.get_scoped_config()["region"], "the AWS profile"
+    unset = (
+        "region: none found: set region, AWS_REGION or AWS_DEFAULT_REGION (or a profile's region)"
     )
-    region = client.meta.region_name
-    if not region:
-        raise ValueError("no AWS region: set region, or AWS_REGION / AWS_DEFAULT_REGION")
-    if session.get_credentials() is None:
-        raise ValueError("no AWS credentials found (instance profile, environment or config)")
-    target = LambdaTarget(settings.function, settings.qualifier, region, client.meta.endpoint_url)
-    return target, session
+    if os.environ.get("AWS_EC2_METADATA_DISABLED", "").lower() == "true":
+        raise StartupError(f"{unset}; instance metadata is off (AWS_EC2_METADATA_DISABLED)")
+    endpoint = ec2.imds_endpoint(settings.imds_endpoint)
+    try:
+        return ec2.region(endpoint), f"instance metadata at {endpoint}"
+    except ec2.DiscoveryError as exc:
+        raise StartupError(f"{unset}, or run on EC2: {exc}") from None
+
+
+def check_endpoint(url: str, name: str) -> None:
+    """A URL botocore accepted may still have no usable host or port."""
+    parts = urlsplit(url)
+    try:
+        usable = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # a port that is not a number or out of range
+        usable = False
+    if not usable:
+        raise StartupError(f'{name}: "{url}" is not an http(s)://HOST[:PORT] URL')
 
 
 def classify(status: int, error_type: str, message: str) -> InvokeError:

@@ -1,8 +1,9 @@
-"""Structured logging: every line on stdout is one JSON object (journald reads stdout).
+"""Structured logging: every line on stdout is one compact JSON object (journald reads stdout).
 
 Lifecycle and error lines go through the standard `logging` module ("sssrd" logger) with a JSON
 formatter, so their level is configurable. Access lines bypass logging (one per request, always
-written, built from plain values) and are written whole, one line per write.
+written, built from plain values) and are written whole, one line per write. Both use the same
+compact separators, so jq, Loki and the CloudWatch agent read either kind the same way.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 from typing import Any, TextIO
 
 log = logging.getLogger("sssrd")
+COMPACT = (",", ":")  # one JSON object per line, no padding: journald, jq, Loki, CloudWatch
 
 
 def utc_timestamp(epoch: float) -> str:
@@ -38,7 +40,7 @@ class JsonFormatter(logging.Formatter):
                 line[key] = value
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str)
+        return json.dumps(line, default=str, separators=COMPACT)
 
 
 def configure(level: str, stream: TextIO | None = None) -> None:
@@ -62,4 +64,4 @@ def set_level(level: str) -> None:
 def write_access(record: dict[str, Any], stream: TextIO | None = None) -> None:
     """One access line; a full stdout (a stuck journald) must not take the daemon down."""
     with contextlib.suppress(OSError, ValueError):
-        (stream or sys.stdout).write(json.dumps(record, separators=(",", ":")) + "\n")
+        (stream or sys.stdout).write(json.dumps(record, separators=COMPACT) + "\n")

@@ -197,15 +197,23 @@ class Server:
         self.stopped.set()
 
     def reload(self) -> None:
-        """SIGHUP: apply what can change live; report, never silently ignore, the rest."""
+        """SIGHUP: apply what can change live; report, never silently ignore, the rest.
+
+        Every reload, applied or refused, ends with a log line and READY=1: systemd waits in
+        "reloading" until it hears READY=1 after RELOADING=1.
+        """
         assert self.reload_settings is not None
         self.notifier.reloading()
         try:
-            loaded = self.reload_settings()
+            self.apply_reload(self.reload_settings())
         except ConfigError as exc:
             self.log.error("reload refused: invalid configuration", extra={"error": str(exc)})
+        except Exception:
+            self.log.exception("reload failed; the previous settings stay in force")
+        finally:
             self.notifier.ready(self.status_text())
-            return
+
+    def apply_reload(self, loaded: Settings) -> None:
         self.settings, applied, refused = merge_reload(self.settings, loaded)
         self.pending.set_limit(self.settings.max_pending)
         self.metrics.pending_limit.set(self.settings.max_pending)
@@ -215,7 +223,6 @@ class Server:
             self.log.warning(
                 "some changed settings apply only after a restart", extra={"settings": refused}
             )
-        self.notifier.ready(self.status_text())
 
     def stop_accepting(self, name: str) -> None:
         task = self.accept_tasks.pop(name, None)

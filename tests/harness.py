@@ -129,7 +129,7 @@ class Daemon:
         environ = {k: v for k, v in os.environ.items() if not k.startswith("SSSRD_")}
         environ["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests"), str(ROOT)])
         if conductor is not None:
-            environ["SSSRD_TEST_CONDUCTOR"] = conductor.address
+            environ["SCENARIO_CONDUCTOR"] = conductor.address
         environ.update(env)
         self.process = subprocess.Popen(
             command,
@@ -140,17 +140,19 @@ class Daemon:
             pass_fds=pass_fds,
         )
         self.lines: list[dict[str, Any]] = []
+        self.raw_lines: list[bytes] = []  # stdout as written, for tests of the log format
         self.condition = threading.Condition()
         threading.Thread(target=self._read_stdout, daemon=True).start()
         listening = self.wait_line(lambda line: line.get("message") == "sssrd listening")
         self.viewer = parse_address(listening["viewer"])
         self.callback = parse_address(listening["callback"])
-        self.admin = parse_address(listening["admin"])
+        self.admin = parse_address(listening["admin"]) if "admin" in listening else None
         self.callback_url = listening["callback_url"]
 
     def _read_stdout(self) -> None:
         assert self.process.stdout is not None
         for raw in self.process.stdout:
+            self.raw_lines.append(raw)
             try:
                 line = json.loads(raw)
             except ValueError:  # a handler's own print(): not sssrd's, kept for failure output

@@ -34,10 +34,6 @@ class ContainerError(RuntimeError):
     """The container could not be built, booted or driven; the message says what to look at."""
 
 
-def missing_tools() -> list[str]:
-    return [tool for tool in REQUIRED_TOOLS if shutil.which(tool) is None]
-
-
 def cached_root(packages: tuple[str, ...] = BASE_PACKAGES) -> Path:
     """The tarball of a minbase root with `packages`, built on first use (about 25 s)."""
     key = hashlib.sha256(f"{SUITE} minbase {sorted(packages)}".encode()).hexdigest()[:16]

@@ -3,7 +3,7 @@
 `handler` dispatches on the viewer's `?scenario=` and tags its reports with `?tag=` so each test
 reads only its own. Well-behaved scenarios use sssrd.callback, as a Lambda author would;
 misbehaving ones (aborts, forged tokens, bad preludes) speak HTTP by hand over raw sockets.
-Reports and waits go to the test's Conductor over TCP (SSSRD_TEST_CONDUCTOR).
+Reports and waits go to the test's Conductor over TCP (SCENARIO_CONDUCTOR).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ PRELUDE_TYPE = "application/vnd.awslambda.http-integration-response"
 
 class Conductor:
     def __init__(self, tag: str) -> None:
-        host, _, port = os.environ["SSSRD_TEST_CONDUCTOR"].rpartition(":")
+        host, _, port = os.environ["SCENARIO_CONDUCTOR"].rpartition(":")
         self.sock = socket.create_connection((host, int(port)), timeout=30)
         self.lines = self.sock.makefile("rb")
         self.tag = tag

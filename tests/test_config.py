@@ -62,3 +62,126 @@ def test_body_limit_cannot_exceed_the_event_limit():
 def test_callback_url_must_be_an_http_base(value):
     with pytest.raises(ConfigError, match="callback_url"):
         load_settings(environ={}, flags={"callback_url": value})
+
+
+INTEGER_SETTINGS = [field.name for field in FIELDS if type(field.default) is int]
+
+
+def config_error(tmp_path, toml: str = "", environ: dict | None = None, **flags: str) -> str:
+    """The one-line error of loading these layers (the file only if `toml` is given)."""
+    path = None
+    if toml:
+        path = tmp_path / "sssrd.toml"
+        path.write_text(toml)
+    with pytest.raises(ConfigError) as error:
+        load_settings(str(path) if path else None, environ=environ or {}, flags=flags)
+    return str(error.value)
+
+
+@pytest.mark.parametrize("name", INTEGER_SETTINGS)
+@pytest.mark.parametrize("fraction", ["1.5", "2.9", "2.0"])
+def test_integer_settings_refuse_fractions_from_every_source(tmp_path, name, fraction):
+    env_name = "SSSRD_" + name.upper()
+    flag = "--" + name.replace("_", "-")
+    for message, source in [
+        (config_error(tmp_path, f"{name} = {fraction}\n"), "sssrd.toml"),
+        (config_error(tmp_path, environ={env_name: fraction}), env_name),
+        (config_error(tmp_path, **{name: fraction}), flag),
+    ]:
+        assert message.startswith(f"{name}: expected a "), message
+        assert "whole number" in message and fraction in message, message
+        assert source in message, message
+
+
+# Below every source, so each one tested can override any of these.
+LOCAL = {"callback_url": "http://10.0.0.1:1", "invoker": "local", "max_body_bytes": 1}
+
+
+@pytest.mark.parametrize("name", INTEGER_SETTINGS)
+def test_integer_settings_take_whole_numbers_from_every_source(tmp_path, name):
+    config = tmp_path / "sssrd.toml"
+    config.write_text(f"{name} = 3\n")
+    assert getattr(load_settings(str(config), environ={}, defaults=LOCAL), name) == 3
+    environ = {"SSSRD_" + name.upper(): " 4 "}
+    assert getattr(load_settings(environ=environ, defaults=LOCAL), name) == 4
+    assert getattr(load_settings(environ={}, flags={name: "5"}, defaults=LOCAL), name) == 5
+
+
+def test_unknown_sssrd_variable_is_an_error_naming_it():
+    with pytest.raises(ConfigError) as error:
+        load_settings(environ={"SSSRD_MAX_PENDNG": "5"}, flags={})
+    assert str(error.value) == (
+        "SSSRD_MAX_PENDNG: unknown setting; did you mean SSSRD_MAX_PENDING? (environment variable)"
+    )
+    with pytest.raises(ConfigError, match=r"^SSSRD_COLOUR: unknown setting \(environment"):
+        load_settings(environ={"SSSRD_COLOUR": ""}, flags={})
+
+
+def test_sssrd_config_names_the_file_and_is_no_setting():
+    assert load_settings(environ={"SSSRD_CONFIG": "/x.toml"}, defaults=LOCAL).invoker == "local"
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ('max_pending = "lots"', 'max_pending: expected a positive whole number, got "lots"'),
+        ("max_pending = true", "max_pending: expected a positive whole number, got true"),
+        ("max_pending = 0", "max_pending: expected a positive whole number, got 0"),
+        ("invoke_retries = 9", "invoke_retries: expected a whole number from 0 to 5, got 9"),
+        (
+            'head_timeout = "soon"',
+            'head_timeout: expected a positive number of seconds, got "soon"',
+        ),
+        ("head_timeout = false", "head_timeout: expected a positive number of seconds, got false"),
+        ("listen = 8080", "listen: expected HOST:PORT such as 127.0.0.1:8080, got 8080"),
+        ('listen = "web:80"', 'listen: host must be an IP address or localhost, got "web"'),
+        ('invoker = "aws"', 'invoker: expected one of "local", "lambda", got "aws"'),
+        ("invoker = true", 'invoker: expected one of "local", "lambda", got true'),
+        ("function = 12", "function: expected text in quotes, got 12"),
+        (
+            'trusted_proxies = ["10.0.0.1/8"]',
+            'trusted_proxies: expected CIDRs such as "10.0.0.0/8"',
+        ),
+        (
+            "trusted_proxies = [7]",
+            'trusted_proxies: expected CIDRs such as "10.0.0.0/8", as a list',
+        ),
+        (
+            'endpoint_url = "http://h:99999"',
+            'endpoint_url: expected an http(s)://HOST[:PORT] URL or ""',
+        ),
+        ("callback_url = 1.5", 'callback_url: expected an http(s)://HOST[:PORT] URL or "auto"'),
+        (
+            "handler = [1, true]",
+            "handler: expected module:function such as sssrd.demo:handler, got [1, true]",
+        ),
+    ],
+)
+def test_errors_speak_in_the_users_terms(tmp_path, toml, message):
+    error = config_error(tmp_path, toml + "\n")
+    assert error.startswith(message), error
+    for internal in ("literal", "convert", "True", "False", "None", "'", "base 10", "Errno"):
+        assert internal not in error, error
+
+
+@pytest.mark.parametrize("name", [field.name for field in FIELDS])
+def test_every_setting_refuses_a_boolean_in_toml_terms(tmp_path, name):
+    assert config_error(tmp_path, f"{name} = true\n").startswith(f"{name}: "), name
+    assert "got true" in config_error(tmp_path, f"{name} = true\n")
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b'listen = "\xff\xfe"\n', "not UTF-8 text (byte 0xff at offset 10)"),
+        (b"listen = \n", "not valid TOML: "),
+    ],
+)
+def test_unreadable_config_files_are_one_line_errors(tmp_path, content, message):
+    config = tmp_path / "sssrd.toml"
+    config.write_bytes(content)
+    with pytest.raises(ConfigError) as error:
+        load_settings(str(config), environ={}, flags={})
+    assert str(error.value).startswith(f"config file {config}: {message}")
+    with pytest.raises(ConfigError, match=r"Is a directory$"):
+        load_settings(str(tmp_path), environ={}, flags={})

@@ -6,6 +6,7 @@ import json
 from html.parser import HTMLParser
 
 import pytest
+from harness import daemon, http_get
 from test_callback_helper import GONE_410, CallbackRecorder, split_prelude
 
 from sssrd import demo
@@ -113,3 +114,23 @@ def test_demo_returns_quietly_when_the_viewer_leaves(capsys):
 def test_demo_result_is_json_serialisable():
     result, _ = run_demo(lines="1", delay_ms="0")
     assert json.loads(json.dumps(result)) == result
+
+
+def test_demo_answers_paths_with_a_dot_with_404_without_rendering():
+    with CallbackRecorder() as server:
+        result = demo.handler(demo_event(server, "/favicon.ico"), None)
+        assert server.done.wait(10)
+    prelude, rest = split_prelude(server.body)
+    assert prelude["statusCode"] == 404
+    assert rest == b"not found\n"
+    assert result == {"requestId": "req-1", "lines": 0, "viewerGone": False}
+
+
+def test_favicon_through_the_daemon_costs_no_render(conductor):
+    with daemon(conductor, "--handler=sssrd.demo:handler") as sssrd:
+        status, headers, body = http_get(sssrd.viewer, "/favicon.ico")
+        assert (status, body) == (404, b"not found\n")
+        assert headers["content-type"].startswith("text/plain")
+        assert sssrd.access(path="/favicon.ico")["status"] == 404
+        status, _, page = http_get(sssrd.viewer, "/?lines=1&delay_ms=0")
+        assert status == 200 and page.endswith(b"</html>\n")

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import zipfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from harness import ROOT, Viewer, daemon, header, http_get
+from test_lifecycle import sssrd_command
 
 from sssrd.testing.fake_imds import FakeIMDS
 from sssrd.testing.fake_lambda import FakeLambda
@@ -24,10 +27,10 @@ CLIENTS = ["lean", "boto3"]
 
 @pytest.fixture(scope="module")
 def fake(conductor) -> Iterator[FakeLambda]:
-    os.environ["SSSRD_TEST_CONDUCTOR"] = conductor.address  # the handlers run in this process
+    os.environ["SCENARIO_CONDUCTOR"] = conductor.address  # the handlers run in this process
     with FakeLambda(functions={"render": "scenarios:handler"}) as running:
         yield running
-    del os.environ["SSSRD_TEST_CONDUCTOR"]
+    del os.environ["SCENARIO_CONDUCTOR"]
 
 
 @pytest.fixture(autouse=True)
@@ -164,14 +167,151 @@ def test_event_delivered_twice_streams_once_and_the_second_callback_is_refused(
         assert "409" in rejected["message"] or "410" in rejected["message"]
 
 
-def test_no_region_is_a_clear_startup_error(conductor, fake):
-    env = fake.env()
-    env["AWS_DEFAULT_REGION"] = ""
-    with (
-        pytest.raises(AssertionError, match="no AWS region"),
-        daemon(conductor, "--invoker=lambda", "--function=render", **env),
-    ):
-        pass
+def region_line(sssrd) -> dict:
+    return sssrd.wait_line(lambda line: line.get("message") == "AWS region")
+
+
+NO_REGION = {"AWS_DEFAULT_REGION": "", "AWS_REGION": "", "AWS_CONFIG_FILE": "/nonexistent"}
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_aws_region_alone_is_enough(conductor, fake, client):
+    """AWS_REGION is what Lambda, ECS and CodeBuild set; botocore alone reads only the other.
+
+    It also wins over AWS_DEFAULT_REGION: the fake accepts only signatures for its own region.
+    """
+    env = {**NO_REGION, "AWS_REGION": fake.region, "AWS_DEFAULT_REGION": "eu-west-8"}
+    with lambda_daemon(conductor, fake, client, **env) as sssrd:
+        assert Viewer(sssrd.viewer).get("/?scenario=echo")[0].status_code == 200
+        assert region_line(sssrd)["region"] == fake.region
+        assert region_line(sssrd)["source"] == "AWS_REGION"
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "source"),
+    [
+        (
+            "--region=us-east-1",
+            {"AWS_REGION": "eu-west-9", "AWS_DEFAULT_REGION": "eu-west-8"},
+            "the region setting",
+        ),
+        ("", {"AWS_DEFAULT_REGION": "us-east-1"}, "AWS_DEFAULT_REGION"),
+        ("", {"AWS_CONFIG_FILE": "PROFILE"}, "the AWS profile"),
+    ],
+    ids=["setting", "AWS_DEFAULT_REGION", "profile"],
+)
+def test_region_sources_in_order(conductor, fake, tmp_path, args, env, source):
+    """Each source beats the later ones; the fake accepts only signatures for us-east-1."""
+    profile = tmp_path / "config"
+    profile.write_text("[default]\nregion = us-east-1\n")
+    env = {**NO_REGION, **{k: str(profile) if v == "PROFILE" else v for k, v in env.items()}}
+    with lambda_daemon(conductor, fake, "lean", *filter(None, [args]), **env) as sssrd:
+        assert Viewer(sssrd.viewer).get("/?scenario=echo")[0].status_code == 200
+        assert (region_line(sssrd)["region"], region_line(sssrd)["source"]) == ("us-east-1", source)
+
+
+def test_region_comes_from_imds_when_nothing_names_one(conductor, fake):
+    with FakeIMDS(region=fake.region) as imds:
+        with lambda_daemon(
+            conductor,
+            fake,
+            "lean",
+            f"--imds-endpoint={imds.endpoint}",
+            **NO_REGION,
+            AWS_EC2_METADATA_DISABLED="false",
+        ) as sssrd:
+            assert Viewer(sssrd.viewer).get("/?scenario=echo")[0].status_code == 200
+            line = region_line(sssrd)
+        asked = [(r.method, r.path, r.had_token) for r in imds.requests]
+    assert line["region"] == fake.region
+    assert line["source"] == f"instance metadata at {imds.endpoint.rstrip('/')}"
+    assert asked == [
+        ("PUT", "/latest/api/token", False),
+        ("GET", "/latest/meta-data/placement/region", True),
+    ]
+
+
+def serve_lambda(fake: FakeLambda, *args: str, **env: str):
+    """`sssrd serve` with the lambda invoker, expected to stop at startup."""
+    return sssrd_command(
+        "serve",
+        "--listen=127.0.0.1:0",
+        "--callback-listen=127.0.0.1:0",
+        "--admin-listen=off",
+        "--invoker=lambda",
+        *args,
+        env={**fake.env(), **env},
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "starts"),
+    [
+        (
+            ["--function=render"],
+            {
+                **NO_REGION,
+                "AWS_EC2_METADATA_DISABLED": "false",
+                "AWS_EC2_METADATA_SERVICE_ENDPOINT": "http://127.0.0.1:9",
+            },
+            "region: none found: set region, AWS_REGION or AWS_DEFAULT_REGION (or a profile's "
+            "region), or run on EC2: cannot reach the instance metadata service at http://127.0.0.1:9",
+        ),
+        (["--function=render"], {"AWS_REGION": "Mars 1"}, 'region: "Mars 1" (from AWS_REGION)'),
+        (
+            ["--function=render"],
+            {"AWS_PROFILE": "nobody"},
+            "AWS_PROFILE: The config profile (nobody) could not be found",
+        ),
+        (
+            ["--function=render"],
+            {
+                "AWS_ACCESS_KEY_ID": "",
+                "AWS_SECRET_ACCESS_KEY": "",
+                "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
+                "AWS_CONFIG_FILE": "/nonexistent",
+            },
+            "AWS credentials: none found",
+        ),
+        (["--function=render"], {"AWS_SECRET_ACCESS_KEY": ""}, "AWS credentials: "),
+        (
+            ["--function=render"],
+            {"AWS_ENDPOINT_URL_LAMBDA": "garbage"},
+            "AWS_ENDPOINT_URL_LAMBDA: unusable Invoke API endpoint",
+        ),
+        (
+            ["--function=render"],
+            {"AWS_ENDPOINT_URL_LAMBDA": "http://127.0.0.1:port"},
+            'AWS_ENDPOINT_URL_LAMBDA: "http://127.0.0.1:port" is not an http(s)://HOST[:PORT] URL',
+        ),
+        (
+            ["--function=arn:aws:lambda:x"],
+            {},
+            'function: "arn:aws:lambda:x" is not a function name',
+        ),
+        (
+            ["--function=arn:aws:lambda:eu-west-1:123456789012:function:render"],
+            {},
+            "function: the ARN is in eu-west-1 but the region is us-east-1",
+        ),
+    ],
+    ids=[
+        "no-region",
+        "bad-region",
+        "no-profile",
+        "no-credentials",
+        "half-credentials",
+        "endpoint-garbage",
+        "endpoint-port",
+        "bad-arn",
+        "arn-in-another-region",
+    ],
+)
+def test_invoker_startup_failure_is_one_line_naming_the_setting(fake, args, env, starts):
+    result = serve_lambda(fake, *args, **env)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith(f"sssrd: cannot start: {starts}"), result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
 
 
 def test_callback_url_auto_advertises_the_address_imds_gives(conductor):
@@ -241,3 +381,19 @@ def test_example_lambda_zip_works_unchanged_under_the_fake(conductor, tmp_path, 
         assert b"<code>/hello</code>" in body and body.endswith(b"</html>")
         fake.wait_for_handler_runs(1)
         assert fake.handler_failures == []
+
+
+def test_example_build_writes_where_the_readme_says(tmp_path):
+    """Run in a copy of the tree, so the default output lands outside the work tree."""
+    shutil.copytree(ROOT / "examples" / "lambda", tmp_path / "examples" / "lambda")
+    shutil.copytree(ROOT / "sssrd" / "callback", tmp_path / "sssrd" / "callback")
+    built = subprocess.run(
+        [str(tmp_path / "examples" / "lambda" / "build.sh")],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+    )
+    written = Path(built.stdout.strip()).relative_to(tmp_path)
+    assert (tmp_path / written).is_file()
+    assert f"`examples/lambda/build.sh` makes `{written}`" in (ROOT / "README.md").read_text()

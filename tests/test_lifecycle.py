@@ -169,3 +169,62 @@ def test_port_in_use_fails_startup_naming_the_listener():
         )
     assert result.returncode == 1
     assert f"127.0.0.1:{port} (viewer)" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "args", "env", "message"),
+    [
+        (b'listen = "\xff"\n', (), {}, "not UTF-8 text (byte 0xff at offset 10)"),
+        (b"max_pending = 1.5\n", (), {}, "max_pending: expected a positive whole number, got 1.5"),
+        (b"backlog = 2.9\n", (), {}, "backlog: expected a positive whole number, got 2.9"),
+        (b"", (), {"SSSRD_MAX_PENDNG": "5"}, "SSSRD_MAX_PENDNG: unknown setting; did you mean"),
+        (
+            b"",
+            ("--max-pending=lots",),
+            {},
+            'max_pending: expected a positive whole number, got "lots"',
+        ),
+    ],
+    ids=["not-utf8", "fraction", "backlog-fraction", "unknown-env", "not-a-number"],
+)
+@pytest.mark.parametrize("command", ["check-config", "serve"])
+def test_config_errors_are_one_line_and_exit_2(tmp_path, command, content, args, env, message):
+    config = tmp_path / "sssrd.toml"
+    config.write_bytes(content + b'callback_url = "http://127.0.0.1:1"\ninvoker = "local"\n')
+    result = sssrd_command(command, f"--config={config}", "--listen=127.0.0.1:0", *args, env=env)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("sssrd: config error: "), result.stderr
+    assert message in result.stderr and result.stderr.count("\n") == 1, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [(["--admin-listen=off"], {}), ([], {"SSSRD_ADMIN_LISTEN": "off"})],
+    ids=["flag", "env"],
+)
+def test_dev_runs_without_an_admin_listener(args, env):
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("SSSRD_")} | env
+    ports = ["--listen=127.0.0.1:0", "--callback-listen=127.0.0.1:0"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sssrd.cli", "dev", *ports, *args],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        env=environ,
+        cwd=ROOT,
+    )
+    try:
+        assert process.stderr is not None
+        banner = process.stderr.readline()
+        assert banner.startswith("sssrd dev: open http://127.0.0.1:"), banner
+        assert "metrics" not in banner
+        host, port = banner.split("http://")[1].split("/")[0].rsplit(":", 1)
+        status, _, body = http_get((host, int(port)), "/?lines=0&delay_ms=0")
+        assert status == 200 and body.endswith(b"</html>\n")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(WAIT) == 0
+        assert "Traceback" not in process.stderr.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

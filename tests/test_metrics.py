@@ -8,12 +8,12 @@ so the tests see what Prometheus would scrape. The packaging tests need promtool
 import gzip
 import platform
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from system_tools import tool
 
 import sssrd
 from sssrd.metrics import (
@@ -238,11 +238,8 @@ def test_gzip_is_used_only_when_accept_encoding_allows_it(header, allowed):
 
 
 def promtool(*arguments: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
-    executable = shutil.which("promtool")
-    if executable is None:
-        pytest.fail("promtool not found: install the Debian package 'prometheus' (CI does)")
     return subprocess.run(
-        [executable, *arguments],
+        [tool("promtool"), *arguments],
         input=stdin,
         capture_output=True,
         cwd=PROMETHEUS_DIR,

@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import sys
+import time
 
 from harness import WAIT, Viewer, daemon, header, http_get
 from prometheus_client.parser import text_string_to_metric_families
@@ -180,3 +181,64 @@ def test_sighup_applies_a_new_timeout_live_and_reports_what_needs_a_restart(cond
         assert "callback_timeout" in refused["error"]
         assert Viewer(sssrd.viewer).get("/?scenario=never&tag=hup2")[0].status_code == 504
         assert sssrd.alive()
+
+
+def notices_until(sock: socket.socket, key: str) -> dict[str, str]:
+    """Notify messages in order until one carries `key` (STATUS pings may come between)."""
+    deadline = time.monotonic() + WAIT
+    message = receive(sock)
+    while key not in message:
+        assert time.monotonic() < deadline, f"no {key} from the daemon"
+        message = receive(sock)
+    return message
+
+
+def test_every_reload_ends_with_a_log_line_and_ready(conductor, tmp_path):
+    """systemd waits in "reloading" until READY=1 follows RELOADING=1, refused or applied."""
+    config = tmp_path / "sssrd.toml"
+    config.write_text("")
+    address = str(tmp_path / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(address)
+        notify.settimeout(WAIT)
+        with daemon(conductor, f"--config={config}", NOTIFY_SOCKET=address) as sssrd:
+            notices_until(notify, "READY")
+            for content, message in [
+                (b'log_level = "\xff"\n', "reload refused: invalid configuration"),
+                (b"max_pending = 1.5\n", "reload refused: invalid configuration"),
+                (b"max_pending = 7\n", "reloaded"),
+            ]:
+                config.write_bytes(content)
+                seen = len(sssrd.lines)
+                sssrd.signal(signal.SIGHUP)
+                assert notices_until(notify, "RELOADING")["RELOADING"] == "1"
+                assert notices_until(notify, "READY")["READY"] == "1"
+                line = sssrd.wait_line(
+                    lambda line, seen=seen, message=message: (
+                        line.get("message") == message and sssrd.lines.index(line) >= seen
+                    )
+                )
+            assert "not UTF-8" in sssrd.wait_line(lambda line: "error" in line)["error"]
+            assert line["applied"] == ["max_pending"]
+            assert sssrd.metric("sssrd_pending_limit") == 7
+            assert sssrd.alive()
+
+
+def test_lifecycle_and_access_lines_are_compact_json_one_per_line(conductor, tmp_path):
+    config = tmp_path / "sssrd.toml"
+    config.write_text("max_pending = 5\n")
+    with daemon(conductor, f"--config={config}") as sssrd:
+        Viewer(sssrd.viewer).get("/?scenario=echo&tag=compact")
+        sssrd.access(path="/")
+        config.write_text("max_pending = 6\n")
+        sssrd.signal(signal.SIGHUP)
+        sssrd.wait_line(lambda line: line.get("message") == "reloaded")
+        sssrd.signal(signal.SIGTERM)
+        assert sssrd.wait_exit() == 0
+        sssrd.wait_line(lambda line: line.get("message") == "<eof>")
+    kinds = set()
+    for raw in sssrd.raw_lines:
+        record = json.loads(raw)
+        assert raw == json.dumps(record, separators=(",", ":")).encode() + b"\n", raw
+        kinds.add(record.get("type") or record["message"])
+    assert {"access", "sssrd listening", "reloaded", "draining", "stopped"} <= kinds

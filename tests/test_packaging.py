@@ -23,6 +23,7 @@ from pathlib import Path
 
 import nspawn
 import pytest
+from system_tools import require, tool
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -70,8 +71,7 @@ def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def container(tmp_path_factory: pytest.TempPathFactory) -> Iterator[nspawn.Container]:
     assert os.geteuid() == 0, "booting a container needs root"
-    missing = nspawn.missing_tools()
-    assert not missing, f"apt-get install mmdebstrap systemd-container zstd: missing {missing}"
+    require(*nspawn.REQUIRED_TOOLS)
     workdir = tmp_path_factory.mktemp("container")
     with nspawn.booted(workdir, f"sssrd-test-{os.getpid()}") as booted:
         yield booted
@@ -151,7 +151,7 @@ def get(port: int, path: str) -> tuple[int, dict[str, str], bytes]:
 
 def test_unit_hardening_exposure_is_at_most_two():
     analysis = subprocess.run(
-        ["systemd-analyze", "security", "--offline=yes", str(PACKAGING / UNIT)],
+        [tool("systemd-analyze"), "security", "--offline=yes", str(PACKAGING / UNIT)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -162,7 +162,7 @@ def test_unit_hardening_exposure_is_at_most_two():
 
 
 def test_deb_has_no_lintian_errors(deb: Path):
-    lint = subprocess.run(["lintian", str(deb)], capture_output=True, text=True, timeout=300)
+    lint = subprocess.run([tool("lintian"), str(deb)], capture_output=True, text=True, timeout=300)
     errors = [line for line in lint.stdout.splitlines() if line.startswith("E:")]
     assert not errors, lint.stdout
     assert lint.returncode == 0, lint.stdout + lint.stderr
@@ -176,7 +176,7 @@ def test_deb_is_named_for_version_and_keeps_config_as_conffile(deb: Path):
     ).stdout.strip()
     assert deb.name == f"sssrd_{version.group(1)}_{architecture}.deb"
     conffiles = subprocess.run(
-        ["dpkg-deb", "--ctrl-tarfile", str(deb)], capture_output=True, check=True
+        [tool("dpkg-deb"), "--ctrl-tarfile", str(deb)], capture_output=True, check=True
     ).stdout
     listing = subprocess.run(
         ["tar", "-xO", "./conffiles"], input=conffiles, capture_output=True, check=True

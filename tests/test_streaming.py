@@ -11,12 +11,13 @@ import threading
 import h11
 import pytest
 from harness import WAIT, Viewer, daemon, header, http_get, wait_for
+from system_tools import tool
 
 
 def test_curl_shows_each_chunk_as_the_lambda_writes_it(sssrd, conductor):
     """The README's promise: `curl -N` prints each chunk when the Lambda writes it."""
     url = f"http://{sssrd.viewer[0]}:{sssrd.viewer[1]}/?scenario=stepped&tag=curl&steps=2"
-    process = subprocess.Popen(["curl", "-sN", url], stdout=subprocess.PIPE)
+    process = subprocess.Popen([tool("curl"), "-sN", url], stdout=subprocess.PIPE)
     assert process.stdout is not None
     conductor.release("curl:step0")
     assert process.stdout.read1(65536) == b"chunk 0\n"

@@ -10,6 +10,7 @@ import subprocess
 
 import h11
 from harness import WAIT, Viewer, daemon, header, http_get
+from system_tools import tool
 
 
 def test_keep_alive_serves_several_renders_on_one_connection(sssrd):
@@ -152,7 +153,10 @@ def test_idle_keep_alive_connection_is_closed_after_its_timeout(conductor):
 
 def test_listeners_use_a_large_backlog(sssrd):
     listing = subprocess.run(
-        ["ss", "-ltnH", f"sport = :{sssrd.viewer[1]}"], capture_output=True, text=True, check=True
+        [tool("ss"), "-ltnH", f"sport = :{sssrd.viewer[1]}"],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split()
     assert int(listing[2]) >= 4096  # Send-Q of a listening socket is its backlog
 

@@ -2,7 +2,9 @@
 
 handler() opens a callback stream, sends a first screen (full <head> with inline CSS, over 4 KiB
 so browsers start painting), then one line per chunk every `delay_ms`, then the closing tags.
-Query parameters `lines` (0..1000) and `delay_ms` (0..10000) override the defaults.
+Query parameters `lines` (0..1000) and `delay_ms` (0..10000) override the defaults. A path with
+a dot in it (/favicon.ico, /robots.txt) gets a short 404 and no page, as the proof of concept's
+handler does, so a browser's favicon fetch does not cost a render.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ MAX_LINES = 1000
 DEFAULT_DELAY_MS = 300
 MAX_DELAY_MS = 10_000
 FIRST_SCREEN_MIN_BYTES = 4096
+NOT_FOUND_HEADERS = {"content-type": "text/plain; charset=utf-8", "cache-control": "no-store"}
 
 _STYLE = """
 :root { color-scheme: light dark; --accent: #d9480f; --muted: #868e96; }
@@ -65,6 +68,9 @@ def handler(event: Mapping[str, Any], context: object) -> dict[str, Any]:
     lines = _bounded_int(params, "lines", DEFAULT_LINES, MAX_LINES)
     delay = _bounded_int(params, "delay_ms", DEFAULT_DELAY_MS, MAX_DELAY_MS) / 1000
     request_id = str((event.get("requestContext") or {}).get("requestId", ""))
+    if "." in _request_path(event):
+        callback.respond(event, "not found\n", status=404, headers=NOT_FOUND_HEADERS)
+        return {"requestId": request_id, "lines": 0, "viewerGone": False}
     started = time.monotonic()
     sent = 0
     headers = {"content-type": "text/html; charset=utf-8", "cache-control": "no-store"}
