@@ -103,12 +103,13 @@ class Conductor:
 
 
 class Daemon:
-    """`sssrd serve` in a subprocess on ephemeral 127.0.0.1 ports."""
+    """`sssrd serve` (or `command`, e.g. dev) in a subprocess on ephemeral 127.0.0.1 ports."""
 
     def __init__(
         self,
         conductor: Conductor | None = None,
         *args: str,
+        command: str = "serve",
         wrapper: list[str] | None = None,
         pass_fds: tuple[int, ...] = (),
         **env: str,
@@ -118,7 +119,7 @@ class Daemon:
             sys.executable,
             "-m",
             "sssrd.cli",
-            "serve",
+            command,
             "--listen=127.0.0.1:0",
             "--callback-listen=127.0.0.1:0",
             "--admin-listen=127.0.0.1:0",

@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from sssrd.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMETHEUS_DIR = ROOT / "packaging" / "prometheus"
@@ -47,6 +50,14 @@ def metric_names(expression: str) -> set[str]:
         masked = mask.sub(" ", masked)
     names = {match.group() for match in _IDENTIFIER.finditer(masked)}
     return {name for name in names if name.lower() not in _KEYWORDS}
+
+
+def exported_names() -> set[str]:
+    """Every sample name a fresh daemon's /metrics exposes."""
+    text = Metrics().exposition(None)[0].decode()
+    return {
+        sample.name for family in text_string_to_metric_families(text) for sample in family.samples
+    }
 
 
 def load_dashboard() -> dict[str, Any]:

@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from promql import PROMETHEUS_DIR, metric_names, recorded_names, rules
+from promql import PROMETHEUS_DIR, exported_names, metric_names, recorded_names, rules
 
 import sssrd
 from sssrd.metrics import (
@@ -275,7 +275,7 @@ def test_alert_rule_unit_tests_pass():
 
 
 def test_rules_use_only_metrics_that_sssrd_exports_or_rules_yml_records():
-    exported = {sample.name for family in families(Metrics()).values() for sample in family.samples}
+    exported = exported_names()
     recorded = recorded_names()
     for filename in ("rules.yml", "alerts.yml"):
         used = set().union(*(metric_names(rule["expr"]) for rule in rules(filename)))
