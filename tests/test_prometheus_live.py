@@ -27,10 +27,18 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-import h11
 import pytest
 import yaml
-from harness import WAIT, Daemon, Viewer, daemon, header, http_get, wait_for
+from harness import (
+    WAIT,
+    Daemon,
+    Viewer,
+    daemon,
+    http_get,
+    lambda_dies_mid_body,
+    leave_mid_stream,
+    wait_for,
+)
 from prometheus_client.parser import text_string_to_metric_families
 from promql import (
     PROMETHEUS_DIR,
@@ -229,8 +237,8 @@ def drive_traffic(sssrd: Daemon, conductor) -> None:
         head, _ = Viewer(sssrd.viewer).get("/?scenario=bad_prelude&kind=json&tag=prom-bad")
         assert head.status_code == 502
     assert Viewer(sssrd.viewer).get("/?scenario=intruders&tag=prom-intr")[0].status_code == 200
-    leave_mid_stream(sssrd, conductor)
-    lambda_dies_mid_body(sssrd, conductor)
+    assert leave_mid_stream(sssrd, conductor, "prom-vl")["outcome"] == "viewer_abort"
+    lambda_dies_mid_body(sssrd, conductor, "prom-amb")
 
 
 def hold_until_shedding_then_time_out(sssrd: Daemon) -> None:
@@ -243,29 +251,6 @@ def hold_until_shedding_then_time_out(sssrd: Daemon) -> None:
     for viewer in held:
         assert viewer.head().status_code == 504
         viewer.close()
-
-
-def leave_mid_stream(sssrd: Daemon, conductor) -> None:
-    viewer = Viewer(sssrd.viewer)
-    viewer.send("GET", "/?scenario=viewer_leaves&tag=prom-vl")
-    head = viewer.head()
-    assert viewer.chunk() == b"first\n"
-    viewer.close()
-    access = sssrd.access(request_id=header(head, b"x-request-id").decode())
-    assert access["outcome"] == "viewer_abort"
-    conductor.release("prom-vl:viewer_closed")
-
-
-def lambda_dies_mid_body(sssrd: Daemon, conductor) -> None:
-    viewer = Viewer(sssrd.viewer)
-    viewer.send("GET", "/?scenario=abort_mid_body&tag=prom-amb")
-    assert viewer.head().status_code == 200
-    received = b""
-    while len(received) < len(b"part onepart two"):
-        received += viewer.chunk()
-    conductor.release("prom-amb:close")
-    with pytest.raises(h11.RemoteProtocolError):
-        viewer.chunk()
 
 
 def requests_by_outcome(sssrd: Daemon) -> dict[str, float]:
