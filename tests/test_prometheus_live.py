@@ -57,6 +57,7 @@ OK_REQUESTS = 440  # enough that the ratio alerts' traffic floor (1 request/s ov
 HELD = 40  # = max_pending: held until their callback deadline (504), shedding what comes next
 SHED = 3
 BAD_CALLBACKS = 2
+BULK_BYTES = 512 * 1024
 # Deadline timeouts are HELD of 489 viewer requests, 8 %: over SssrdTimeoutRatioHigh's 5 %.
 SHORT_FOR = "2s"
 POLL_INTERVAL = 0.25
@@ -231,7 +232,8 @@ def drive_traffic(sssrd: Daemon, conductor) -> None:
         assert head.status_code == 200
         viewer.next_cycle()
     viewer.close()
-    assert Viewer(sssrd.viewer).get("/?scenario=bulk&size=524288&framing=length")[1]
+    bulk = f"/?scenario=bulk&size={BULK_BYTES}&framing=length"  # spliced: over SPLICE_MIN
+    assert len(Viewer(sssrd.viewer).get(bulk)[1]) == BULK_BYTES
     hold_until_shedding_then_time_out(sssrd)
     for _ in range(BAD_CALLBACKS):
         head, _ = Viewer(sssrd.viewer).get("/?scenario=bad_prelude&kind=json&tag=prom-bad")
@@ -264,13 +266,15 @@ def requests_by_outcome(sssrd: Daemon) -> dict[str, float]:
     return counts
 
 
-def test_the_traffic_reached_prometheus_with_every_failure_kind(traffic):
+def test_the_traffic_reached_prometheus_with_every_failure_kind(prometheus, traffic):
     assert traffic["ok"] == OK_REQUESTS + 2  # the bulk body and the intruders' stream
     assert traffic["timeout"] == HELD
     assert traffic["shed"] == SHED
     assert traffic["bad_callback"] == BAD_CALLBACKS
     assert traffic["viewer_abort"] == 1
     assert traffic["lambda_abort"] == 1
+    assert prometheus.value('sssrd_body_bytes_total{path="splice"}') > 0
+    assert prometheus.value('sssrd_body_bytes_total{path="copy"}') > 0
 
 
 def test_every_series_the_dashboard_and_rules_use_exists(prometheus, traffic):
