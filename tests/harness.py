@@ -103,12 +103,13 @@ class Conductor:
 
 
 class Daemon:
-    """`sssrd serve` in a subprocess on ephemeral 127.0.0.1 ports."""
+    """`sssrd serve` (or `command`, e.g. dev) in a subprocess on ephemeral 127.0.0.1 ports."""
 
     def __init__(
         self,
         conductor: Conductor | None = None,
         *args: str,
+        command: str = "serve",
         wrapper: list[str] | None = None,
         pass_fds: tuple[int, ...] = (),
         **env: str,
@@ -118,7 +119,7 @@ class Daemon:
             sys.executable,
             "-m",
             "sssrd.cli",
-            "serve",
+            command,
             "--listen=127.0.0.1:0",
             "--callback-listen=127.0.0.1:0",
             "--admin-listen=127.0.0.1:0",
@@ -338,3 +339,34 @@ def wait_for(predicate: Any, timeout: float = WAIT, what: str = "condition") -> 
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.01)
+
+
+def leave_mid_stream(sssrd: Daemon, conductor: Conductor, tag: str) -> dict[str, Any]:
+    """A viewer hangs up after the viewer_leaves scenario's first chunk; returns its access line
+    (once sssrd logged it), then lets the handler write again into the closed stream."""
+    viewer = Viewer(sssrd.viewer)
+    viewer.send("GET", f"/?scenario=viewer_leaves&tag={tag}")
+    head = viewer.head()
+    assert viewer.chunk() == b"first\n"
+    viewer.close()
+    access = sssrd.access(request_id=header(head, b"x-request-id").decode())
+    conductor.release(f"{tag}:viewer_closed")
+    return access
+
+
+def lambda_dies_mid_body(sssrd: Daemon, conductor: Conductor, tag: str) -> h11.Response:
+    """The abort_mid_body scenario's Lambda hangs up after two chunks; returns the viewer's
+    response head once the viewer saw the body end without its final chunk."""
+    viewer = Viewer(sssrd.viewer)
+    viewer.send("GET", f"/?scenario=abort_mid_body&tag={tag}")
+    head = viewer.head()
+    assert head.status_code == 200
+    received = b""
+    while len(received) < len(b"part onepart two"):
+        received += viewer.chunk()
+    conductor.release(f"{tag}:close")
+    try:
+        viewer.chunk()
+    except h11.RemoteProtocolError:  # closed without the final chunk
+        return head
+    raise AssertionError("the viewer response completed although the Lambda died mid-body")

@@ -9,10 +9,10 @@ import gzip
 import platform
 import re
 import subprocess
-from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from promql import PROMETHEUS_DIR, exported_names, metric_names, recorded_names, rules
 from system_tools import tool
 
 import sssrd
@@ -25,8 +25,6 @@ from sssrd.metrics import (
     Metrics,
     accepts_gzip,
 )
-
-PROMETHEUS_DIR = Path(__file__).resolve().parents[1] / "packaging" / "prometheus"
 
 
 def scrape(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -257,15 +255,15 @@ def test_promtool_finds_no_problems_in_the_exposition():
     assert result.stdout + result.stderr == b""
 
 
-def test_alert_rules_are_valid():
-    result = promtool("check", "rules", "alerts.yml")
+def test_alert_and_recording_rules_are_valid():
+    result = promtool("check", "rules", "rules.yml", "alerts.yml")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_example_prometheus_config_with_its_rules_is_valid():
     result = promtool("check", "config", "scrape.yml")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert b"1 rule files found" in result.stdout
+    assert b"2 rule files found" in result.stdout
 
 
 def test_alert_rule_unit_tests_pass():
@@ -273,9 +271,26 @@ def test_alert_rule_unit_tests_pass():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_alerts_use_only_metrics_that_sssrd_exports():
-    exported = {sample.name for family in families(Metrics()).values() for sample in family.samples}
-    rules = (PROMETHEUS_DIR / "alerts.yml").read_text()
-    used = set(re.findall(r"\bsssrd_[a-z0-9_]+", rules))
-    assert used, "alerts.yml uses no sssrd metric"
-    assert used <= exported, f"alerts.yml uses unknown metrics: {sorted(used - exported)}"
+def test_rules_use_only_metrics_that_sssrd_exports_or_rules_yml_records():
+    exported = exported_names()
+    recorded = recorded_names()
+    for filename in ("rules.yml", "alerts.yml"):
+        used = set().union(*(metric_names(rule["expr"]) for rule in rules(filename)))
+        assert used & exported, f"{filename} uses no exported metric"
+        unknown = used - exported - recorded - {"up"}
+        assert not unknown, f"{filename} uses unknown metrics: {sorted(unknown)}"
+
+
+def test_ratio_alerts_read_the_recorded_rates_instead_of_recomputing_them():
+    ratio_alerts = [rule for rule in rules("alerts.yml") if "/" in rule["expr"]]
+    assert ratio_alerts
+    for rule in ratio_alerts:
+        assert "rate(" not in rule["expr"], rule["alert"]
+
+
+def test_recorded_series_are_named_level_metric_operations():
+    for name in recorded_names():
+        level, metric, operations = name.split(":")
+        assert re.fullmatch(r"(instance|job)(_[a-z]+)*", level), name
+        assert metric.startswith("sssrd_") and not metric.endswith("_total"), name
+        assert re.fullmatch(r"(ratio_)?rate5m", operations), name

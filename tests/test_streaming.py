@@ -10,7 +10,16 @@ import threading
 
 import h11
 import pytest
-from harness import WAIT, Viewer, daemon, header, http_get, wait_for
+from harness import (
+    WAIT,
+    Viewer,
+    daemon,
+    header,
+    http_get,
+    lambda_dies_mid_body,
+    leave_mid_stream,
+    wait_for,
+)
 from system_tools import tool
 
 
@@ -112,29 +121,13 @@ def test_no_body_statuses_send_no_body(sssrd, status):
 
 
 def test_lambda_dying_mid_body_truncates_the_viewer_response(sssrd, conductor):
-    viewer = Viewer(sssrd.viewer)
-    viewer.send("GET", "/?scenario=abort_mid_body&tag=amb")
-    head = viewer.head()
-    assert head.status_code == 200
-    received = b""
-    while len(received) < len(b"part onepart two"):
-        received += viewer.chunk()
-    conductor.release("amb:close")
-    with pytest.raises(h11.RemoteProtocolError):
-        viewer.chunk()  # closed without the final chunk
+    head = lambda_dies_mid_body(sssrd, conductor, "amb")
     access = sssrd.access(request_id=header(head, b"x-request-id").decode())
     assert access["outcome"] == "lambda_abort"
 
 
 def test_viewer_leaving_closes_the_callback_and_frees_the_entry(sssrd, conductor):
-    viewer = Viewer(sssrd.viewer)
-    viewer.send("GET", "/?scenario=viewer_leaves&tag=vl")
-    head = viewer.head()
-    assert viewer.chunk() == b"first\n"
-    viewer.close()
-    access = sssrd.access(request_id=header(head, b"x-request-id").decode())
-    assert access["outcome"] == "viewer_abort"
-    conductor.release("vl:viewer_closed")
+    assert leave_mid_stream(sssrd, conductor, "vl")["outcome"] == "viewer_abort"
     gone = conductor.report("vl", "viewer_gone")
     assert conductor.count("vl", "write_succeeded") == 0
     assert "viewer" in gone["message"].lower() or "410" in gone["message"]
