@@ -126,11 +126,10 @@ class CallbackConnection(Served):
             request_id = (header_value(request.headers, b"x-request-id") or b"").decode("latin-1")
             tokenless = True
         else:
-            await self.reply(request, 404, {"error": "no such callback"})
+            await self.refuse(request, refusal, 404, "no such callback")
             return False
         if request.method != b"POST":
-            allow = [(b"allow", b"POST")]
-            await self.reply(request, 405, {"error": "callbacks are POSTed"}, allow)
+            await self.refuse(request, refusal, 405, "callbacks are POSTed", [(b"allow", b"POST")])
             return False
         stream = self.stream_for(request, request_id, refusal)
         try:
@@ -138,7 +137,7 @@ class CallbackConnection(Served):
             self.server.pending.claim(request_id, token, stream, tokenless=tokenless)
         except Rejection as rejection:
             self.server.callback_rejected(rejection.reason)
-            await self.reply(request, rejection.status, {"error": str(rejection)})
+            await self.refuse(request, refusal, rejection.status, str(rejection))
             return False
         if refusal is None and self.conn.h11.they_are_waiting_for_100_continue:
             await self.conn.send(h11.InformationalResponse(status_code=100, headers=[]))
@@ -169,6 +168,20 @@ class CallbackConnection(Served):
             finished=self.server.loop.create_future(),
             refusal=refusal,
         )
+
+    async def refuse(
+        self,
+        request: h11.Request,
+        refusal: BadHead | None,
+        status: int,
+        message: str,
+        extra: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        """Refuse a callback; a refused head is the first thing wrong with it, so its own
+        status and reason are what the Lambda is told."""
+        if refusal is not None:
+            status, message, extra = refusal.status, str(refusal), None
+        await self.reply(request, status, {"error": message}, extra)
 
     async def reply(
         self,

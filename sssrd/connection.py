@@ -146,16 +146,18 @@ class Served:
     async def run(self) -> None:
         conn = self.conn
         while True:
-            settings = self.server.settings  # per request: SIGHUP may have replaced them
-            conn.send_timeout = settings.send_timeout
             try:
-                request = await conn.next_request(settings)
+                request = await conn.next_request(self.settings)
             except BadHead as bad:
                 await self.refuse_head(bad)
                 break
             if request is None or not await self.handle(request) or not conn.next_cycle():
                 break
         await conn.end()
+
+    def settings(self) -> Any:
+        """The settings in force now: SIGHUP may replace them between two requests."""
+        return self.server.settings
 
     async def handle(self, request: h11.Request) -> bool:
         """Serve one request; True if the connection may carry another."""
@@ -244,12 +246,14 @@ class Connection:
         if data is not None:
             self.h11.receive_data(data)
 
-    async def next_request(self, limits: Any) -> h11.Request | None:
+    async def next_request(self, current: Callable[[], Any]) -> h11.Request | None:
         """The next request head; None if the peer closes or idles past keepalive_timeout.
 
-        `limits` carries keepalive_timeout, head_timeout and max_head_bytes (the settings, read
-        per request). Raises BadHead when the head is too slow (408: the whole head within
-        head_timeout, slowloris), too large (431), malformed (400) or refused by check_head.
+        `current()` gives the settings in force (keepalive_timeout, head_timeout,
+        max_head_bytes, send_timeout), asked again once the head starts arriving, so that a
+        reload during the keep-alive wait applies to it. Raises BadHead when the head is too
+        slow (408: the whole head within head_timeout, slowloris), too large (431), malformed
+        (400) or refused by check_head.
         """
         if self.fresh:  # saves registering a reader (epoll_ctl) when the head is here already
             self.fresh = False
@@ -258,12 +262,14 @@ class Connection:
         buffered = len(self.h11.trailing_data[0])
         try:
             if not buffered:
-                self.deadline = loop.time() + limits.keepalive_timeout
+                self.deadline = loop.time() + current().keepalive_timeout
                 await self.wait_readable()
         except TimeoutError:
             return None
         finally:
             self.deadline = None
+        limits = current()
+        self.send_timeout = limits.send_timeout
         try:
             self.deadline = loop.time() + limits.head_timeout
             event = await self._read_head(buffered, limits.max_head_bytes)

@@ -122,21 +122,23 @@ class ViewerWatch:
         conn.loop.add_reader(conn.fd, self._readable)
 
     def _readable(self) -> None:
-        try:
-            data = self.conn.sock.recv(RECV_SIZE)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if data:
+        # Read until the socket is empty: a reset that arrives with pipelined bytes must be seen
+        # now, since the loop may report that socket's error only once (libuv stops the poll).
+        while self.held <= self.hold:
+            try:
+                data = self.conn.sock.recv(RECV_SIZE)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self.stop()
+                self.gone = True
+                self.on_gone()
+                return
             self.conn.h11.receive_data(data)
             self.held += len(data)
-            if self.held > self.hold:
-                self.stop()
-            return
         self.stop()
-        self.gone = True
-        self.on_gone()
 
     def stop(self) -> None:
         if not self.conn.closed:

@@ -171,8 +171,8 @@ class RequestCycle:
         body = bytearray()
         if self.conn.h11.they_are_waiting_for_100_continue:
             await self.conn.send(h11.InformationalResponse(status_code=100, headers=[]))
-        screen = self.framing_check()
         try:
+            screen = self.framing_check()
             while True:
                 self.conn.deadline = self.loop.time() + settings.idle_timeout
                 event = await self.conn.next_event(screen)
