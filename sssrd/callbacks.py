@@ -110,6 +110,7 @@ class CallbackConnection(Served):
     server: Server
 
     async def refuse_head(self, bad: BadHead) -> None:
+        self.server.callback_rejected("malformed")
         if bad.request is not None:
             await self.handle(bad.request, bad)
             return
@@ -136,7 +137,8 @@ class CallbackConnection(Served):
             token = bearer_token(request.headers)
             self.server.pending.claim(request_id, token, stream, tokenless=tokenless)
         except Rejection as rejection:
-            self.server.callback_rejected(rejection.reason)
+            if refusal is None:  # a refused head was counted as malformed already
+                self.server.callback_rejected(rejection.reason)
             await self.refuse(request, refusal, rejection.status, str(rejection))
             return False
         if refusal is None and self.conn.h11.they_are_waiting_for_100_continue:

@@ -171,12 +171,13 @@ def test_the_callback_listener_answers_every_head_it_refuses(sssrd, request_head
     assert not any("connection failed" in line.get("message", "") for line in sssrd.lines)
 
 
-def test_a_slow_callback_head_gets_408(conductor):
+def test_a_slow_callback_head_gets_408_and_counts_as_malformed(conductor):
     with daemon(conductor, "--head-timeout=0.3") as sssrd, sssrd.back_to_baseline():
         with socket.create_connection(sssrd.callback, timeout=WAIT) as sock:
             sock.sendall(b"POST /v1/callback/x HTTP/1.1\r\n")
             answer = sock.recv(1024)
         assert status_of(answer) == 408
+        assert sssrd.metric("sssrd_callbacks_rejected_total", reason="malformed") == 1
 
 
 def test_a_callback_with_content_length_beside_chunked_gets_400_and_its_viewer_502(
