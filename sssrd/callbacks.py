@@ -34,9 +34,8 @@ CALLBACK_PREFIX = b"/v1/callback/"
 class Outcome:
     """How a stream ended, as the callback side answers it."""
 
-    kind: (
-        str  # delivered | viewer_gone | viewer_stalled | no_body | malformed | lambda_abort | idle
-    )
+    # delivered | viewer_gone | viewer_stalled | no_body | malformed | lambda_abort | idle
+    kind: str
     body_bytes: int = 0
     message: str = ""
     status: int = 400  # what a malformed callback is answered
