@@ -71,7 +71,9 @@ async def relay_once(chunk: int, total: int, splice: bool) -> tuple[float, float
     sink.h11.receive_data(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
     sink.h11.next_event()
     decoder = LengthDecoder(total) if not chunk else ChunkedDecoder()
-    relay = BodyRelay(source, sink, decoder, 30.0, PipePool(4) if splice else None, 1)
+    relay = BodyRelay(
+        source, sink, decoder, 30.0, PipePool(4) if splice else None, 1, send_timeout=30.0
+    )
     cpu, wall = time.process_time(), time.perf_counter()
     length = [(b"content-length", b"%d" % total)] if not chunk else []
     await relay.send_head(h11.Response(status_code=200, headers=length))

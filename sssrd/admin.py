@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import h11
 
-from sssrd.connection import BadHead, Served, complete_response
+from sssrd.connection import Served, complete_response
 
 if TYPE_CHECKING:
     from sssrd.server import Server
@@ -21,23 +21,18 @@ class AdminConnection(Served):
 
     server: Server
 
-    async def run(self) -> None:
-        while True:
-            settings = self.server.settings  # per request: SIGHUP may have replaced them
-            try:
-                request = await self.conn.next_request(settings)
-                if request is None:
-                    return
-                self.conn.deadline = self.conn.loop.time() + settings.head_timeout
-                while not isinstance(await self.conn.next_event(), h11.EndOfMessage):
-                    pass  # scrapes carry no body; whatever there is, is read and dropped
-            except (BadHead, TimeoutError, h11.RemoteProtocolError):
-                return
-            finally:
-                self.conn.deadline = None
-            await self.answer(request)
-            if not self.conn.next_cycle():
-                return
+    async def handle(self, request: h11.Request) -> bool:
+        conn = self.conn
+        try:
+            conn.deadline = conn.loop.time() + self.server.settings.head_timeout
+            while not isinstance(await conn.next_event(), h11.EndOfMessage):
+                pass  # scrapes carry no body; whatever there is, is read and dropped
+        except (TimeoutError, h11.RemoteProtocolError):
+            return False
+        finally:
+            conn.deadline = None
+        await self.answer(request)
+        return True
 
     async def answer(self, request: h11.Request) -> None:
         path = request.target.split(b"?", 1)[0]

@@ -3,13 +3,16 @@
 Per connection: read a request head (bounded, timed), check route and token, claim the pending
 entry once, and hand the connection to the waiting viewer's cycle as a CallbackStream. The viewer
 side moves the body (pipe.py) and reports back an Outcome; this side answers the Lambda with it:
-200 and a JSON summary when delivered, an error and a close otherwise. Nothing that arrives here can
-touch any entry but the one its token names.
+200 and a JSON summary when delivered, an error otherwise. Every head is answered: one refused
+before routing gets its status (400, 408, 431) at once; one refused after parsing still goes
+through route and token, so that its own viewer learns at once (502) rather than at the deadline.
+Nothing that arrives here can touch any entry but the one its token names.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -17,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import h11
 
 from sssrd.chunked import BodyDecoder, ChunkedDecoder, LengthDecoder
-from sssrd.connection import BadHead, Connection, Served, complete_response
+from sssrd.connection import BadHead, Connection, Served, canned_response, complete_response
 from sssrd.pending import Rejection
 from sssrd.prelude import PRELUDE_CONTENT_TYPE
 
@@ -31,9 +34,11 @@ CALLBACK_PREFIX = b"/v1/callback/"
 class Outcome:
     """How a stream ended, as the callback side answers it."""
 
-    kind: str  # delivered | viewer_gone | no_body | malformed | lambda_abort | idle
+    # delivered | viewer_gone | viewer_stalled | no_body | malformed | lambda_abort | idle
+    kind: str
     body_bytes: int = 0
     message: str = ""
+    status: int = 400  # what a malformed callback is answered
 
 
 @dataclass(eq=False, slots=True)
@@ -48,6 +53,7 @@ class CallbackStream:
     content_length: int | None
     chunked: bool
     finished: asyncio.Future[Outcome] = field(repr=False)
+    refusal: BadHead | None = None  # the head was refused: the viewer gets 502, no body is read
 
     def decoder(self) -> BodyDecoder:
         """A decoder for the body, holding what h11 already read past the request head.
@@ -60,39 +66,34 @@ class CallbackStream:
         return decoder
 
     def finish(self, outcome: Outcome) -> None:
-        """Report how the stream ended; an unsuccessful end closes the callback right now.
-
-        Closing synchronously (not when the callback task next runs) guarantees the Lambda's
-        next write fails even if it races the viewer's close.
+        """Report how the stream ended (idempotent). A stream cut short closes the callback
+        right now: synchronously (not when the callback task next runs), so the Lambda's next
+        write fails even if it races the viewer's close. The callback task answers the rest.
         """
         if self.finished.done():
             return
         self.finished.set_result(outcome)
-        status = FAILURE_STATUS.get(outcome.kind)
-        if outcome.kind != "delivered" and not self.conn.closed:
-            if status is not None:
-                answer_now(self.conn, status, {"error": outcome.message})
-            self.conn.close()
+        if outcome.kind in ANSWERED_BY_CALLBACK_TASK or self.conn.closed:
+            return
+        if outcome.kind in STOP_RENDERING:
+            answer_now(self.conn, 410, {"error": outcome.message})
+        self.conn.close()
 
 
-# What the Lambda is told when its stream did not complete (None: nobody left to tell).
-FAILURE_STATUS = {"viewer_gone": 410, "no_body": 410, "malformed": 400}
-
-
-def json_response(status: int, body: dict[str, Any], close: bool) -> list[Any]:
-    content = [(b"content-type", b"application/json")]
-    return complete_response(status, json.dumps(body).encode(), content, close=close)
+# Outcomes the callback task answers itself (200, or a refusal followed by a lingering close).
+ANSWERED_BY_CALLBACK_TASK = frozenset({"delivered", "malformed"})
+# Outcomes after which the render must stop: told 410 (ViewerGone) and closed at once.
+STOP_RENDERING = frozenset({"viewer_gone", "viewer_stalled", "no_body"})
 
 
 def answer_now(conn: Connection, status: int, body: dict[str, Any]) -> None:
     """Best-effort answer without waiting: a small response fits the socket buffer."""
     if conn.h11.our_state is not h11.SEND_RESPONSE:
         return
-    try:
-        data = b"".join(conn.h11.send(event) or b"" for event in json_response(status, body, True))
-        conn.sock.send(data)
-    except (OSError, h11.LocalProtocolError):
-        pass
+    content = [(b"content-type", b"application/json")]
+    events = complete_response(status, json.dumps(body).encode(), content, close=True)
+    with contextlib.suppress(OSError, h11.LocalProtocolError):
+        conn.sock.send(b"".join(conn.h11.send(event) or b"" for event in events))
 
 
 def header_value(headers: Any, name: bytes) -> bytes | None:
@@ -107,46 +108,52 @@ class CallbackConnection(Served):
 
     server: Server
 
-    async def run(self) -> None:
-        while True:
-            settings = self.server.settings  # per request: SIGHUP may have replaced them
-            try:
-                request = await self.conn.next_request(settings)
-            except BadHead as bad:
-                await self.reply(bad.status, {"error": str(bad)}, close=True)
-                return
-            if request is None or not await self.handle(request) or not self.conn.next_cycle():
-                return
+    async def refuse_head(self, bad: BadHead) -> None:
+        self.server.callback_rejected("malformed")
+        if bad.request is not None:
+            await self.handle(bad.request, bad)
+            return
+        body = json.dumps({"error": str(bad)}).encode()
+        await self.conn.send_quietly(canned_response(bad.status, body, b"application/json"))
 
-    async def handle(self, request: h11.Request) -> bool:
-        """Serve one callback; True if the connection may carry another."""
+    async def handle(self, request: h11.Request, refusal: BadHead | None = None) -> bool:
+        """Serve one callback (its head refused, if `refusal`); the connection then ends."""
         compat = self.server.settings.compat == "lambda-streaming"
-        if request.method == b"POST" and request.target.startswith(CALLBACK_PREFIX):
+        if request.target.startswith(CALLBACK_PREFIX):
             request_id = request.target[len(CALLBACK_PREFIX) :].decode("ascii", "replace")
             tokenless = False
-        elif compat and request.method == b"POST" and request.target == b"/":
+        elif compat and request.target == b"/":
             request_id = (header_value(request.headers, b"x-request-id") or b"").decode("latin-1")
             tokenless = True
         else:
-            await self.reply(404, {"error": "no such callback"}, close=True)
+            await self.refuse(request, refusal, 404, "no such callback")
             return False
-        stream = self.stream_for(request, request_id)
+        if request.method != b"POST":
+            await self.refuse(request, refusal, 405, "callbacks are POSTed", [(b"allow", b"POST")])
+            return False
+        stream = self.stream_for(request, request_id, refusal)
         try:
             token = bearer_token(request.headers)
             self.server.pending.claim(request_id, token, stream, tokenless=tokenless)
         except Rejection as rejection:
-            self.server.callback_rejected(rejection.reason)
-            await self.reply(rejection.status, {"error": str(rejection)}, close=True)
+            if refusal is None:  # a refused head was counted as malformed already
+                self.server.callback_rejected(rejection.reason)
+            await self.refuse(request, refusal, rejection.status, str(rejection))
             return False
-        if self.conn.h11.they_are_waiting_for_100_continue:
+        if refusal is None and self.conn.h11.they_are_waiting_for_100_continue:
             await self.conn.send(h11.InformationalResponse(status_code=100, headers=[]))
         outcome = await stream.finished
-        if outcome.kind != "delivered":
-            return False  # finish() has already answered and closed
-        await self.reply(200, {"requestId": request_id, "bytes": outcome.body_bytes}, close=True)
-        return False
+        if outcome.kind == "delivered":
+            summary = {"requestId": request_id, "bytes": outcome.body_bytes}
+            await self.reply(request, 200, summary)
+            self.conn.close()  # the body was read to its end: nothing to linger for
+        elif outcome.kind == "malformed":
+            await self.reply(request, outcome.status, {"error": outcome.message})
+        return False  # other ends: finish() has already answered and closed
 
-    def stream_for(self, request: h11.Request, request_id: str) -> CallbackStream:
+    def stream_for(
+        self, request: h11.Request, request_id: str, refusal: BadHead | None
+    ) -> CallbackStream:
         content_type = header_value(request.headers, b"content-type")
         length = header_value(request.headers, b"content-length")
         return CallbackStream(
@@ -156,19 +163,45 @@ class CallbackConnection(Served):
             and content_type.split(b";")[0].strip().lower() == PRELUDE_CONTENT_TYPE,
             status_header=header_value(request.headers, b"x-status-code"),
             content_type=content_type,
-            content_length=int(length) if length is not None else None,
+            content_length=int(length) if length is not None and refusal is None else None,
             chunked=(header_value(request.headers, b"transfer-encoding") or b"").lower()
             == b"chunked",
             finished=self.server.loop.create_future(),
+            refusal=refusal,
         )
 
-    async def reply(self, status: int, body: dict[str, Any], close: bool = False) -> None:
-        """Answer the Lambda; never raises (it may already have gone)."""
+    async def refuse(
+        self,
+        request: h11.Request,
+        refusal: BadHead | None,
+        status: int,
+        message: str,
+        extra: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        """Refuse a callback; a refused head is the first thing wrong with it, so its own
+        status and reason are what the Lambda is told."""
+        if refusal is not None:
+            status, message, extra = refusal.status, str(refusal), None
+        await self.reply(request, status, {"error": message}, extra)
+
+    async def reply(
+        self,
+        request: h11.Request,
+        status: int,
+        body: dict[str, Any],
+        extra: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        """Answer the Lambda and close (the answer says so); a Lambda that hung up cannot be
+        answered, and nothing else depends on it."""
         if self.conn.closed or self.conn.h11.our_state is not h11.SEND_RESPONSE:
             return
+        content = [(b"content-type", b"application/json"), *(extra or [])]
+        events = complete_response(
+            status, json.dumps(body).encode(), content, request.method == b"HEAD", close=True
+        )
         try:
-            await self.conn.send(*json_response(status, body, close))
-        except Exception:  # a Lambda that hung up cannot be answered; nothing else depends on it
+            await self.conn.send(*events)
+        except Exception:
             self.server.log.debug("could not answer callback", exc_info=True)
 
 

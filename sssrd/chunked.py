@@ -6,6 +6,7 @@ chunk is public: `payload_left` says how many payload bytes of this chunk are st
 skip_payload(n) records that n of them were moved past the decoder (spliced socket to socket),
 so the zero-copy path never reads payload into Python. Framing is request-smuggling territory:
 chunk sizes are 1-16 hex digits and nothing else, lines and trailers are bounded, CRLF exactly.
+FramingCheck puts the same rules in front of a lenient parser (h11 reading a viewer's body).
 """
 
 from __future__ import annotations
@@ -175,3 +176,24 @@ class ChunkedDecoder(BodyDecoder):
     def unused(self) -> bytes:
         """Bytes received after the end of the body (a pipelined request, or garbage)."""
         return bytes(self._buffer[self._start :]) if self._state == DONE else b""
+
+
+class FramingCheck:
+    """Screens the bytes of a chunked body that another parser reads: call it with each piece
+    in wire order; raises FramingError where this decoder's rules are broken. Bytes after the
+    body's end are not looked at (they are the next request's)."""
+
+    __slots__ = ("decoder", "ended")
+
+    def __init__(self) -> None:
+        self.decoder = ChunkedDecoder()
+        self.ended = False
+
+    def __call__(self, data: bytes) -> None:
+        if self.ended:
+            return
+        self.decoder.receive(data)
+        while (event := self.decoder.next_event()) is not NEED_DATA:
+            if event is END:
+                self.ended = True
+                return

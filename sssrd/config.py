@@ -275,6 +275,7 @@ FIELDS: tuple[Field, ...] = (
     Field("head_timeout", parse_positive_float, 10.0, "seconds to receive a whole request head"),
     Field("callback_timeout", parse_positive_float, 30.0, "seconds from request to callback"),
     Field("idle_timeout", parse_positive_float, 30.0, "longest gap between callback body bytes"),
+    Field("send_timeout", parse_positive_float, 60.0, "longest a viewer may take no response byte"),
     Field(
         "keepalive_timeout",
         parse_positive_float,
@@ -334,6 +335,7 @@ class Settings:
     head_timeout: float
     callback_timeout: float
     idle_timeout: float
+    send_timeout: float
     keepalive_timeout: float
     drain_timeout: float
     backlog: int
@@ -463,6 +465,7 @@ RELOADABLE = frozenset(
         "head_timeout",
         "callback_timeout",
         "idle_timeout",
+        "send_timeout",
         "keepalive_timeout",
         "drain_timeout",
         "body_path",

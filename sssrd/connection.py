@@ -5,11 +5,18 @@ the real socket, so every connection is a plain non-blocking socket. Waiting is 
 by loop.add_reader/add_writer and unregistered on every exit path. Timeouts are the owner's:
 `deadline`, enforced by each wait, spans whole operations such as reading a request head. This
 module knows sockets and h11, nothing about sssrd's requests.
+
+Refusing is shared too: a head that breaks RFC 9112's rules is refused (BadHead) on every
+listener, and a connection that ends while its peer may still be sending ends in a lingering
+close (shut down writing, read and discard for a bounded time and byte count, then close), so the
+peer reads why instead of losing the answer to the reset that unread input would provoke.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import re
 import socket
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
@@ -18,6 +25,17 @@ from typing import Any
 import h11
 
 RECV_SIZE = 65_536
+# h11's own bound on any incomplete event (a head, a chunk-size line): only a backstop. The
+# configured max_head_bytes is enforced by next_request per request, so a reload reaches heads on
+# connections that are already open.
+INCOMPLETE_EVENT_CEILING = 1 << 20
+# Lingering close (nginx's lingering_close; RFC 9112 section 9.6): how long and how much of a
+# refused peer's input is read and dropped before closing.
+LINGER_SECONDS = 5.0
+LINGER_BYTES = 4 << 20
+# Host = uri-host [ ":" port ] (RFC 9112 section 3.2, RFC 3986 section 3.2.2): an IP literal in
+# brackets or a reg-name of unreserved, percent-encoded and sub-delim characters.
+HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::[0-9]*)?")
 # Built once: h11 sends no reason phrase unless given one.
 REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 
@@ -34,6 +52,29 @@ def head_size(request: h11.Request) -> int:
 
 def response(status: int, headers: list[tuple[bytes, bytes]]) -> h11.Response:
     return h11.Response(status_code=status, headers=headers, reason=REASONS.get(status, b""))
+
+
+def canned_response(
+    status: int,
+    body: bytes,
+    content_type: bytes,
+    head_request: bool = False,
+    extra: tuple[tuple[bytes, bytes], ...] = (),
+) -> bytes:
+    """A complete closing response written without h11 (h11 cannot answer a head it never
+    parsed, nor one whose parse it refused)."""
+    headers = b"".join(b"%s: %s\r\n" % header for header in extra)
+    return (
+        b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n%sconnection: close\r\n\r\n%s"
+        % (
+            status,
+            REASONS.get(status, b""),
+            content_type,
+            len(body),
+            headers,
+            b"" if head_request else body,
+        )
+    )
 
 
 def complete_response(
@@ -58,21 +99,75 @@ class PeerGone(Exception):
     """The peer closed or reset the connection."""
 
 
-class BadHead(Exception):
-    """A request head that cannot be served; `status` is the answer (400, 408 or 431)."""
+class PeerStalled(PeerGone):
+    """The peer took none of our bytes for send_timeout: treated as gone."""
 
-    def __init__(self, status: int, message: str) -> None:
+
+class BadHead(Exception):
+    """A request head that cannot be served; `status` is the answer (400, 408, 431, 505), the
+    message says why in plain words, and `request` is the parsed head when there is one."""
+
+    def __init__(self, status: int, message: str, request: h11.Request | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.request = request
+
+
+def check_head(request: h11.Request) -> None:
+    """Refuse what h11 lets through but RFC 9112 does not: another HTTP major version, a Host
+    that is not host[:port], and Content-Length beside Transfer-Encoding (section 6.1: request
+    smuggling territory; such a connection must close, so it is refused before any body)."""
+    if not request.http_version.startswith(b"1."):
+        raise BadHead(505, "only HTTP/1.0 and HTTP/1.1 are served", request)
+    length = coding = False
+    for name, value in request.headers:
+        if name == b"host" and HOST.fullmatch(value) is None:
+            raise BadHead(400, "bad request: the Host header is not a valid host[:port]", request)
+        length = length or name == b"content-length"
+        coding = coding or name == b"transfer-encoding"
+    if length and coding:
+        raise BadHead(
+            400, "bad request: both Content-Length and Transfer-Encoding were sent", request
+        )
 
 
 class Served:
-    """What each listener's per-connection handler holds: the server it reports to and its
-    connection; `run()` serves the connection until it should close."""
+    """A listener's per-connection handler: the server it reports to and its connection.
+
+    `run()` is the one loop of every listener: read a head (a refused one is answered by
+    `refuse_head`), let `handle` serve the request, start the next cycle while both sides
+    allow it, and end the connection so that the peer reads the last answer.
+    """
 
     def __init__(self, server: Any, conn: Connection) -> None:
         self.server = server
         self.conn = conn
+
+    async def run(self) -> None:
+        conn = self.conn
+        while True:
+            try:
+                request = await conn.next_request(self.settings)
+            except BadHead as bad:
+                await self.refuse_head(bad)
+                break
+            if request is None or not await self.handle(request) or not conn.next_cycle():
+                break
+        await conn.end()
+
+    def settings(self) -> Any:
+        """The settings in force now: SIGHUP may replace them between two requests."""
+        return self.server.settings
+
+    async def handle(self, request: h11.Request) -> bool:
+        """Serve one request; True if the connection may carry another."""
+        raise NotImplementedError
+
+    async def refuse_head(self, bad: BadHead) -> None:
+        """Answer a refused head (the connection then ends)."""
+        await self.conn.send_quietly(
+            canned_response(bad.status, f"{bad}\n".encode(), b"text/plain; charset=utf-8")
+        )
 
 
 def _wake(future: asyncio.Future[None]) -> None:
@@ -88,7 +183,7 @@ def _expire(future: asyncio.Future[None]) -> None:
 class Connection:
     """Drives one socket and its h11.Connection; the owner decides when to close it."""
 
-    __slots__ = ("closed", "deadline", "fd", "fresh", "h11", "loop", "peer", "sock")
+    __slots__ = ("closed", "deadline", "fd", "fresh", "h11", "loop", "peer", "send_timeout", "sock")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, h11_conn: Any) -> None:
         self.loop = loop
@@ -101,6 +196,7 @@ class Connection:
         # the wait's own future, not asyncio.timeout(): on Python 3.11 that costs a getpid()
         # syscall per use, and this is the per-request path.
         self.deadline: float | None = None
+        self.send_timeout: float | None = None  # longest send_all waits for the peer to take bytes
         try:
             self.peer: str = sock.getpeername()[0]
         except (OSError, IndexError, TypeError):
@@ -110,19 +206,22 @@ class Connection:
         """Wait until the socket is readable, or until someone else resolves `future`."""
         return self._wait(self.loop.add_reader, self.loop.remove_reader, future)
 
-    def wait_writable(self, future: asyncio.Future[None] | None = None) -> Awaitable[None]:
+    def wait_writable(
+        self, future: asyncio.Future[None] | None = None, deadline: float | None = None
+    ) -> Awaitable[None]:
         """Wait until the socket is writable, or until someone else resolves `future`."""
-        return self._wait(self.loop.add_writer, self.loop.remove_writer, future)
+        return self._wait(self.loop.add_writer, self.loop.remove_writer, future, deadline)
 
     async def _wait(
         self,
         register: Callable[..., None],
         unregister: Callable[[int], object],
         future: asyncio.Future[None] | None,
+        deadline: float | None = None,
     ) -> None:
         future = future or self.loop.create_future()
         register(self.fd, _wake, future)
-        deadline = self.deadline
+        deadline = deadline or self.deadline
         timer = None if deadline is None else self.loop.call_at(deadline, _expire, future)
         try:
             await future
@@ -147,40 +246,57 @@ class Connection:
         if data is not None:
             self.h11.receive_data(data)
 
-    async def next_request(self, limits: Any) -> h11.Request | None:
+    async def next_request(self, current: Callable[[], Any]) -> h11.Request | None:
         """The next request head; None if the peer closes or idles past keepalive_timeout.
 
-        `limits` carries keepalive_timeout, head_timeout and max_head_bytes (the settings).
-        Raises BadHead when the head is too slow (408: the whole head within head_timeout,
-        slowloris), too large (431) or malformed (400).
+        `current()` gives the settings in force (keepalive_timeout, head_timeout,
+        max_head_bytes, send_timeout), asked again once the head starts arriving, so that a
+        reload during the keep-alive wait applies to it. Raises BadHead when the head is too
+        slow (408: the whole head within head_timeout, slowloris), too large (431), malformed
+        (400) or refused by check_head.
         """
         if self.fresh:  # saves registering a reader (epoll_ctl) when the head is here already
             self.fresh = False
             self.try_receive()
         loop = self.loop
+        buffered = len(self.h11.trailing_data[0])
         try:
-            if not any(self.h11.trailing_data):
-                self.deadline = loop.time() + limits.keepalive_timeout
+            if not buffered:
+                self.deadline = loop.time() + current().keepalive_timeout
                 await self.wait_readable()
         except TimeoutError:
             return None
         finally:
             self.deadline = None
+        limits = current()
+        self.send_timeout = limits.send_timeout
         try:
             self.deadline = loop.time() + limits.head_timeout
-            event = await self.next_event()
+            event = await self._read_head(buffered, limits.max_head_bytes)
         except TimeoutError:
             raise BadHead(408, "request head not received in time") from None
         except h11.RemoteProtocolError as exc:
             if exc.error_status_hint == 431:
                 raise BadHead(431, "request head too large") from None
-            raise BadHead(exc.error_status_hint, f"bad request: {exc}") from None
+            # h11's message quotes the raw line (a header may hold a secret): plain words only.
+            raise BadHead(exc.error_status_hint, "bad request: malformed request head") from None
         finally:
             self.deadline = None
         if not isinstance(event, h11.Request):
             return None
         if head_size(event) > limits.max_head_bytes:
-            raise BadHead(431, "request head too large")
+            raise BadHead(431, "request head too large", event)
+        check_head(event)
+        return event
+
+    async def _read_head(self, buffered: int, limit: int) -> Any:
+        """The next h11 event, reading as needed; 431 once an unfinished head exceeds `limit`."""
+        while (event := self.h11.next_event()) is h11.NEED_DATA:
+            if buffered > limit:
+                raise BadHead(431, "request head too large")
+            data = await self.receive()
+            buffered += len(data)
+            self.h11.receive_data(data)
         return event
 
     def next_cycle(self) -> bool:
@@ -199,31 +315,78 @@ class Connection:
         return data
 
     async def send_all(self, data: bytes | memoryview) -> None:
-        """Write everything, waiting while the peer's window is full (backpressure)."""
+        """Write everything, waiting while the peer's window is full (backpressure); a peer that
+        takes nothing for send_timeout raises PeerStalled."""
         view = memoryview(data)
         while view:
             try:
                 sent = self.sock.send(view)
             except BlockingIOError:
-                await self.wait_writable()
+                timeout = self.send_timeout
+                try:
+                    await self.wait_writable(None, timeout and self.loop.time() + timeout)
+                except TimeoutError:
+                    raise PeerStalled(f"the peer took no bytes for {timeout} s") from None
                 continue
             except (BrokenPipeError, ConnectionResetError) as exc:
                 raise PeerGone(str(exc)) from None
             view = view[sent:]
 
-    async def next_event(self) -> Any:
-        """The next h11 event, reading as needed (NEED_DATA is never returned)."""
+    async def send_quietly(self, data: bytes) -> None:
+        """Send an answer to a peer that may already have gone (then there is no one to tell)."""
+        if not self.closed:
+            with contextlib.suppress(PeerGone):
+                await self.send_all(data)
+
+    async def next_event(self, screen: Callable[[bytes], None] | None = None) -> Any:
+        """The next h11 event, reading as needed (NEED_DATA is never returned). `screen`, if
+        given, sees every byte read before h11 does (and may raise to refuse it)."""
         while True:
             event = self.h11.next_event()
             if event is not h11.NEED_DATA:
                 return event
-            self.h11.receive_data(await self.receive())
+            data = await self.receive()
+            if screen is not None:
+                screen(data)
+            self.h11.receive_data(data)
 
     async def send(self, *events: Any) -> None:
         """Send h11 events in one write."""
         data = b"".join(self.h11.send(event) or b"" for event in events)
         if data:
             await self.send_all(data)
+
+    def peer_may_be_sending(self) -> bool:
+        """True unless the peer's last message was read whole and nothing more is buffered."""
+        state = self.h11.their_state
+        if state not in (h11.IDLE, h11.DONE, h11.MUST_CLOSE, h11.CLOSED):
+            return True  # a body we did not read, or a message h11 refused halfway
+        return bool(self.h11.trailing_data[0])  # an unfinished or pipelined head
+
+    async def end(self) -> None:
+        """Close after our last answer: lingering if the peer may still be sending, since closing
+        with unread input makes the kernel send a reset that can destroy the answer."""
+        if self.closed:
+            return
+        if self.peer_may_be_sending():
+            await self.linger_close()
+        else:
+            self.close()
+
+    async def linger_close(self) -> None:
+        """Shut down writing, read and drop the peer's input until it closes, LINGER_SECONDS
+        pass or LINGER_BYTES arrive, then close."""
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+            self.deadline = self.loop.time() + LINGER_SECONDS
+            dropped = 0
+            while dropped < LINGER_BYTES and (data := await self.receive()):
+                dropped += len(data)
+        except (OSError, TimeoutError):
+            pass
+        finally:
+            self.deadline = None
+            self.close()
 
     def close(self) -> None:
         """Unregister and close the socket. Only its owner closes it, never under a pending

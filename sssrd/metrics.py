@@ -53,7 +53,7 @@ OUTCOMES = (
     "health",
 )
 REJECT_REASONS = ("bad_token", "unknown", "duplicate", "late", "malformed")
-TIMEOUT_KINDS = ("head", "deadline", "idle")
+TIMEOUT_KINDS = ("head", "deadline", "idle", "send")
 ABORT_SIDES = ("viewer", "lambda")
 LISTENERS = ("viewer", "callback", "admin")
 BODY_PATHS = ("splice", "copy")
@@ -184,7 +184,7 @@ class Metrics:
         )
         self.timeouts = self._labelled_counter(
             "sssrd_timeouts",
-            "Timers that fired: request head, callback deadline, idle body.",
+            "Timers that fired: request head, callback deadline, idle body, viewer not reading.",
             "kind",
         )
         self.timeouts_by_kind = _children(self.timeouts, "kind", TIMEOUT_KINDS)

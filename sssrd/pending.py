@@ -122,8 +122,10 @@ class PendingRegistry:
         """
         if len(request_id) != ID_LENGTH or not all(c in "0123456789abcdef" for c in request_id):
             raise Rejection(404, "unknown", "no such callback")
+        # Compared as bytes: compare_digest refuses str with non-ASCII characters (TypeError).
         if not tokenless and (
-            token is None or not hmac.compare_digest(token, self.token_for(request_id))
+            token is None
+            or not hmac.compare_digest(token.encode(), self.token_for(request_id).encode())
         ):
             raise Rejection(401, "bad_token", "missing or invalid callback token")
         entry = self._entries.get(request_id)

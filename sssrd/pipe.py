@@ -9,7 +9,9 @@ framing and payload leave together; everything is flushed before any wait, so no
 
 Backpressure: the callback is read only when the viewer took the previous bytes; the only buffers
 are the sockets' and one pooled pipe per splicing stream. Each wait is on one future that the
-awaited socket, the viewer hanging up (ViewerWatch) or the idle timer can resolve.
+awaited socket, the viewer hanging up (ViewerWatch) or the relay's timer can resolve. The timer
+keeps two clocks apart: idle_timeout counts only time spent waiting for the Lambda, send_timeout
+only time spent waiting for the viewer to take bytes (sssrd's own backpressure is no Lambda fault).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from collections.abc import Callable
 import h11
 
 from sssrd.chunked import END, NEED_DATA, BodyDecoder, FramingError
-from sssrd.connection import Connection
+from sssrd.connection import RECV_SIZE, Connection
 
 # Measured on this machine kind (bench/splice_threshold.py, relay CPU per MB): a spliced run
 # costs ~70 us more than a copied one (framing write, pipe round trip) and saves ~0.55 us per
@@ -40,7 +42,7 @@ CAN_SPLICE = hasattr(os, "splice")
 
 
 class StreamAborted(Exception):
-    """The stream cannot go on; kind is viewer_gone, lambda_abort or idle."""
+    """The stream cannot go on; kind is viewer_gone, viewer_stalled, lambda_abort or idle."""
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
@@ -102,30 +104,41 @@ class Placeholder:
 class ViewerWatch:
     """Notices a viewer hanging up while nothing is being read from it.
 
-    A viewer waiting for its response sends nothing, so readability means EOF, a reset, or a
-    pipelined request; a one-byte peek tells which. Pipelined bytes stop the watch (they stay
-    in the socket for the next request cycle).
+    A viewer waiting for its response may send nothing but a pipelined request, so readability
+    means EOF, a reset, or pipelined bytes. Those bytes are handed to h11 now (kept for the next
+    cycle), so that the socket stays watched and a reset after them is still seen; only a viewer
+    that pipelines more than `hold` bytes is no longer watched (it is then noticed at the next
+    write or timeout).
     """
 
-    __slots__ = ("conn", "gone", "on_gone")
+    __slots__ = ("conn", "gone", "held", "hold", "on_gone")
 
-    def __init__(self, conn: Connection, on_gone: Callable[[], None]) -> None:
+    def __init__(self, conn: Connection, on_gone: Callable[[], None], hold: int) -> None:
         self.conn = conn
         self.on_gone = on_gone
         self.gone = False
+        self.held = 0
+        self.hold = hold
         conn.loop.add_reader(conn.fd, self._readable)
 
     def _readable(self) -> None:
-        try:
-            peeked = self.conn.sock.recv(1, socket.MSG_PEEK)
-        except BlockingIOError:
-            return
-        except OSError:
-            peeked = b""
+        # Read until the socket is empty: a reset that arrives with pipelined bytes must be seen
+        # now, since the loop may report that socket's error only once (libuv stops the poll).
+        while self.held <= self.hold:
+            try:
+                data = self.conn.sock.recv(RECV_SIZE)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self.stop()
+                self.gone = True
+                self.on_gone()
+                return
+            self.conn.h11.receive_data(data)
+            self.held += len(data)
         self.stop()
-        if not peeked:
-            self.gone = True
-            self.on_gone()
 
     def stop(self) -> None:
         if not self.conn.closed:
@@ -143,12 +156,15 @@ class BodyRelay:
         idle_timeout: float,
         pipes: PipePool | None,
         splice_min: int = SPLICE_MIN,
+        *,
+        send_timeout: float,
     ) -> None:
         self.source = source
         self.sink = sink
         self.decoder = decoder
         self.loop = source.loop
         self.idle_timeout = idle_timeout
+        self.send_timeout = send_timeout
         self.pipes = pipes if CAN_SPLICE else None
         self.splice_min = splice_min
         self.pipe: tuple[int, int] | None = None
@@ -158,13 +174,14 @@ class BodyRelay:
         self.pending: list[bytes] = []  # copied payload not yet framed and sent
         self.pending_size = 0
         self.framing = b""  # viewer framing held back to leave with the next bytes
-        self.last_activity = self.loop.time()
+        self.last_activity = self.loop.time()  # of the Lambda: its last bytes, or our last wait
+        self.viewer_wait_since: float | None = None  # while blocked on the viewer
         self.abort: StreamAborted | None = None
         self._wakeup: asyncio.Future[None] | None = None
         self.reading = False  # the callback's reader is registered (kept across waits)
         self.waiting_to_read = False
         self.drained = False  # the last read was short: the callback socket is likely empty
-        self._idle_timer = self.loop.call_at(self.last_activity + idle_timeout, self._check_idle)
+        self._timer = self.loop.call_at(self.last_activity + idle_timeout, self._check_timers)
 
     # -- interruption ------------------------------------------------------------------------
 
@@ -178,15 +195,27 @@ class BodyRelay:
     def viewer_gone(self) -> None:
         self.interrupt(StreamAborted("viewer_gone", "the viewer disconnected"))
 
-    def _check_idle(self) -> None:
-        due = self.last_activity + self.idle_timeout
-        if self.loop.time() >= due:
-            self.interrupt(StreamAborted("idle", "the Lambda sent nothing for too long"))
+    def _check_timers(self) -> None:
+        """One timer, re-armed lazily (not per chunk): it checks whichever clock is running."""
+        now = self.loop.time()
+        if self.viewer_wait_since is not None:
+            due = self.viewer_wait_since + self.send_timeout
+            if now >= due:
+                self.interrupt(StreamAborted("viewer_stalled", "the viewer stopped reading"))
+                return
         else:
-            self._idle_timer = self.loop.call_at(due, self._check_idle)
+            due = self.last_activity + self.idle_timeout
+            if now >= due:
+                self.interrupt(StreamAborted("idle", "the Lambda sent nothing for too long"))
+                return
+        self._timer = self.loop.call_at(due, self._check_timers)
+
+    def _rearm(self, due: float) -> None:
+        self._timer.cancel()
+        self._timer = self.loop.call_at(due, self._check_timers)
 
     def close(self) -> None:
-        self._idle_timer.cancel()
+        self._timer.cancel()
         if self.reading and not self.source.closed:
             self.loop.remove_reader(self.source.fd)
         self.reading = False
@@ -201,7 +230,7 @@ class BodyRelay:
         self._wakeup = self.loop.create_future()
         try:
             if writable:
-                await conn.wait_writable(self._wakeup)
+                await self._wait_for_viewer(conn, self._wakeup)
             else:
                 # The callback's reader stays registered between waits: adding and removing
                 # it per chunk cost ~3 epoll_ctl calls (uvloop builds a poll handle each time).
@@ -215,6 +244,18 @@ class BodyRelay:
             self.waiting_to_read = False
         if self.abort is not None:
             raise self.abort
+
+    async def _wait_for_viewer(self, conn: Connection, wakeup: asyncio.Future[None]) -> None:
+        """Backpressure: the Lambda's clock stops while the viewer's runs (rare: only when the
+        viewer's window is full, so re-arming the timer here costs nothing per chunk)."""
+        self.viewer_wait_since = self.loop.time()
+        self._rearm(self.viewer_wait_since + self.send_timeout)
+        try:
+            await conn.wait_writable(wakeup)
+        finally:
+            self.viewer_wait_since = None
+            self.last_activity = self.loop.time()
+            self._rearm(self.last_activity + self.idle_timeout)
 
     def _source_readable(self) -> None:
         wakeup = self._wakeup

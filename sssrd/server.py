@@ -23,7 +23,7 @@ from sssrd import ec2, logs
 from sssrd.admin import AdminConnection
 from sssrd.callbacks import CallbackConnection
 from sssrd.config import Address, ConfigError, Settings, merge_reload
-from sssrd.connection import Connection
+from sssrd.connection import INCOMPLETE_EVENT_CEILING, Connection
 from sssrd.invoke import Invoker
 from sssrd.metrics import Metrics
 from sssrd.pending import PendingRegistry
@@ -242,7 +242,6 @@ class Server:
     async def accept(self, name: str, handler: Callable[[Server, Connection], Any]) -> None:
         listener = self.listeners[name]
         role = h11.SERVER
-        max_head = self.settings.max_head_bytes
         accepted = self.metrics.connections_by_listener[name]
         while True:
             try:
@@ -253,9 +252,8 @@ class Server:
                 continue
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn = Connection(
-                self.loop, sock, h11.Connection(role, max_incomplete_event_size=max_head)
-            )
+            parser = h11.Connection(role, max_incomplete_event_size=INCOMPLETE_EVENT_CEILING)
+            conn = Connection(self.loop, sock, parser)
             accepted.inc()
             task = self.loop.create_task(self.serve(name, handler(self, conn).run, conn))
             self.connections[name].add(task)
@@ -319,11 +317,6 @@ class Server:
         self.metrics.stream_duration.observe(seconds)
         self.metrics.body_bytes_copy.inc(copied)
         self.metrics.body_bytes_splice.inc(spliced)
-
-    def request_refused(self, status: int) -> None:
-        """A request refused before it was parsed (400/408/431)."""
-        outcome = "timeout" if status == 408 else "bad_request"
-        self.metrics.request_done(status, outcome)
 
     def timed_out(self, kind: str) -> None:
         self.metrics.timeouts_by_kind[kind].inc()

@@ -3,13 +3,14 @@
 The connection owns the socket, keep-alive and the head deadlines (first byte within
 keepalive_timeout, then the whole head within head_timeout: slowloris gets a 408). The cycle owns
 one request: read the bounded body, register a pending entry, invoke the Lambda, wait for its
-callback (deadline -> 504), then stream the callback's response to the viewer. Every path through
-a cycle ends in `finish`, which releases the entry and reports one access record.
+callback (deadline -> 504), then stream the callback's response to the viewer. A head refused
+before any of that (400, 408, 431, 505) is a cycle too, so that it writes its access line. Every
+path through a cycle releases the entry, finishes any callback it was handed (so the callback is
+always answered or closed) and reports one access record.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import time
 from time import perf_counter
@@ -18,12 +19,14 @@ from typing import TYPE_CHECKING
 import h11
 
 from sssrd.callbacks import CallbackStream, Outcome
+from sssrd.chunked import FramingCheck, FramingError
 from sssrd.connection import (
-    REASONS,
     BadHead,
     Connection,
     PeerGone,
+    PeerStalled,
     Served,
+    canned_response,
     complete_response,
     response,
 )
@@ -45,17 +48,7 @@ if TYPE_CHECKING:
     from sssrd.server import Server
 
 NO_BODY_STATUSES = frozenset({204, 304})
-
-
-def canned_response(status: int, message: str, close: bool = True) -> bytes:
-    """A complete response written without h11 (h11 cannot answer a request it never parsed)."""
-    body = f"{message}\n".encode()
-    reason = REASONS[status]
-    connection = b"connection: close\r\n" if close else b""
-    return (
-        b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
-        b"content-length: %d\r\n%s\r\n%s"
-    ) % (status, reason, len(body), connection, body)
+TEXT = b"text/plain; charset=utf-8"
 
 
 class ViewerConnection(Served):
@@ -63,32 +56,18 @@ class ViewerConnection(Served):
 
     server: Server
 
-    async def run(self) -> None:
-        while True:
-            settings = self.server.settings  # per request: SIGHUP may have replaced them
-            try:
-                request = await self.conn.next_request(settings)
-            except BadHead as bad:
-                if bad.status == 408:
-                    self.server.timed_out("head")
-                await self.refuse(bad.status, str(bad))
-                return
-            if request is None:
-                return
-            await RequestCycle(self.server, self.conn, request).run()
-            if not self.conn.next_cycle():
-                return
+    async def handle(self, request: h11.Request) -> bool:
+        await RequestCycle(self.server, self.conn, request).run()
+        return True
 
-    async def refuse(self, status: int, message: str) -> None:
-        self.server.request_refused(status)
-        with contextlib.suppress(PeerGone):
-            await self.conn.send_all(canned_response(status, message))
+    async def refuse_head(self, bad: BadHead) -> None:
+        await RequestCycle(self.server, self.conn, bad.request).run(bad)
 
 
 class RequestCycle:
     """One viewer request, from parsed head to the end of its response."""
 
-    def __init__(self, server: Server, conn: Connection, request: h11.Request) -> None:
+    def __init__(self, server: Server, conn: Connection, request: h11.Request | None) -> None:
         self.server = server
         self.conn = conn
         self.request = request
@@ -105,28 +84,47 @@ class RequestCycle:
         self.error = ""  # for the access log only
 
     @property
-    def method(self) -> str:
-        return self.request.method.decode("ascii", "replace")
+    def method(self) -> str | None:
+        """None when the head was refused before it could be parsed (as `path`)."""
+        return None if self.request is None else self.request.method.decode("ascii", "replace")
 
     @functools.cached_property
     def client(self) -> str:
         """The viewer's address (X-Forwarded-For believed only from trusted_proxies)."""
-        forwarded = [v for n, v in self.request.headers if n == b"x-forwarded-for"]
+        headers = [] if self.request is None else self.request.headers
+        forwarded = [v for n, v in headers if n == b"x-forwarded-for"]
         return client_address(self.conn.peer, forwarded, self.server.settings.trusted_proxies)
 
     @functools.cached_property
-    def path(self) -> str:
+    def path(self) -> str | None:
+        if self.request is None:
+            return None
         return self.request.target.split(b"?", 1)[0].decode("utf-8", "replace")
 
-    async def run(self) -> None:
+    async def run(self, refused: BadHead | None = None) -> None:
+        """Serve the request, or answer its refused head."""
         self.server.cycle_started()
         try:
-            await self.serve()
-        except PeerGone:
+            if refused is None:
+                await self.serve()
+            else:
+                await self.refuse_head(refused)
+        except PeerGone as gone:
             self.outcome = "viewer_abort"
+            if isinstance(gone, PeerStalled):
+                self.server.timed_out("send")
             self.conn.close()
         finally:
             self.server.request_finished(self)
+
+    async def refuse_head(self, bad: BadHead) -> None:
+        if bad.status == 408:
+            self.server.timed_out("head")
+        self.status = bad.status
+        self.outcome = "timeout" if bad.status == 408 else "bad_request"
+        head_request = self.request is not None and self.request.method == b"HEAD"
+        answer = canned_response(bad.status, f"{bad}\n".encode(), TEXT, head_request)
+        await self.conn.send_quietly(answer)
 
     async def serve(self) -> None:
         body = await self.read_body()
@@ -160,7 +158,11 @@ class RequestCycle:
             await self.reply(200, "ok", "health")
 
     async def read_body(self) -> bytes | None:
-        """The whole request body, or None once the viewer has been answered (413/408)."""
+        """The whole request body, or None once the viewer has been answered (413/408/400).
+
+        h11 reads it; a chunked body is also screened by sssrd's own strict framing rules,
+        which refuse what h11 lets through (control bytes in a chunk extension).
+        """
         settings = self.server.settings
         declared = self.declared_length()
         if declared is not None and declared > settings.max_body_bytes:
@@ -170,9 +172,10 @@ class RequestCycle:
         if self.conn.h11.they_are_waiting_for_100_continue:
             await self.conn.send(h11.InformationalResponse(status_code=100, headers=[]))
         try:
+            screen = self.framing_check()
             while True:
                 self.conn.deadline = self.loop.time() + settings.idle_timeout
-                event = await self.conn.next_event()
+                event = await self.conn.next_event(screen)
                 if isinstance(event, h11.EndOfMessage):
                     return bytes(body)
                 if isinstance(event, h11.ConnectionClosed):
@@ -184,10 +187,20 @@ class RequestCycle:
         except TimeoutError:
             self.server.timed_out("head")
             await self.reply(408, "request body not received in time", "bad_request", close=True)
-        except h11.RemoteProtocolError as exc:
-            await self.reply(400, f"bad request body: {exc}", "bad_request", close=True)
+        except (h11.RemoteProtocolError, FramingError):
+            message = "the request body's framing is invalid"
+            await self.reply(400, f"bad request: {message}", "bad_request", close=True)
         finally:
             self.conn.deadline = None
+        return None
+
+    def framing_check(self) -> FramingCheck | None:
+        """A strict screen for a chunked body, fed what h11 already holds past the head."""
+        for name, value in self.request.headers:
+            if name == b"transfer-encoding" and value.lower() == b"chunked":
+                check = FramingCheck()
+                check(self.conn.h11.trailing_data[0])
+                return check
         return None
 
     def declared_length(self) -> int | None:
@@ -204,10 +217,12 @@ class RequestCycle:
         except EventTooLarge:
             await self.reply(413, "request too large for the render function", "too_large")
             return
-        except InvalidTarget as exc:
-            await self.reply(400, f"bad request target: {exc}", "bad_request")
+        except InvalidTarget:
+            message = "bad request: the request target must be a path or an absolute URL"
+            await self.reply(400, message, "bad_request", close=True)
             return
-        watch = ViewerWatch(self.conn, lambda: entry.end_wait("viewer_gone"))
+        hold = settings.max_head_bytes  # pipelined bytes kept while watching: about one head
+        watch = ViewerWatch(self.conn, lambda: entry.end_wait("viewer_gone"), hold)
         try:
             failure = await self.invoke(payload)
             if failure is not None and not entry.claimed:
@@ -230,6 +245,11 @@ class RequestCycle:
             await self.stream(stream, watch)
         finally:
             watch.stop()
+            # The one owner of a delivered callback: whatever ended this cycle (the viewer
+            # resetting under a send, cancellation), the callback is answered or closed.
+            delivered = claimed_stream(entry)
+            if delivered is not None:
+                delivered.finish(Outcome("viewer_gone", message="the viewer's request ended"))
 
     async def invoke(self, payload: bytes) -> InvokeError | None:
         started = perf_counter()
@@ -278,7 +298,8 @@ class RequestCycle:
         """Send the callback's response to the viewer; tell the callback side how it ended.
 
         The viewer watch that guarded the wait now guards the relay (one reader registration
-        for the whole request, not one per phase).
+        for the whole request, not one per phase). The relay lets go of the callback socket
+        before the callback side is told, since that side may then linger on it.
         """
         settings = self.server.settings
         relay = BodyRelay(
@@ -288,6 +309,7 @@ class RequestCycle:
             settings.idle_timeout,
             None if settings.body_path == "copy" else self.server.pipes,
             splice_min=1 if settings.body_path == "splice" else SPLICE_MIN,
+            send_timeout=settings.send_timeout,
         )
         watch.on_gone = relay.viewer_gone
         if watch.gone:  # it left between the callback's arrival and now
@@ -299,14 +321,19 @@ class RequestCycle:
             await self.send_head(head, body_length)
             if self.request.method == b"HEAD" or head.status in NO_BODY_STATUSES:
                 await relay.end()
+                relay.close()
                 stream.finish(Outcome("no_body", message="the viewer needs no body"))
                 return
             await relay.relay(first)
+            relay.close()
             stream.finish(Outcome("delivered", body_bytes=relay.copied + relay.spliced))
         except PreludeError as exc:
-            stream.finish(Outcome("malformed", message=str(exc)))
+            relay.close()
+            status = stream.refusal.status if stream.refusal else 400
+            stream.finish(Outcome("malformed", message=str(exc), status=status))
             await self.reply(502, "the render sent a malformed response", "bad_callback")
         except StreamAborted as abort:
+            relay.close()
             await self.abort_stream(stream, abort, relay)
         finally:
             relay.close()
@@ -317,16 +344,19 @@ class RequestCycle:
         self, stream: CallbackStream, abort: StreamAborted, relay: BodyRelay
     ) -> None:
         stream.finish(Outcome(abort.kind, message=str(abort)))
-        if abort.kind != "viewer_gone" and self.response_started:
+        viewer_side = abort.kind in ("viewer_gone", "viewer_stalled")
+        if not viewer_side and self.response_started:
             relay.salvage()
-        if abort.kind == "viewer_gone":
+        if viewer_side:
             self.outcome = "viewer_abort"
+            if abort.kind == "viewer_stalled":
+                self.server.timed_out("send")
         else:
             self.outcome = "lambda_abort"
             self.server.lambda_aborted(abort.kind)
         # Closing without the final chunk is how the viewer (and CloudFront) learn the response
         # is incomplete; a 502 is only possible while no head has gone out.
-        if self.response_started or abort.kind == "viewer_gone":
+        if self.response_started or viewer_side:
             self.conn.close()
         else:
             await self.reply(502, f"the render failed: {abort}", self.outcome, close=True)
@@ -335,6 +365,8 @@ class RequestCycle:
         self, stream: CallbackStream, relay: BodyRelay
     ) -> tuple[ResponseHead, bytes, int | None]:
         """The response head and the first body bytes, and the body length when known."""
+        if stream.refusal is not None:
+            raise PreludeError(f"the callback was refused: {stream.refusal}")
         if not stream.prelude:
             return plain_head(stream.status_header, stream.content_type), b"", stream.content_length
         reader = PreludeReader(self.server.settings.max_prelude_bytes)
@@ -395,3 +427,11 @@ class RequestCycle:
                 close=close or self.server.draining,
             )
         )
+
+
+def claimed_stream(entry: Pending) -> CallbackStream | None:
+    """The callback stream a claim handed to this entry, if one did."""
+    delivery = entry.delivery
+    if delivery.done() and not delivery.cancelled() and delivery.exception() is None:
+        return delivery.result()
+    return None

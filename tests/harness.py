@@ -12,10 +12,12 @@ tells a complete response from a truncated one.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -142,6 +144,7 @@ class Daemon:
         )
         self.lines: list[dict[str, Any]] = []
         self.raw_lines: list[bytes] = []  # stdout as written, for tests of the log format
+        self.scraper: http.client.HTTPConnection | None = None
         self.condition = threading.Condition()
         threading.Thread(target=self._read_stdout, daemon=True).start()
         listening = self.wait_line(lambda line: line.get("message") == "sssrd listening")
@@ -190,8 +193,9 @@ class Daemon:
             )
         )
 
-    def metric(self, name: str, **labels: str) -> float:
-        text = http_get(self.admin, "/metrics")[2].decode()
+    def metric(self, name: str, text: str | None = None, **labels: str) -> float:
+        """A sample's value, from a fresh scrape unless `text` is one."""
+        text = text if text is not None else http_get(self.admin, "/metrics")[2].decode()
         wanted = name + (
             "{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}" if labels else ""
         )
@@ -202,6 +206,42 @@ class Daemon:
             if normalise_labels(key) == wanted:
                 return float(value)
         raise AssertionError(f"{wanted} not in /metrics")
+
+    def open_fds(self) -> int:
+        return len(os.listdir(f"/proc/{self.process.pid}/fd"))
+
+    def connections_open(self) -> dict[str, float]:
+        """Open connections by listener, scraped over one kept-alive connection (a fresh one
+        per scrape would itself be counted, or not yet closed, at random)."""
+        if self.scraper is None:
+            self.scraper = http.client.HTTPConnection(*self.admin, timeout=WAIT)
+        self.scraper.request("GET", "/metrics")
+        text = self.scraper.getresponse().read().decode()
+        return {
+            name: self.metric("sssrd_connections_open", text, listener=name)
+            for name in ("viewer", "callback", "admin")
+        }
+
+    def resources(self) -> tuple[int, dict[str, float]]:
+        """Open fds (read before the scrape that counts connections) and connections."""
+        return self.open_fds(), self.connections_open()
+
+    def settled_resources(self) -> tuple[int, dict[str, float]]:
+        """The resources once two readings in a row agree (closes in flight have landed)."""
+        previous = self.resources()
+        deadline = time.monotonic() + WAIT
+        while (current := self.resources()) != previous:
+            assert time.monotonic() < deadline, f"resources never settled: {current}"
+            previous = current
+        return current
+
+    @contextlib.contextmanager
+    def back_to_baseline(self) -> Iterator[None]:
+        """Asserts that what the block opened (connections on every listener, fds) is closed
+        again afterwards: the check every abort storm ends with."""
+        baseline = self.settled_resources()
+        yield
+        wait_for(lambda: self.resources() == baseline, what=f"back to {baseline}")
 
     def signal(self, signum: int) -> None:
         self.process.send_signal(signum)
@@ -240,8 +280,6 @@ def parse_address(text: str) -> tuple[str, int]:
 def http_get(
     address: tuple[str, int], path: str, method: str = "GET", headers: dict | None = None
 ) -> tuple[int, dict[str, str], bytes]:
-    import http.client
-
     conn = http.client.HTTPConnection(*address, timeout=WAIT)
     try:
         conn.request(method, path, headers=headers or {})
@@ -318,6 +356,24 @@ class Viewer:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def reset(sock: socket.socket) -> None:
+    """Close with a reset (RST), as a crashing client or a dropped NAT entry does."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def exchange(address: tuple[str, int], data: bytes, half_close: bool = False) -> bytes:
+    """Send raw bytes and read until the server closes; raises on a reset (the answer lost)."""
+    with socket.create_connection(address, timeout=WAIT) as sock:
+        sock.sendall(data)
+        if half_close:
+            sock.shutdown(socket.SHUT_WR)
+        received = b""
+        while piece := sock.recv(65536):
+            received += piece
+        return received
 
 
 def header(response: h11.Response, name: bytes) -> bytes | None:

@@ -35,6 +35,10 @@ class Conductor:
         self.sock.sendall(json.dumps({"wait": f"{self.tag}:{key}"}).encode() + b"\n")
         assert self.lines.readline() == b"go\n"
 
+    def close(self) -> None:
+        self.lines.close()
+        self.sock.close()
+
 
 def handler(event: dict, context: Any) -> None:
     if "sssrd" not in event:  # compat mode: the seed protocol's event
@@ -46,8 +50,11 @@ def handler(event: dict, context: Any) -> None:
         demo.handler(event, context)
         return
     conductor = Conductor(query.get("tag", scenario))
-    conductor.report("invoked", request_id=event["requestContext"]["requestId"])
-    SCENARIOS[scenario](event, conductor, query)
+    try:
+        conductor.report("invoked", request_id=event["requestContext"]["requestId"])
+        SCENARIOS[scenario](event, conductor, query)
+    finally:
+        conductor.close()  # the daemon's fd count is checked after abort storms
 
 
 def echo(event: dict, conductor: Conductor, query: dict) -> None:
@@ -151,6 +158,15 @@ def expect_continue(event: dict, conductor: Conductor, query: dict) -> None:
         while b"\r\n\r\n" not in final:
             final += sock.recv(1024)
     conductor.report("answered", interim=interim.decode(), final=final.decode())
+
+
+def conflicting_framing(event: dict, conductor: Conductor, query: dict) -> None:
+    """A callback with a valid token and both Content-Length and chunked framing."""
+    headers = {**bearer(event), "content-length": "5", "transfer-encoding": "chunked"}
+    conn = raw_callback(event, headers)
+    conn.send(b"5\r\nhello\r\n0\r\n\r\n")
+    response = conn.getresponse()
+    conductor.report("answered", status=response.status, body=response.read().decode())
 
 
 def abort_mid_body(event: dict, conductor: Conductor, query: dict) -> None:

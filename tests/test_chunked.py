@@ -23,6 +23,7 @@ from sssrd.chunked import (
     NEED_DATA,
     BodyDecoder,
     ChunkedDecoder,
+    FramingCheck,
     FramingError,
     LengthDecoder,
 )
@@ -576,3 +577,23 @@ def test_a_framing_error_is_sticky():
     for _ in range(2):
         with pytest.raises(FramingError):
             decoder.next_event()
+
+
+# --- FramingCheck: the same rules in front of h11 (the viewer's request bodies) -------------
+
+
+@pytest.mark.parametrize("feed", ["whole", "bytewise"])
+def test_framing_check_passes_a_valid_body_and_never_looks_past_its_end(feed: str):
+    wire = b"3;name=value\r\nabc\r\n0\r\nx-trailer: 1\r\n\r\n" + b"\x00 not a body \x01"
+    check = FramingCheck()
+    for piece in [wire] if feed == "whole" else one_byte_at_a_time(wire):
+        check(piece)
+    assert check.ended
+
+
+@pytest.mark.parametrize("extension", [b";a\x00b", b";\x01", b";x=\x7f", b";\x1b[2J"])
+def test_framing_check_refuses_control_bytes_that_h11_accepts_in_an_extension(extension: bytes):
+    wire = b"1" + extension + b"\r\nx\r\n0\r\n\r\n"
+    assert h11_decode(wire) == Decoded(b"x", True, False, b"")  # the lenient reading
+    with pytest.raises(FramingError):
+        FramingCheck()(wire)
