@@ -265,6 +265,11 @@ class FleetParameters:
 
 def sssrd_settings(parameters: FleetParameters) -> sssrd_config.Settings:
     """The instances' effective sssrd settings, validated by sssrd itself."""
+    unknown = sorted(set(parameters.sssrd) - set(sssrd_config.FIELDS_BY_NAME))
+    if unknown:
+        raise ParameterError(
+            f"context sssrd.{unknown[0]}: unknown setting (sssrd's settings: README.md)"
+        )
     owned = sorted(STACK_OWNED_SETTINGS & set(parameters.sssrd))
     if owned:
         raise ParameterError(

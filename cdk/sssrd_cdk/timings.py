@@ -69,7 +69,7 @@ def derive_timings(settings: sssrd_config.Settings) -> Timings:
             f"{slowest} ({silence:g} s); raise keepalive_timeout above "
             f"{math.floor(silence) + KEEPALIVE_MARGIN_S + 1} s or lower {slowest}"
         )
-    if CLOUDFRONT_READ_TIMEOUT_S <= silence:
+    if silence >= CLOUDFRONT_READ_TIMEOUT_S:
         raise ParameterError(
             f"context sssrd.{slowest}: {silence:g} s must stay below CloudFront's origin read "
             f"timeout ({CLOUDFRONT_READ_TIMEOUT_S} s), which applies to every gap in a response"
