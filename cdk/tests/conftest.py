@@ -57,9 +57,11 @@ class Synthesized:
     manifest: dict[str, Any]
     directory: Path
 
+    json: dict[str, Any]
+
     @property
     def resources(self) -> dict[str, Any]:
-        return self.template.to_json()["Resources"]
+        return self.json["Resources"]
 
     def of_type(self, type_name: str) -> dict[str, dict[str, Any]]:
         return {k: v for k, v in self.resources.items() if v["Type"] == type_name}
@@ -75,7 +77,7 @@ def synthesize(**extra: Any) -> Synthesized:
     assembly = app.synth()
     manifest = json.loads((Path(assembly.directory) / "manifest.json").read_text())
     template = assertions.Template.from_stack(stack)
-    return Synthesized(stack, template, manifest, Path(assembly.directory))
+    return Synthesized(stack, template, manifest, Path(assembly.directory), template.to_json())
 
 
 @pytest.fixture(scope="session")

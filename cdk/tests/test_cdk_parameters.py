@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import tomllib
 from typing import Any
 
 import pytest
-from conftest import ACCOUNT, AMI, ORIGIN_CERT, REGION, VIEWER_CERT
+from conftest import ACCOUNT, AMI, CDK_DIR, ORIGIN_CERT, REGION, VIEWER_CERT
 from hypothesis import given
 from hypothesis import strategies as st
 from sssrd_cdk.parameters import FleetParameters, ParameterError, PortRange, sssrd_settings
@@ -157,3 +160,14 @@ def test_user_data_is_the_ami_contract_and_sssrd_accepts_its_config(tmp_path):
 
 def test_admin_listener_stays_local_without_prometheus():
     assert "admin_listen" not in parameters().stack_settings("f")
+
+
+def test_app_py_stops_with_one_line_naming_the_key():
+    # The CLI hands context to app.py in CDK_CONTEXT_JSON; run it the same way.
+    context = {"ami": AMI, "account": ACCOUNT, "region": REGION, "minCapacity": "0"}
+    env = {**os.environ, "CDK_CONTEXT_JSON": json.dumps(context), "CDK_OUTDIR": "/nonexistent"}
+    done = subprocess.run(
+        [sys.executable, "app.py"], cwd=CDK_DIR, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2
+    assert done.stderr == "sssrd-cdk: context minCapacity: expected 1..1000, got 0\n"

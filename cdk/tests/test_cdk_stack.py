@@ -247,7 +247,7 @@ def test_the_callback_port_parameter_drives_both_user_data_and_security_group(fu
 
 
 def test_the_group_spans_two_private_subnets_with_elb_health_and_instance_refresh(full):
-    name, group = full.one("AWS::AutoScaling::AutoScalingGroup")
+    _, group = full.one("AWS::AutoScaling::AutoScalingGroup")
     properties = group["Properties"]
     assert properties["VPCZoneIdentifier"] == PRIVATE_SUBNETS
     assert properties["HealthCheckType"] == "ELB"
@@ -440,7 +440,7 @@ def test_the_log_bucket_is_private_encrypted_and_tls_only(variant):
 
 
 def test_outputs_name_the_entry_points_and_a_scrape_config_matching_the_tag(default, full):
-    outputs = default.template.to_json()["Outputs"]
+    outputs = default.json["Outputs"]
     for name in (
         "CloudFrontDomain",
         "AlbDnsName",
@@ -457,7 +457,7 @@ def test_outputs_name_the_entry_points_and_a_scrape_config_matching_the_tag(defa
     _, group = default.one("AWS::AutoScaling::AutoScalingGroup")
     tags = {t["Key"]: t["Value"] for t in group["Properties"]["Tags"] if t["PropagateAtLaunch"]}
     assert tags[tag_filter["name"].removeprefix("tag:")] in tag_filter["values"]
-    assert "PrometheusSecurityGroupId" in full.template.to_json()["Outputs"]
+    assert "PrometheusSecurityGroupId" in full.json["Outputs"]
     assert "PrometheusSecurityGroupId" not in outputs
 
 
@@ -469,7 +469,7 @@ def test_vpc_lookup_uses_the_supplied_context_not_a_dummy_vpc(full, default):
         LOOKUP_VPC
     }
     assert not full.of_type("AWS::EC2::VPC")
-    _, vpc = default.one("AWS::EC2::VPC")
+    default.one("AWS::EC2::VPC")
     azs = {
         s["Properties"]["AvailabilityZone"] for s in default.of_type("AWS::EC2::Subnet").values()
     }
