@@ -41,9 +41,11 @@ class Edge(Construct):
         log_bucket: s3.IBucket,
     ) -> None:
         super().__init__(scope, id)
+        # A new generation is a new secret, so CloudFormation updates both places that use it.
+        generation = parameters.origin_secret_generation
         self.origin_secret = secretsmanager.Secret(
             self,
-            "OriginSecret",
+            "OriginSecret" if generation == 1 else f"OriginSecret{generation}",
             description=f"value of the {ORIGIN_HEADER} header CloudFront adds for the sssrd ALB",
             generate_secret_string=secretsmanager.SecretStringGenerator(
                 password_length=48, exclude_punctuation=True
@@ -55,8 +57,9 @@ class Edge(Construct):
                 {
                     "id": "AwsSolutions-SMG4",
                     "reason": "The value lives in two AWS configurations (CloudFront's origin "
-                    "header and the ALB rule), which CloudFormation fills at deploy time; "
-                    "cdk/README.md says how to rotate it (a new value, then cdk deploy).",
+                    "header and the ALB rule) that CloudFormation fills at deploy time, so a "
+                    "rotation Lambda could not update them; rotate with a new "
+                    "originSecretGeneration (cdk/README.md).",
                 }
             ],
         )

@@ -165,6 +165,7 @@ class FleetParameters:
         default_factory=lambda: PortRange.parse(default_port("callback_listen"))
     )
     target_connections_per_instance: int = 2000
+    origin_secret_generation: int = 1
     sssrd: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -316,6 +317,7 @@ CONTEXT_KEYS: tuple[tuple[str, str, Callable[[Any], Any]], ...] = (
     ("prometheus", "prometheus", parse_bool),
     ("callbackPorts", "callback_ports", PortRange.parse),
     ("targetConnectionsPerInstance", "target_connections_per_instance", parse_int(10, 1_000_000)),
+    ("originSecretGeneration", "origin_secret_generation", parse_int(1, 1_000_000)),
     ("sssrd", "sssrd", parse_object),
 )
 CONTEXT_PARSERS = {key: parse for key, _, parse in CONTEXT_KEYS}

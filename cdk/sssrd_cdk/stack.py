@@ -89,7 +89,8 @@ class SssrdStack(Stack):
             "FunctionName": (self.render.function.function_name, "the render Lambda"),
             "AliasName": (self.render.alias.alias_name, "the alias the instances invoke"),
             "AutoScalingGroupName": (self.fleet.group.auto_scaling_group_name, "the fleet"),
-            "AccessLogBucket": (self.log_bucket.bucket_name, "ALB/CF logs"),
+            "AccessLogBucket": (self.log_bucket.bucket_name, "ALB, CloudFront, VPC flow logs"),
+            "RenderLogGroup": (self.render.log_group.log_group_name, "the render function's logs"),
             "OriginSecretArn": (self.edge.origin_secret.secret_arn, "the origin header's value"),
             "PrometheusScrapeConfig": (
                 prometheus_sd_config(parameters.region, self.network.admin_port),

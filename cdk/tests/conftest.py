@@ -39,6 +39,7 @@ FULL = {
     "reservedConcurrency": "50",
     "minCapacity": "3",
     "maxCapacity": "9",
+    "originSecretGeneration": "2",
     "sssrd": {"drain_timeout": 45, "keepalive_timeout": 90, "trusted_proxies": ["10.20.0.0/16"]},
 }
 

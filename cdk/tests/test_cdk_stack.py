@@ -353,6 +353,14 @@ def test_the_listener_forwards_only_requests_with_the_secret_header(default, ful
     assert listener["Properties"]["Certificates"] == [{"CertificateArn": ORIGIN_CERT}]
 
 
+def test_a_new_secret_generation_is_a_new_secret(default, full):
+    # full deploys generation 2: another logical id, so CloudFormation replaces the secret, and
+    # the listener and CloudFront tests above show both references follow it.
+    assert logical_id(full, full.stack.edge.origin_secret) != logical_id(
+        default, default.stack.edge.origin_secret
+    )
+
+
 def test_the_origin_secret_is_generated_never_written_in_the_template(variant):
     _, secret = variant.one("AWS::SecretsManager::Secret")
     assert "SecretString" not in secret["Properties"]
