@@ -147,7 +147,7 @@ class FleetParameters:
     account: str
     region: str
     ami: str
-    instance_type: str = "c7g.large"
+    instance_type: str = "c7i.large"
     root_volume_gib: int = 8
     min_capacity: int = 2
     max_capacity: int = 6

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,6 +82,25 @@ def synthesize(**extra: Any) -> Synthesized:
     manifest = json.loads((Path(assembly.directory) / "manifest.json").read_text())
     template = assertions.Template.from_stack(stack)
     return Synthesized(stack, template, manifest, Path(assembly.directory), template.to_json())
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cli_synth(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Future[tuple[subprocess.CompletedProcess[str], Path]]]:
+    """The CLI synth (cdk_cli.py), started on a thread as soon as a CDK test runs."""
+    modules = {
+        getattr(getattr(item, "module", None), "__name__", "") for item in request.session.items
+    }
+    if "test_cdk_synth_cli" not in modules:
+        yield Future()
+        return
+    import cdk_cli
+
+    output = tmp_path_factory.mktemp("cli-synth")
+    context = ("vpcId=vpc-0a1b2c3d4e5f60718", "prometheus=true")
+    with ThreadPoolExecutor(1) as pool:
+        yield pool.submit(lambda: (cdk_cli.synth(output, *context), output / "cdk.out"))
 
 
 @pytest.fixture(scope="session")

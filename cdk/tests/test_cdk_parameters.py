@@ -10,6 +10,7 @@ import tomllib
 from typing import Any
 
 import pytest
+import yaml
 from conftest import ACCOUNT, AMI, CDK_DIR, ORIGIN_CERT, REGION, VIEWER_CERT
 from hypothesis import given
 from hypothesis import strategies as st
@@ -137,7 +138,8 @@ def test_user_data_is_the_ami_contract_and_sssrd_accepts_its_config(tmp_path):
     text = cloud_config(chosen.stack_settings(function) | dict(chosen.sssrd))
     header, _, body = text.partition("\n")
     assert header == "#cloud-config"
-    document = json.loads(body)  # JSON: a subset of the YAML cloud-init reads
+    document = json.loads(body)  # JSON: a subset of the YAML cloud-init reads ...
+    assert yaml.safe_load(text) == document  # ... with PyYAML, as cloud-init does
     assert document["runcmd"] == [RESTART] == [["systemctl", "restart", "sssrd.service"]]
     (written,) = document["write_files"]
     assert written["path"] == CONFIG_PATH == "/etc/sssrd/sssrd.toml"

@@ -7,11 +7,23 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aws_cdk import aws_cloudfront as cloudfront
 from aws_cdk.assertions import Match
-from conftest import ACCOUNT, LOOKUP_VPC, ORIGIN_CERT, REGION, VIEWER_CERT, Synthesized
+from conftest import (
+    ACCOUNT,
+    LOOKUP_VPC,
+    ORIGIN_CERT,
+    REGION,
+    VIEWER_CERT,
+    Synthesized,
+    cdk_context,
+    synthesize,
+)
 from sssrd_cdk.edge import ORIGIN_HEADER
 from sssrd_cdk.network import CLOUDFRONT_PREFIX_LIST
+from sssrd_cdk.parameters import ParameterError
+from sssrd_cdk.stack import build_app
 
 PREFIX_LIST_ID = "pl-4fa04526"  # cdk.context.json's answer for CLOUDFRONT_PREFIX_LIST
 PRIVATE_SUBNETS = ["subnet-0c00000000000000c", "subnet-0d00000000000000d"]  # cdk.context.json
@@ -285,6 +297,8 @@ def test_scaling_tracks_held_connections_per_instance_and_cpu(default):
     assert connections["Metric"]["MetricName"] == "ActiveConnectionCount"
     assert connections["Metric"]["Namespace"] == "AWS/ApplicationELB"
     assert queries["instances"]["MetricStat"]["Metric"]["MetricName"] == "GroupInServiceInstances"
+    _, group = default.one("AWS::AutoScaling::AutoScalingGroup")
+    assert group["Properties"]["MetricsCollection"]  # else GroupInServiceInstances has no data
 
 
 def test_scale_in_waits_for_at_least_the_drain_timeout(default, full):
@@ -485,3 +499,19 @@ def test_vpc_lookup_uses_the_supplied_context_not_a_dummy_vpc(full, default):
     assert default.of_type("AWS::EC2::FlowLog")
     assert full.stack.account == ACCOUNT
     assert CLOUDFRONT_PREFIX_LIST == "com.amazonaws.global.cloudfront.origin-facing"
+
+
+def test_a_vpc_missing_from_the_context_is_reported_missing():
+    # The guard the test above relies on: an unanswered lookup leaves a "missing" entry.
+    unknown = synthesize(vpcId="vpc-0fffffffffffffff0")
+    assert [m["provider"] for m in unknown.manifest["missing"]] == ["vpc-provider"]
+
+
+def test_a_vpc_without_two_private_zones_is_refused_naming_vpc_id():
+    key = f"vpc-provider:account={ACCOUNT}:filter.vpc-id={LOOKUP_VPC}:region={REGION}"
+    key += ":returnAsymmetricSubnets=true"
+    answer = json.loads(json.dumps(cdk_context()[key]))
+    private = next(group for group in answer["subnetGroups"] if group["type"] == "Private")
+    private["subnets"] = private["subnets"][:1]
+    with pytest.raises(ParameterError, match=r"context vpcId: .* private subnets with egress in"):
+        build_app(cdk_context(vpcId=LOOKUP_VPC, **{key: answer}), ACCOUNT, REGION)
