@@ -281,7 +281,8 @@ def sssrd_settings(parameters: FleetParameters) -> sssrd_config.Settings:
     try:
         return sssrd_config.load_settings(path=None, environ={}, flags=flags)
     except sssrd_config.ConfigError as exc:
-        raise ParameterError(f"context sssrd.{exc}".replace(" (from flag)", "")) from None
+        # sssrd names where a value came from (a flag, here); the context key is what to change.
+        raise ParameterError(re.sub(r" \(from [^()]*\)$", "", f"context sssrd.{exc}")) from None
 
 
 # (context key, FleetParameters field, parser). Keys are camelCase, as CDK's own are.

@@ -32,6 +32,7 @@ LOOKUP_VPC = "vpc-0a1b2c3d4e5f60718"
 VIEWER_CERT = f"arn:aws:acm:us-east-1:{ACCOUNT}:certificate/0f0e0d0c-0000-4000-8000-000000000000"
 ORIGIN_CERT = f"arn:aws:acm:{REGION}:{ACCOUNT}:certificate/0f0e0d0c-0000-4000-8000-000000000001"
 FULL = {
+    "ami": "/sssrd/ami",  # an SSM parameter holding the AMI id
     "vpcId": LOOKUP_VPC,
     "domainName": "www.example.com",
     "certificateArn": VIEWER_CERT,

@@ -68,7 +68,7 @@ def test_defaults_need_only_the_ami():
         ),
         ({"sssrd": "[1]"}, "context sssrd: expected a JSON object"),
         ({"sssrd": {"function": "other"}}, "context sssrd.function: set by the stack"),
-        ({"sssrd": {"drain_timeout": -1}}, "context sssrd.drain_timeout: must be a positive"),
+        ({"sssrd": {"drain_timeout": -1}}, "context sssrd.drain_timeout: "),  # sssrd's words
         ({"sssrd": {"drain_time": 5}}, "context sssrd.drain_time: unknown setting"),
         ({"sssrd": {"keepalive_timeout": 40}}, "context sssrd.keepalive_timeout: 40 s leaves"),
         (

@@ -12,6 +12,7 @@ from aws_cdk import aws_cloudfront as cloudfront
 from aws_cdk.assertions import Match
 from conftest import (
     ACCOUNT,
+    AMI,
     LOOKUP_VPC,
     ORIGIN_CERT,
     REGION,
@@ -211,6 +212,15 @@ def test_instances_require_imdsv2_and_boot_encrypted_without_ssh(variant):
         "VolumeType": "gp3",
     }
     assert data["SecurityGroupIds"] == [group_id(variant, variant.stack.network.instances)]
+
+
+def test_the_ami_is_an_id_or_an_ssm_parameter_read_at_deploy_time(default, full):
+    assert launch_data(default)["ImageId"] == AMI
+    parameter = launch_data(full)["ImageId"]["Ref"]
+    assert full.json["Parameters"][parameter] == {
+        "Type": "AWS::SSM::Parameter::Value<AWS::EC2::Image::Id>",
+        "Default": "/sssrd/ami",
+    }
 
 
 def user_data(synth: Synthesized) -> tuple[dict[str, Any], dict[str, Any]]:
