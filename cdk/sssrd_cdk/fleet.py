@@ -81,7 +81,6 @@ class Fleet(Construct):
             role=self.role,
             security_group=network.instances,
             user_data=ec2.UserData.custom(cloud_config(settings)),
-            require_imdsv2=True,
             http_tokens=ec2.LaunchTemplateHttpTokens.REQUIRED,
             http_put_response_hop_limit=1,
             detailed_monitoring=True,

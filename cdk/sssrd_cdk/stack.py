@@ -94,7 +94,7 @@ class SssrdStack(Stack):
             "OriginSecretArn": (self.edge.origin_secret.secret_arn, "the origin header's value"),
             "PrometheusScrapeConfig": (
                 prometheus_sd_config(parameters.region, self.network.admin_port),
-                "ec2_sd_configs entry for prometheus.yml (packaging/prometheus/scrape.yml)",
+                "ec2_sd_configs entry for prometheus.yml (needs -c prometheus=true)",
             ),
         }
         if self.network.prometheus is not None:

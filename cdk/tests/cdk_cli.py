@@ -27,12 +27,10 @@ def cdk_cli() -> Path:
     if not cli.exists():
         CACHE.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=CACHE) as work:
-            subprocess.run(
-                ["npm", "install", "--prefix", work, "--no-audit", "--no-fund", "aws-cdk@2"],
-                check=True,
-                capture_output=True,
-                timeout=300,
-            )
+            npm = ["npm", "install", "--prefix", work, "--no-audit", "--no-fund", "aws-cdk@2"]
+            done = subprocess.run(npm, capture_output=True, text=True, timeout=300)
+            if done.returncode != 0:
+                raise RuntimeError(f"{' '.join(npm)} failed:\n{done.stderr[-2000:]}")
             try:
                 os.rename(work, home)  # atomic: a concurrent run either sees it whole or not
             except OSError:
