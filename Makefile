@@ -18,8 +18,8 @@ demo: venv
 	$(BIN)/sssrd dev
 
 lint: venv
-	$(BIN)/ruff check sssrd tests bench
-	$(BIN)/ruff format --check sssrd tests bench
+	$(BIN)/ruff check sssrd tests bench cdk
+	$(BIN)/ruff format --check sssrd tests bench cdk
 
 # Debian packages the tests need (tests/system-packages.txt): installed as root, else named.
 system-packages:
