@@ -103,7 +103,7 @@ class Conductor:
 
 
 class Daemon:
-    """`sssrd serve` in a subprocess on ephemeral 127.0.0.1 ports."""
+    """`sssrd serve` (or `command`, e.g. "dev") in a subprocess on ephemeral 127.0.0.1 ports."""
 
     def __init__(
         self,
@@ -111,14 +111,15 @@ class Daemon:
         *args: str,
         wrapper: list[str] | None = None,
         pass_fds: tuple[int, ...] = (),
+        command: str = "serve",
         **env: str,
     ) -> None:
-        command = [
+        argv = [
             *(wrapper or []),
             sys.executable,
             "-m",
             "sssrd.cli",
-            "serve",
+            command,
             "--listen=127.0.0.1:0",
             "--callback-listen=127.0.0.1:0",
             "--admin-listen=127.0.0.1:0",
@@ -132,7 +133,7 @@ class Daemon:
             environ["SSSRD_TEST_CONDUCTOR"] = conductor.address
         environ.update(env)
         self.process = subprocess.Popen(
-            command,
+            argv,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=environ,
