@@ -20,6 +20,7 @@ from sssrd.loadtest.response import ErrorKind, ResponseReader, status_error
 
 HIGHEST_US = 3_600_000_000
 SIGNIFICANT_DIGITS = 3
+INTERVAL_DIGITS = 2  # the timeline's per-second percentiles: 1 % is plenty, and 20x cheaper
 PERCENTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p99_9": 99.9}
 PHASES = ("connect", "tls", "ttfb", "first_body_byte", "chunk_gap", "total", "send_lag")
 NO_POP = "(none)"
@@ -29,8 +30,8 @@ HISTOGRAM_FIRST_BUCKET_US = 10
 HISTOGRAM_LOG_BASE = 2**0.25  # four bars per doubling: fine enough to see two modes
 
 
-def histogram() -> HdrHistogram:
-    return HdrHistogram(1, HIGHEST_US, SIGNIFICANT_DIGITS)
+def histogram(digits: int = SIGNIFICANT_DIGITS) -> HdrHistogram:
+    return HdrHistogram(1, HIGHEST_US, digits)
 
 
 def record_seconds(target: HdrHistogram, seconds: float) -> None:
@@ -106,8 +107,8 @@ class Stats:
         self.pops: dict[str, PopStats] = {}
         self.error_samples: list[dict[str, Any]] = []
         self.timeline: list[dict[str, Any]] = []
-        self._interval_ttfb = histogram()
-        self._interval_total = histogram()
+        self._interval_ttfb = histogram(INTERVAL_DIGITS)
+        self._interval_total = histogram(INTERVAL_DIGITS)
         self._interval_completed = 0
         self._interval_errors = 0
         self._interval_sent_at_start = 0
