@@ -1,7 +1,8 @@
 """Servers the load generator's tests aim at, besides `sssrd dev` itself.
 
 `Misbehaving` is a raw-socket server that answers every request the same wrong way (a chunked
-body cut short, fewer bytes than its Content-Length, a reset, silence). `Edge` is Debian's
+body cut short, fewer bytes than its Content-Length, a reset, silence, a close before any
+byte, a keep-alive connection closed when its second request arrives). `Edge` is Debian's
 HAProxy terminating TLS (a trustme certificate for `sssrd.test`) in front of a daemon, adding
 CloudFront's headers from the request's query (`pop`, `cache`) and answering `/fail` with 503
 itself, like an edge would; it listens on a socket this process bound to port 0 and hands down
@@ -29,7 +30,7 @@ RUN_TIMEOUT = 60
 
 
 class Misbehaving:
-    """Reads each request head, then answers with `behaviour`; one thread per connection."""
+    """Reads a request head, then answers with `behaviour`; one thread per connection."""
 
     ANSWERS = {
         "chunked_cut": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
@@ -52,19 +53,17 @@ class Misbehaving:
             threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
 
     def _answer(self, conn: socket.socket) -> None:
-        head = b""
         with contextlib.suppress(OSError):
-            while b"\r\n\r\n" not in head:
-                piece = conn.recv(4096)
-                if not piece:
-                    break
-                head += piece
+            read_head(conn)
             if self.behaviour == "silent":
                 self.held.append(conn)  # answered never; closed with the server
                 return
             if self.behaviour == "reset":
                 conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            else:
+            elif self.behaviour == "stale_keepalive":  # one answer, then closes on the next
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                read_head(conn)
+            elif self.behaviour != "close":
                 conn.sendall(self.ANSWERS[self.behaviour])
         conn.close()
 
@@ -72,6 +71,15 @@ class Misbehaving:
         self.listener.close()
         for conn in self.held:
             conn.close()
+
+
+def read_head(conn: socket.socket) -> None:
+    head = b""
+    while b"\r\n\r\n" not in head:
+        piece = conn.recv(4096)
+        if not piece:
+            return
+        head += piece
 
 
 class Edge:

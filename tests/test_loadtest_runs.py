@@ -123,6 +123,7 @@ def test_a_chunked_body_cut_by_a_dying_lambda_is_truncated(dev, conductor, tmp_p
         ("short_length", "truncated"),
         ("reset", "reset"),
         ("silent", "timeout"),
+        ("close", "closed"),
     ],
 )
 def test_failures_are_classified_by_kind(tmp_path, behaviour, kind):
@@ -137,6 +138,16 @@ def test_failures_are_classified_by_kind(tmp_path, behaviour, kind):
         server.close()
     assert report["requests"] == {"sent": 3, "completed": 3, "ok": 0, "failed": 3}
     assert {k: n for k, n in report["errors"].items() if n} == {kind: 3}
+
+
+def test_a_request_lost_to_a_stale_keep_alive_connection_is_sent_again(tmp_path):
+    server = Misbehaving("stale_keepalive")
+    try:
+        report, _ = run_loadtest(tmp_path, f"http://127.0.0.1:{server.port}/", "--requests", "4")
+    finally:
+        server.close()
+    assert report["requests"] == {"sent": 4, "completed": 4, "ok": 4, "failed": 0}
+    assert report["connections"] == 4  # each second request on a connection went to a new one
 
 
 def test_a_refused_connection_is_a_connect_error(tmp_path):

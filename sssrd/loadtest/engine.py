@@ -70,6 +70,7 @@ class Connection(asyncio.Protocol):
         self.exchange: Exchange | None = None
         self.lost = False
         self.holds_slot = True  # counted in Engine.open until forgotten
+        self.sent = 0  # requests written on this connection
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -99,7 +100,13 @@ class Connection(asyncio.Protocol):
                 kind: ErrorKind | None = ErrorKind.RESET
             else:
                 kind = exchange.reader.end_of_stream()
-            self.engine.finish(self, exchange, time.perf_counter(), kind, repr(exc) if exc else "")
+            if kind is ErrorKind.CLOSED and self.sent > 1:
+                # The server closed an idle keep-alive connection as the request went out:
+                # a browser resends it on a new connection, and so do we (its clock runs on).
+                self.engine.resend(self, exchange)
+            else:
+                detail = repr(exc) if exc else ""
+                self.engine.finish(self, exchange, time.perf_counter(), kind, detail)
         self.engine.closed(self)
 
     def close(self) -> None:
@@ -146,6 +153,10 @@ class Engine:
 
     def arrive(self, start: float) -> None:
         self.arrivals += 1
+        self.dispatch(start)
+
+    def dispatch(self, start: float) -> None:
+        """Send the request due at `start` on an idle connection, a new one, or later."""
         if self.idle:
             self.send(self.idle.pop(), start)
         elif self.open < self.plan.connections:
@@ -233,6 +244,7 @@ class Engine:
         self.next_number = number + 1
         exchange = Exchange(start, ResponseReader(self.stats.record_gap, plan.requests.head_only))
         connection.exchange = exchange
+        connection.sent += 1
         self.busy.add(connection)
         self.stats.sent += 1
         exchange.sent = time.perf_counter()
@@ -258,6 +270,13 @@ class Engine:
         else:
             connection.close()
         self.after_request()
+
+    def resend(self, connection: Connection, exchange: Exchange) -> None:
+        """Send a request again that a stale keep-alive connection lost unanswered."""
+        connection.exchange = None
+        self.busy.discard(connection)
+        self.stats.sent -= 1
+        self.dispatch(exchange.start)
 
     def after_request(self) -> None:
         if self.plan.rate is None:
