@@ -6,7 +6,8 @@
 The target is nginx (one worker, echo module) streaming a chunked page in four flushed chunks:
 a server far faster than the client, so the client is what is measured. Rounds interleave
 h2load (C, Debian's nghttp2-client) and `sssrd loadtest` on the same URL:
-- capacity: closed loop at C connections, responses per second and client CPU per response;
+- capacity: closed loop at C connections, responses per second and client CPU per response
+  (sssrd loadtest's start-up, a one-request run's CPU, subtracted);
 - open loop: `--rate R` (5,000/s by default) held for the duration, all responses complete;
 - overhead: one connection, sequential requests, so each client's time per request is the
   server's time plus its own: sssrd loadtest's TTFB mean minus h2load's mean request time
@@ -76,12 +77,22 @@ def h2load(url: str, connections: int, requests: int) -> dict[str, Any]:
     }
 
 
-def loadtest(url: str, workdir: Path, *options: str) -> dict[str, Any]:
+def run_loadtest(url: str, workdir: Path, *options: str) -> tuple[dict[str, Any], float]:
+    """The report of one `sssrd loadtest` run, and the CPU seconds the process used."""
     report_path = workdir / "loadtest.json"
     cpu = children_cpu()
     argv = [str(SSSRD), "loadtest", url, *options, "--json", str(report_path)]
     subprocess.run(argv, capture_output=True, check=True, timeout=600)
-    report = json.loads(report_path.read_text())
+    return json.loads(report_path.read_text()), children_cpu() - cpu
+
+
+def startup_cpu(url: str, workdir: Path) -> float:
+    """CPU seconds of a one-request run: Python, imports and the report, paid once per run."""
+    return min(run_loadtest(url, workdir, "--requests", "1")[1] for _ in range(3))
+
+
+def loadtest(url: str, workdir: Path, startup: float, *options: str) -> dict[str, Any]:
+    report, cpu = run_loadtest(url, workdir, *options)
     latency = report["latency_ms"]
     completed = report["requests"]["completed"]
     return {
@@ -92,7 +103,7 @@ def loadtest(url: str, workdir: Path, *options: str) -> dict[str, Any]:
         "failed": report["requests"]["failed"],
         "per_s": report["rate"]["completed_per_s"],
         "sent_per_s": report["rate"]["sent_per_s"],
-        "client_cpu_us_per_response": (children_cpu() - cpu) / max(completed, 1) * 1e6,
+        "client_cpu_us_per_response": (cpu - startup) / max(completed, 1) * 1e6,
         "seconds": report["elapsed_s"],
         "ttfb_mean_ms": latency["ttfb"]["mean"],
         "ttfb_p50_ms": latency["ttfb"]["p50"],
@@ -116,6 +127,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         nginx = spawn(stack, "nginx", ["nginx", "-c", str(config), "-e", str(log)], log)
         wait_for_port(port, nginx.popen, "nginx", workdir / "nginx-stream-error.log")
         url = f"http://127.0.0.1:{port}/stream"
+        startup = startup_cpu(url, workdir)
+        results["startup_cpu_s"] = startup
         for round_number in range(args.rounds):
             print(f"round {round_number + 1}/{args.rounds}", file=sys.stderr, flush=True)
             scenario_rows = [
@@ -197,6 +210,7 @@ def render(results: dict[str, Any]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines += [f"- {key}: {value:,.3f}" for key, value in results["summary"].items()]
+    lines.append(f"- startup CPU (subtracted): {results['startup_cpu_s']:.3f} s")
     lines.append(f"- foreign load: {results['foreign_load']}")
     return "\n".join(lines)
 

@@ -1,7 +1,7 @@
 """Servers the load generator's tests aim at, besides `sssrd dev` itself.
 
-`Misbehaving` is a raw-socket server that answers every request the same wrong way (a chunked
-body cut short, fewer bytes than its Content-Length, a reset, silence, a close before any
+`Misbehaving` is a raw-socket server that answers each request the wrong way its path names (a
+chunked body cut short, fewer bytes than its Content-Length, a reset, silence, a close before any
 byte, a keep-alive connection closed when its second request arrives). `Edge` is Debian's
 HAProxy terminating TLS (a trustme certificate for `sssrd.test`) in front of a daemon, adding
 CloudFront's headers from the request's query (`pop`, `cache`) and answering `/fail` with 503
@@ -18,11 +18,11 @@ import socket
 import struct
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
 import trustme
+from harness import serve_connections
 
 ROOT = Path(__file__).resolve().parent.parent
 EDGE_HOST = "sssrd.test"
@@ -30,41 +30,35 @@ RUN_TIMEOUT = 60
 
 
 class Misbehaving:
-    """Reads a request head, then answers with `behaviour`; one thread per connection."""
+    """Answers each request the wrong way its path names (`/reset` ...); a thread each."""
 
     ANSWERS = {
         "chunked_cut": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
         "short_length": b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 40,
     }
 
-    def __init__(self, behaviour: str) -> None:
-        self.behaviour = behaviour
+    def __init__(self) -> None:
         self.listener = socket.create_server(("127.0.0.1", 0), backlog=64)
         self.port = self.listener.getsockname()[1]
         self.held: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        serve_connections(self.listener, self._answer)
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+    def url(self, behaviour: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{behaviour}"
 
     def _answer(self, conn: socket.socket) -> None:
         with contextlib.suppress(OSError):
-            read_head(conn)
-            if self.behaviour == "silent":
+            behaviour = read_head(conn).split(b" ", 2)[1].decode().strip("/")
+            if behaviour == "silent":
                 self.held.append(conn)  # answered never; closed with the server
                 return
-            if self.behaviour == "reset":
+            if behaviour == "reset":
                 conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            elif self.behaviour == "stale_keepalive":  # one answer, then closes on the next
+            elif behaviour == "stale_keepalive":  # one answer, then closes on the next
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
                 read_head(conn)
-            elif self.behaviour != "close":
-                conn.sendall(self.ANSWERS[self.behaviour])
+            elif behaviour != "close":
+                conn.sendall(self.ANSWERS[behaviour])
         conn.close()
 
     def close(self) -> None:
@@ -73,13 +67,14 @@ class Misbehaving:
             conn.close()
 
 
-def read_head(conn: socket.socket) -> None:
+def read_head(conn: socket.socket) -> bytes:
     head = b""
     while b"\r\n\r\n" not in head:
         piece = conn.recv(4096)
         if not piece:
-            return
+            break
         head += piece
+    return head
 
 
 class Edge:

@@ -116,36 +116,28 @@ def test_a_chunked_body_cut_by_a_dying_lambda_is_truncated(dev, conductor, tmp_p
     assert {sample["kind"] for sample in report["error_samples"]} == {"truncated"}
 
 
-@pytest.mark.parametrize(
-    ("behaviour", "kind"),
-    [
-        ("chunked_cut", "truncated"),
-        ("short_length", "truncated"),
-        ("reset", "reset"),
-        ("silent", "timeout"),
-        ("close", "closed"),
-    ],
-)
-def test_failures_are_classified_by_kind(tmp_path, behaviour, kind):
-    server = Misbehaving(behaviour)
-    try:
-        report, _ = run_loadtest(
-            tmp_path,
-            f"http://127.0.0.1:{server.port}/",
-            *("--requests", "3", "--concurrency", "3", "--timeout", "0.5"),
-        )
-    finally:
-        server.close()
-    assert report["requests"] == {"sent": 3, "completed": 3, "ok": 0, "failed": 3}
-    assert {k: n for k, n in report["errors"].items() if n} == {kind: 3}
+@pytest.fixture(scope="module")
+def misbehaving() -> Iterator[Misbehaving]:
+    server = Misbehaving()
+    yield server
+    server.close()
 
 
-def test_a_request_lost_to_a_stale_keep_alive_connection_is_sent_again(tmp_path):
-    server = Misbehaving("stale_keepalive")
-    try:
-        report, _ = run_loadtest(tmp_path, f"http://127.0.0.1:{server.port}/", "--requests", "4")
-    finally:
-        server.close()
+def test_failures_are_classified_by_kind(misbehaving, tmp_path):
+    behaviours = ["chunked_cut", "short_length", "reset", "silent", "close"]
+    report, _ = run_loadtest(
+        tmp_path,
+        *(misbehaving.url(behaviour) for behaviour in behaviours),
+        *("--requests", "15", "--concurrency", "5", "--timeout", "0.5"),
+    )
+    assert report["requests"] == {"sent": 15, "completed": 15, "ok": 0, "failed": 15}
+    failed = {kind: count for kind, count in report["errors"].items() if count}
+    # A cut chunked body and a short Content-Length are both truncated, never success.
+    assert failed == {"truncated": 6, "reset": 3, "timeout": 3, "closed": 3}
+
+
+def test_a_request_lost_to_a_stale_keep_alive_connection_is_sent_again(misbehaving, tmp_path):
+    report, _ = run_loadtest(tmp_path, misbehaving.url("stale_keepalive"), "--requests", "4")
     assert report["requests"] == {"sent": 4, "completed": 4, "ok": 4, "failed": 0}
     assert report["connections"] == 4  # each second request on a connection went to a new one
 

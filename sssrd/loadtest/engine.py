@@ -168,6 +168,7 @@ class Engine:
         if self.issuing:
             self.issuing = False
             self.stopped_at = time.perf_counter()
+            self.stats.sent_in_window = self.stats.sent
         self.check_ended()
 
     def check_ended(self) -> None:

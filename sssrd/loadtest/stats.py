@@ -98,6 +98,7 @@ class Stats:
         self.origin = origin
         self.phases = {name: histogram() for name in PHASES}
         self.sent = 0
+        self.sent_in_window = 0  # sent before arrivals stopped: late sends do not make the rate
         self.completed = 0
         self.ok = 0
         self.body_bytes = 0
@@ -227,7 +228,7 @@ class Stats:
                 "failed": self.completed - self.ok,
             },
             "rate": {
-                "sent_per_s": round(self.sent / sending, 2) if sending else 0.0,
+                "sent_per_s": round(self.sent_in_window / sending, 2) if sending else 0.0,
                 "completed_per_s": round(self.completed / elapsed, 2) if elapsed else 0.0,
             },
             "connections": self.connections,

@@ -30,6 +30,7 @@ PHASE_LABELS = {
 }
 COLUMNS = ("p50", "p90", "p99", "p99_9", "max")
 PLAIN_WIDTH = 110
+LATE_WARNING_MS = 100.0
 
 
 class Progress:
@@ -85,6 +86,13 @@ def print_summary(report: dict[str, Any], console: Console | None = None) -> Non
         f"({report['connections']:,} connections)"
     )
     console.print(phase_table(report["latency_ms"]))
+    lag = report["latency_ms"]["send_lag"]["p99"]
+    if mode["rate"] and lag > LATE_WARNING_MS:
+        console.print(
+            f"[yellow]warning: requests went out up to {lag:,.0f} ms late (send lag p99): this "
+            "machine could not keep the rate, and latencies include that wait; "
+            "add generators[/yellow]"
+        )
     errors = {kind: count for kind, count in report["errors"].items() if count}
     statuses = ", ".join(f"{name} {count:,}" for name, count in report["status"].items())
     console.print(f"status: {statuses or 'none'}")
