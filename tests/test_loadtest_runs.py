@@ -10,6 +10,7 @@ import json
 import os
 import pty
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from typing import Any
 
 import jsonschema
 import pytest
-from harness import Conductor, Daemon
+from harness import Conductor, Daemon, wait_for
 from loadtest_peers import ROOT, Edge, Misbehaving, loadtest_argv, run_loadtest
 
 from sssrd.loadtest.response import ErrorKind
@@ -103,6 +104,26 @@ def test_open_loop_keeps_its_schedule_while_responses_are_slow(dev, tmp_path):
     assert 0.5 * rate <= report["rate"]["sent_per_s"] <= 1.1 * rate
     assert report["latency_ms"]["total"]["min"] >= 250
     assert "in flight" in terminal and "TTFB p50" in terminal
+
+
+def test_ctrl_c_stops_the_arrivals_lets_requests_finish_and_reports(dev, tmp_path):
+    before = ok_count(dev)
+    report_path = tmp_path / "interrupted.json"
+    argv = loadtest_argv(url(dev, STREAM), "--rate", "20", "--duration", "60")
+    command = subprocess.Popen(
+        [*argv, "--json", str(report_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+    )
+    wait_for(lambda: ok_count(dev) - before >= 3, what="the first responses")
+    command.send_signal(signal.SIGINT)
+    command.communicate(timeout=30)
+    assert command.returncode == 0
+    report = json.loads(report_path.read_text())
+    served = ok_count(dev) - before
+    assert report["requests"]["sent"] == report["requests"]["ok"] == served  # none cut off
+    assert 3 <= served < 20 * 60
 
 
 def test_a_chunked_body_cut_by_a_dying_lambda_is_truncated(dev, conductor, tmp_path):

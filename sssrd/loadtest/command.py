@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import datetime
 import json
+import resource
 import ssl
 import sys
 import time
@@ -28,6 +29,7 @@ from sssrd.loadtest.targets import Requests, TargetError, parse_header
 
 DEFAULT_DURATION = 10.0
 DEFAULT_OPEN_LOOP_CONNECTIONS = 1000
+FILES_BESIDES_CONNECTIONS = 64
 EXIT_USAGE = 2
 EXIT_FAILED = 1
 SCHEMA_ID = "https://sssrd.invalid/schemas/loadtest-report-1.json"
@@ -165,6 +167,15 @@ async def execute(plan: Plan, progress: terminal.Progress | None) -> tuple[Stats
     return stats, time.perf_counter() - stats.origin, sending
 
 
+def allow_connections(connections: int) -> None:
+    """Raise the soft open-file limit (often 1,024) to fit the connections, up to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = connections + FILES_BESIDES_CONNECTIONS
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        limit = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+
+
 def run_command(argv: Sequence[str]) -> int:
     parser = build_parser()
     arguments = parser.parse_args(argv)
@@ -173,6 +184,7 @@ def run_command(argv: Sequence[str]) -> int:
     except (TargetError, OSError) as error:
         print(f"sssrd loadtest: {error}", file=sys.stderr)
         return EXIT_USAGE
+    allow_connections(plan.connections)
     urls = read_urls(arguments)
     started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     progress = terminal.Progress.for_stderr(plan.rate)
