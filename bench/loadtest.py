@@ -131,32 +131,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results["startup_cpu_s"] = startup
         for round_number in range(args.rounds):
             print(f"round {round_number + 1}/{args.rounds}", file=sys.stderr, flush=True)
+            closed = ("--concurrency", str(args.connections), "--requests", str(args.requests))
+            open_loop = ("--rate", str(args.rate), "--duration", str(args.duration))
+            sequential = ("--concurrency", "1", "--requests", str(args.sequential))
             scenario_rows = [
                 ("capacity", h2load(url, args.connections, args.requests)),
-                (
-                    "capacity",
-                    loadtest(
-                        url,
-                        workdir,
-                        "--concurrency",
-                        str(args.connections),
-                        "--requests",
-                        str(args.requests),
-                    ),
-                ),
-                (
-                    "open loop",
-                    loadtest(
-                        url, workdir, "--rate", str(args.rate), "--duration", str(args.duration)
-                    ),
-                ),
+                ("capacity", loadtest(url, workdir, startup, *closed)),
+                ("open loop", loadtest(url, workdir, startup, *open_loop)),
                 ("overhead", h2load(url, 1, args.sequential)),
-                (
-                    "overhead",
-                    loadtest(
-                        url, workdir, "--concurrency", "1", "--requests", str(args.sequential)
-                    ),
-                ),
+                ("overhead", loadtest(url, workdir, startup, *sequential)),
             ]
             rows += [
                 {"scenario": name, "round": round_number, **row} for name, row in scenario_rows

@@ -132,6 +132,7 @@ class Engine:
         self.backlog: deque[float] = deque()
         self.open = 0  # connections established or being opened
         self.connecting = 0  # arrivals waiting for their new connection
+        self.opening: set[asyncio.Task[None]] = set()  # held: the loop keeps only weak refs
         self.next_number = 0
         self.arrivals = 0
         self.issuing = True
@@ -179,7 +180,9 @@ class Engine:
     def open_for(self, start: float) -> None:
         self.open += 1
         self.connecting += 1
-        self.loop.create_task(self.connect_and_send(start))
+        task = self.loop.create_task(self.connect_and_send(start))
+        self.opening.add(task)
+        task.add_done_callback(self.opening.discard)
 
     async def connect_and_send(self, start: float) -> None:
         address = self.addresses[self.stats.connections % len(self.addresses)]
