@@ -2,7 +2,7 @@
 
 `Misbehaving` is a raw-socket server that answers each request the wrong way its path names (a
 chunked body cut short, fewer bytes than its Content-Length, a reset, silence, a close before any
-byte, a keep-alive connection closed when its second request arrives). `Edge` is Debian's
+byte, not HTTP, a keep-alive connection closed when its second request arrives). `Edge` is Debian's
 HAProxy terminating TLS (a trustme certificate for `sssrd.test`) in front of a daemon, adding
 CloudFront's headers from the request's query (`pop`, `cache`) and answering `/fail` with 503
 itself, like an edge would; it listens on a socket this process bound to port 0 and hands down
@@ -35,6 +35,7 @@ class Misbehaving:
     ANSWERS = {
         "chunked_cut": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
         "short_length": b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 40,
+        "garbage": b"SPEAKS NO HTTP\r\n\r\n",
     }
 
     def __init__(self) -> None:

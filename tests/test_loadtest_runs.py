@@ -106,6 +106,19 @@ def test_open_loop_keeps_its_schedule_while_responses_are_slow(dev, tmp_path):
     assert "in flight" in terminal and "TTFB p50" in terminal
 
 
+def test_posts_with_a_body_keep_their_framing_and_templates_vary_the_path(dev, tmp_path):
+    # Three POSTs on one keep-alive connection: a body framed wrongly would garble the next.
+    report, _ = run_loadtest(
+        tmp_path,
+        url(dev, "/tpl/{n}?lines=0&r={rand:7-7}"),
+        *("-X", "POST", "--data", "hello", "-H", "X-Load: yes", "--requests", "3"),
+    )
+    assert (report["requests"]["ok"], report["connections"]) == (3, 1)
+    for number in range(3):
+        line = dev.access(path=f"/tpl/{number}")
+        assert (line["method"], line["status"], line["outcome"]) == ("POST", 200, "ok")
+
+
 def test_ctrl_c_stops_the_arrivals_lets_requests_finish_and_reports(dev, tmp_path):
     before = ok_count(dev)
     report_path = tmp_path / "interrupted.json"
@@ -145,16 +158,16 @@ def misbehaving() -> Iterator[Misbehaving]:
 
 
 def test_failures_are_classified_by_kind(misbehaving, tmp_path):
-    behaviours = ["chunked_cut", "short_length", "reset", "silent", "close"]
+    behaviours = ["chunked_cut", "short_length", "reset", "silent", "close", "garbage"]
     report, _ = run_loadtest(
         tmp_path,
         *(misbehaving.url(behaviour) for behaviour in behaviours),
-        *("--requests", "15", "--concurrency", "5", "--timeout", "0.5"),
+        *("--requests", "18", "--concurrency", "6", "--timeout", "0.5"),
     )
-    assert report["requests"] == {"sent": 15, "completed": 15, "ok": 0, "failed": 15}
+    assert report["requests"] == {"sent": 18, "completed": 18, "ok": 0, "failed": 18}
     failed = {kind: count for kind, count in report["errors"].items() if count}
     # A cut chunked body and a short Content-Length are both truncated, never success.
-    assert failed == {"truncated": 6, "reset": 3, "timeout": 3, "closed": 3}
+    assert failed == {"truncated": 6, "reset": 3, "timeout": 3, "closed": 3, "protocol": 3}
 
 
 def test_a_request_lost_to_a_stale_keep_alive_connection_is_sent_again(misbehaving, tmp_path):
