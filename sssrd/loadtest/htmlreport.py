@@ -14,7 +14,7 @@ from typing import Any
 import plotly.graph_objects as go
 import plotly.io as pio
 
-from sssrd.loadtest.terminal import COLUMNS, PHASE_LABELS
+from sssrd.loadtest.terminal import COLUMNS, PHASE_LABELS, users
 
 STYLE = """
 body { font: 15px/1.45 system-ui, sans-serif; margin: 1.5rem auto; max-width: 72rem;
@@ -23,7 +23,7 @@ h1 { font-size: 1.5rem; margin-bottom: .25rem; } h2 { font-size: 1.15rem; margin
 p.lead { color: #495057; margin-top: 0; }
 table { border-collapse: collapse; margin: .5rem 0 1rem; }
 th, td { padding: .3rem .7rem; border-bottom: 1px solid #dee2e6; text-align: right; }
-th:first-child, td:first-child { text-align: left; }
+th:first-child, td:first-child { text-align: left; white-space: nowrap; }
 td.bad { color: #c92a2a; font-weight: 600; }
 .chart { min-height: 380px; }
 """
@@ -68,6 +68,8 @@ def histogram_figure(rows: list[list[float]], title: str, colour: str) -> go.Fig
     )
     figure.update_layout(title=title, xaxis_title="ms (log scale)", yaxis_title="count")
     figure.update_xaxes(type="log")
+    if not rows:
+        figure.add_annotation(text="none recorded", showarrow=False, font={"size": 16})
     return figure
 
 
@@ -152,7 +154,7 @@ def render(report: dict[str, Any]) -> str:
     """The whole page as a string."""
     histograms = report["histograms_ms"]
     mode, requests, rate = report["mode"], report["requests"], report["rate"]
-    asked = f"{mode['rate']:g}/s asked" if mode["rate"] else f"{mode['concurrency']} users"
+    asked = f"{mode['rate']:g}/s asked" if mode["rate"] else users(mode["concurrency"])
     errors = [
         f"<tr>{cell(kind)}{cell(count, bad=True)}</tr>"
         for kind, count in report["errors"].items()

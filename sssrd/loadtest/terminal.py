@@ -71,6 +71,10 @@ class Progress:
         self.live.stop()
 
 
+def users(count: int) -> str:
+    return f"{count} user" if count == 1 else f"{count} users"
+
+
 def stdout_console() -> Console:
     return Console(width=None if sys.stdout.isatty() else PLAIN_WIDTH)
 
@@ -78,7 +82,7 @@ def stdout_console() -> Console:
 def print_summary(report: dict[str, Any], console: Console | None = None) -> None:
     console = console or stdout_console()
     requests, mode, rate = report["requests"], report["mode"], report["rate"]
-    asked = f"{mode['rate']:g}/s asked, " if mode["rate"] else f"{mode['concurrency']} users, "
+    asked = f"{mode['rate']:g}/s asked, " if mode["rate"] else f"{users(mode['concurrency'])}, "
     console.print(
         f"[bold]{report['target']['urls'][0]}[/bold]  {mode['loop']} loop: {asked}"
         f"{rate['sent_per_s']:,.1f}/s sent; {requests['sent']:,} sent, {requests['ok']:,} ok, "
