@@ -1,4 +1,4 @@
-"""The `sssrd` command: serve, dev, check-config, version.
+"""The `sssrd` command: serve, dev, check-config, loadtest, version.
 
 Every setting in config.FIELDS gets a `--name-with-dashes` flag on serve, dev and check-config,
 so flags, env (SSSRD_*) and the TOML file always offer the same knobs. Exit codes: 0 on a clean
@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "--" + field.name.replace("_", "-"), dest=field.name, help=field.help
             )
     commands.add_parser("version", help="print the version")
+    commands.add_parser("loadtest", help="load-test a URL (sssrd loadtest --help)", add_help=False)
     return parser
 
 
@@ -103,6 +104,11 @@ async def run_daemon(settings: Settings, arguments: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["loadtest"]:  # its own options and libraries (the loadtest extra)
+        from sssrd.loadtest import main as loadtest
+
+        return loadtest(argv[1:])
     arguments = build_parser().parse_args(argv)
     if arguments.command == "version":
         print(f"sssrd {__version__}")

@@ -32,6 +32,20 @@ ROOT = Path(__file__).resolve().parent.parent
 WAIT = 15.0  # upper bound on any single wait; tests never sleep for a fixed time
 
 
+def serve_connections(listener: socket.socket, serve: Any) -> None:
+    """Accept on `listener` until it closes, each connection served by `serve` in a thread."""
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+
+
 class Conductor:
     """Collects reports from handlers and releases handlers waiting on a key."""
 
@@ -42,15 +56,7 @@ class Conductor:
         self.released: set[str] = set()
         self.waiting: dict[str, list[socket.socket]] = {}
         self.condition = threading.Condition()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+        serve_connections(self.listener, self._serve)
 
     def _serve(self, conn: socket.socket) -> None:
         # A handler's connection may be reset when its daemon stops: that ends it, quietly.
@@ -116,7 +122,7 @@ class Daemon:
         pass_fds: tuple[int, ...] = (),
         **env: str,
     ) -> None:
-        command = [
+        argv = [
             *(wrapper or []),
             sys.executable,
             "-m",
@@ -135,7 +141,7 @@ class Daemon:
             environ["SCENARIO_CONDUCTOR"] = conductor.address
         environ.update(env)
         self.process = subprocess.Popen(
-            command,
+            argv,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=environ,
