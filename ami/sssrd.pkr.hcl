@@ -81,7 +81,6 @@ locals {
   )
   tags = {
     Name          = "sssrd ${local.sssrd_version} ${var.arch}"
-    sssrd         = "true"
     sssrd_version = local.sssrd_version
     source_ami    = "{{ .SourceAMI }}"
     source_name   = "{{ .SourceAMIName }}"
