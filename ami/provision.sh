@@ -40,21 +40,21 @@ if [[ -n $apt_source ]]; then
     apt_options+=(-o "Dir::Etc::SourceList=$scratch/sources.list"
         -o "Dir::Etc::SourceParts=$scratch/sources.list.d")
 fi
-apt() { apt-get "${apt_options[@]}" "$@"; }
+apt_get() { apt-get "${apt_options[@]}" "$@"; }
 
 # Security updates: the image is what every instance boots, so it carries every fix published
 # up to the bake (Debian stable's updates are security and serious fixes only). full-upgrade
 # so that a kernel update's new ABI package is installed too; the next boot (every instance's
 # first) runs it.
-apt update
-apt full-upgrade
+apt_get update
+apt_get full-upgrade
 
 # sssrd itself, and the packages packages.txt names: prometheus-node-exporter (host metrics on
 # :9100, scraped next to sssrd's own /metrics) and chrony (see the time sync step).
 # No recommends: an image carries what it runs, nothing else.
 mapfile -t packages < <(sed -e 's/#.*//' -e '/^[[:space:]]*$/d' -e 's/[[:space:]]//g' \
     "$here/packages.txt")
-apt install --no-install-recommends "$deb" "${packages[@]}"
+apt_get install --no-install-recommends "$deb" "${packages[@]}"
 
 # Kernel settings for tens of thousands of held connections (files/etc/sysctl.d, each with
 # why), journald limits (the access log is one line per request) and the time sync source.
@@ -86,7 +86,7 @@ systemctl enable sssrd.service prometheus-node-exporter.service
 
 # Clean up, so that every instance launched from the image is its own machine.
 # - APT's lists and downloaded .debs: stale from the first day, and half the root's churn.
-apt clean
+apt_get clean
 rm -rf /var/lib/apt/lists/*
 # - cloud-init's record of the build instance, so every instance runs its first boot
 #   (including the user data) as a new instance.
@@ -95,19 +95,19 @@ if command -v cloud-init >/dev/null; then
 fi
 # - SSH host keys: each instance must have its own (cloud-init makes them at first boot).
 rm -f /etc/ssh/ssh_host_*_key /etc/ssh/ssh_host_*_key.pub
-# - Secrets systemd made for this machine: the random seed (instances would start from the
-#   same entropy) and the credential encryption key.
+# - Secrets systemd made for this machine: the random seed (every instance would start from
+#   the same entropy, and credit it) and the credential encryption key. The seed's service is
+#   stopped first: it saves a fresh seed when stopped, and would at the stop Packer does next.
+systemctl stop systemd-random-seed.service
 rm -f /var/lib/systemd/random-seed /var/lib/systemd/credential.secret
 # - The build instance's DHCP leases.
 rm -f /var/lib/dhcp/*.leases
-# - Logs: the build's own lines are no instance's history. The journal is rotated and vacuumed
-#   (its files are in use and must not be truncated), and its directory, named after this
-#   machine-id, removed; text logs are emptied in place (daemons may hold them open).
-journalctl --quiet --rotate --vacuum-time=1s >/dev/null 2>&1 || true
-machine_id="$(cat /etc/machine-id 2>/dev/null || true)"
-if [[ -n $machine_id ]]; then
-    rm -rf "/var/log/journal/$machine_id"
-fi
+# - Logs: the build's own lines are no instance's history. journald is told to keep what it
+#   logs from now on (the rest of the bake, the shutdown) in /run, which does not reach the
+#   image, and its files on disk are removed; text logs are emptied in place (daemons may hold
+#   them open).
+journalctl --relinquish-var
+rm -rf /var/log/journal/*
 find /var/log -type f ! -path '/var/log/journal/*' \( -name '*.gz' -o -name '*.[0-9]' \) -delete
 find /var/log -type f ! -path '/var/log/journal/*' -exec truncate --size=0 {} +
 # - The machine-id, last: emptied (not removed) so systemd makes a new one at each instance's

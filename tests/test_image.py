@@ -2,14 +2,15 @@
 
 The bake: a Debian 12 container booted under systemd-nspawn (nspawn.py: the packaging test's
 cached root, plus what the official Debian AMI has: cloud-init, openssh-server and its host
-keys, a machine-id, a random seed) stands in for the EC2 build instance. Debian's packer runs tests/local-bake.pkr.hcl, a `null` build whose shell-local provisioners upload
-ami/ and the .deb `make deb` built, then run ami/provision.sh in the container, twice (it must
-be idempotent). The container is powered off, as Packer stops the instance before its
-snapshot, and the baked root is inspected. Then the same root boots as instances launched
-from the image: one with no user data (sssrd must stay down), and one whose user data is the
-#cloud-config document of ami/README.md, applied by the real cloud-init (NoCloud datasource,
-the document unchanged); sssrd must then serve health, metrics and a page streamed through
-its Lambda invoker.
+keys, a machine-id, a random seed) stands in for the EC2 build instance. Debian's packer runs
+tests/local-bake.pkr.hcl, a `null` build whose shell-local provisioners upload ami/ and the
+.deb `make deb` built (the packaging test's, see conftest.py), then run ami/provision.sh in
+the container, twice (it must be idempotent). The container is powered off, as Packer stops
+the instance before its snapshot, and the baked root is inspected. Then the same root boots
+as instances launched from the image: one with no user data (sssrd must stay down), and one
+whose user data is the #cloud-config document of ami/README.md, applied by the real
+cloud-init (NoCloud datasource; the one line added is the fake Invoke API's endpoint_url);
+sssrd must then serve health, metrics and a page streamed through its Lambda invoker.
 
 Isolation: every boot gets a network namespace of its own (nspawn.NetworkNamespace), so the
 image keeps its real ports (8080, 8081, 9090, 9100) and applies its own network sysctls with
@@ -62,6 +63,7 @@ HTTP_TIMEOUT = 30
 
 
 def packer(*arguments: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    assert shutil.which("packer"), "apt-get install packer (tests/system-packages.txt)"
     return subprocess.run(
         ["packer", *arguments],
         cwd=cwd,
@@ -81,7 +83,6 @@ def template_for_debians_packer(text: str) -> tuple[str, str]:
 
 
 def test_template_validates_with_debians_packer(tmp_path: Path):
-    assert shutil.which("packer"), "apt-get install packer (tests/system-packages.txt)"
     text, newer = template_for_debians_packer(TEMPLATE.read_text())
     # The block left out holds the two IMDSv2 settings and nothing else.
     lines = (line.strip() for line in newer.splitlines())
@@ -120,6 +121,7 @@ class RootFacts:
     apt_debs: list[str]
     cloud_init_instances: list[str]
     random_seed: bool
+    journal_directories: list[str]
     placeholder_config: bool
     nonempty_text_logs: list[str]
 
@@ -149,6 +151,7 @@ class RootFacts:
             apt_debs=names("var/cache/apt/archives", "*.deb"),
             cloud_init_instances=names("var/lib/cloud/instances"),
             random_seed=(root / "var/lib/systemd/random-seed").exists(),
+            journal_directories=names("var/log/journal"),
             placeholder_config=(root / CONFIG).exists(),
             nonempty_text_logs=sorted(str(path) for path in text_logs if path.stat().st_size),
         )
@@ -180,7 +183,6 @@ def baked(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Baked
     assert os.geteuid() == 0, "booting a container needs root"
     missing = nspawn.missing_tools()
     assert not missing, f"missing {missing}: make system-packages"
-    assert shutil.which("packer"), "apt-get install packer (tests/system-packages.txt)"
     workdir = tmp_path_factory.mktemp("image")
     name = f"sssrd-image-{os.getpid()}"
     with contextlib.ExitStack() as stack:
@@ -219,6 +221,7 @@ def test_source_image_is_a_machine_of_its_own(baked: Baked):
     assert baked.source.ssh_host_keys
     # (APT lists: the root has none, but provision.sh's own apt-get update makes them.)
     assert baked.source.random_seed
+    assert baked.source.journal_directories
 
 
 def test_baked_root_holds_nothing_of_the_build_machine(baked: Baked):
@@ -229,6 +232,7 @@ def test_baked_root_holds_nothing_of_the_build_machine(baked: Baked):
     assert image.apt_debs == []
     assert image.cloud_init_instances == []
     assert not image.random_seed
+    assert image.journal_directories == []
     assert image.nonempty_text_logs == []
 
 
@@ -242,13 +246,24 @@ def test_baked_root_has_sssrd_enabled_but_no_config(baked: Baked):
     assert (root / "opt/sssrd/bin/sssrd").exists()
 
 
+@dataclass(frozen=True)
+class Instance:
+    container: nspawn.Container
+    network: nspawn.NetworkNamespace
+
+    def boot(self) -> None:
+        self.container.boot(self.network)
+
+
 @contextlib.contextmanager
-def instance(baked: Baked, name: str) -> Iterator[tuple[nspawn.Container, nspawn.NetworkNamespace]]:
-    """The image booted as a freshly launched instance, in a network namespace of its own."""
-    container = baked.container
-    with nspawn.NetworkNamespace(f"{container.name}-{name}") as network:
-        yield container, network
-        container.power_off()
+def launched(baked: Baked, name: str) -> Iterator[Instance]:
+    """The image as an instance about to boot, with a network namespace of its own (where the
+    caller may first start what the instance should find); powered off on leaving."""
+    with nspawn.NetworkNamespace(f"{baked.container.name}-{name}") as network:
+        try:
+            yield Instance(baked.container, network)
+        finally:
+            baked.container.power_off()
 
 
 def curl(network: nspawn.NetworkNamespace, url: str, *options: str) -> tuple[int, str, bytes]:
@@ -277,12 +292,14 @@ def curl(network: nspawn.NetworkNamespace, url: str, *options: str) -> tuple[int
 
 
 def test_an_instance_without_user_data_never_serves_health(baked: Baked):
-    with instance(baked, "unconfigured") as (container, network):
-        container.boot(network)
+    with launched(baked, "unconfigured") as instance:
+        instance.boot()
+        container = instance.container
         assert container.systemctl("is-enabled", UNIT) == "enabled"
         assert container.systemctl("is-active", UNIT, check=False) == "inactive"
         assert container.unit_property(UNIT, "ConditionResult") == "no"
-        status, head, _ = curl(network, f"http://127.0.0.1:{VIEWER_PORT}/healthz")
+        assert container.unit_property(UNIT, "LogRateLimitIntervalUSec") == "0"  # the drop-in
+        status, head, _ = curl(instance.network, f"http://127.0.0.1:{VIEWER_PORT}/healthz")
         assert status == 0, head  # nothing listens: the ALB health check fails
         # The first boot made the machine its own: a machine-id of its own.
         machine_id = (container.root / "etc/machine-id").read_text().strip()
@@ -328,19 +345,13 @@ def give_user_data(root: Path, document: str) -> None:
     )
 
 
-@dataclass(frozen=True)
-class Instance:
-    container: nspawn.Container
-    network: nspawn.NetworkNamespace
-
-
 @pytest.fixture(scope="module")
 def configured(baked: Baked) -> Iterator[Instance]:
-    with instance(baked, "configured") as (container, network):
+    with launched(baked, "configured") as instance:
         for address in (IMDS_ADDRESS, PRIVATE_IP):
-            network.ip("address", "add", f"{address}/32", "dev", "lo")
+            instance.network.ip("address", "add", f"{address}/32", "dev", "lo")
         fakes = subprocess.Popen(
-            network.command(
+            instance.network.command(
                 sys.executable,
                 str(FAKE_AWS),
                 "--imds",
@@ -360,10 +371,11 @@ def configured(baked: Baked) -> Iterator[Instance]:
         try:
             assert fakes.stdout is not None
             assert fakes.stdout.readline().strip() == "ready"  # both listen: boot the instance
-            give_user_data(container.root, user_data(f"http://{INVOKE_API}"))
-            container.boot(network)
-            container.run("cloud-init", "status", "--wait", timeout=120, check=False)
-            yield Instance(container, network)
+            give_user_data(instance.container.root, user_data(f"http://{INVOKE_API}"))
+            instance.boot()
+            # Returns once cloud-init's last stage (runcmd) is over; its verdict is checked below.
+            instance.container.run("cloud-init", "status", "--wait", timeout=120, check=False)
+            yield instance
         finally:
             fakes.terminate()
             fakes.wait(timeout=30)
