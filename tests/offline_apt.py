@@ -1,11 +1,13 @@
 """An APT repository, inside a container root, of every .deb some installs there would need.
 
 A container booted in a network namespace of its own (nspawn.NetworkNamespace) reaches no
-Debian mirror. So the host's APT works out what installing some packages, and upgrading
-everything, would take *in that root* (the host's package lists, the root's dpkg status),
-downloads those .debs once into a cache shared by every run (/var/cache/sssrd-test/apt), and
-lays them out as a flat repository in the root with a `Packages` index (dpkg-scanpackages),
-for the container's APT to use as `deb [trusted=yes] file:<dir> ./`.
+Debian mirror (one on the host's network does, as the host does, but then shares the host's
+ports and sysctls; see test_image.py). So the host's APT works out what installing some
+packages, and upgrading everything, would take *in that root* (the host's package lists, the
+root's dpkg status), downloads those .debs once into a cache shared by every run
+(/var/cache/sssrd-test/apt), and lays them out as a flat repository in the root with a
+`Packages` index (dpkg-scanpackages), for the container's APT to use as
+`deb [trusted=yes] file:<dir> ./`.
 """
 
 from __future__ import annotations
