@@ -4,6 +4,13 @@ The root file system is made by mmdebstrap once per package list and cached as a
 /var/cache/sssrd-test; each Container unpacks a fresh copy, boots it from a cgroup of its own
 (these machines have no systemd on the host) and runs commands inside through nsenter. Leaving
 the `with` block always stops the container and removes its cgroups and files.
+
+A container shares the host's network unless it is booted in a NetworkNamespace: one of its
+own, holding only a loopback interface, so the container's services can keep fixed ports (and
+its systemd can set network sysctls) without touching the host or another test run. The host
+reaches them by running its own tools in that namespace (`NetworkNamespace.command`), and can
+start stand-ins there before the container boots. `power_off` and `boot` stop and start the
+same root again, as a machine is rebooted.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ BASE_PACKAGES = ("systemd", "systemd-sysv", "dbus", "python3", "procps")
 CACHE_DIR = Path(os.environ.get("SSSRD_TEST_CACHE", "/var/cache/sssrd-test"))
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-REQUIRED_TOOLS = ("mmdebstrap", "systemd-nspawn", "nsenter", "pgrep", "tar", "zstd")
+REQUIRED_TOOLS = ("mmdebstrap", "systemd-nspawn", "nsenter", "pgrep", "tar", "zstd", "ip")
 
 T = TypeVar("T")
 
@@ -53,11 +60,14 @@ def cached_root(packages: tuple[str, ...] = BASE_PACKAGES) -> Path:
 class Container:
     """A booted container; `run` executes a command inside it as root."""
 
-    def __init__(self, tarball: Path, workdir: Path, name: str) -> None:
+    def __init__(
+        self, tarball: Path, workdir: Path, name: str, network: NetworkNamespace | None = None
+    ) -> None:
         self.tarball = tarball
         self.root = workdir / "root"
         self.console_log = workdir / "console.log"
         self.name = name
+        self.network = network
         self.cgroups = _container_cgroups(name)
         self.nspawn: subprocess.Popen[bytes] | None = None
         self.init_pid = 0
@@ -66,7 +76,7 @@ class Container:
         try:
             self.root.mkdir(parents=True)
             _run(["tar", "-C", str(self.root), "--zstd", "-xf", str(self.tarball)], what="unpack")
-            self._boot()
+            self.boot(self.network)
         except BaseException:
             self.close()
             raise
@@ -101,7 +111,12 @@ class Container:
         return self.systemctl("show", "--property", name, "--value", unit)
 
     def close(self) -> None:
-        """Stop the container (a clean poweroff if it obliges, else SIGKILL) and clean up."""
+        """Stop the container and remove its files."""
+        self.power_off()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def power_off(self) -> None:
+        """Stop the container (a clean poweroff if it obliges, else SIGKILL); keep its root."""
         if self.nspawn is not None:
             if self.nspawn.poll() is None:
                 self.nspawn.terminate()  # nspawn turns SIGTERM into a poweroff of the container
@@ -113,9 +128,11 @@ class Container:
             self.nspawn = None
         for cgroup in self.cgroups:
             _remove_cgroup_tree(cgroup)
-        shutil.rmtree(self.root, ignore_errors=True)
 
-    def _boot(self) -> None:
+    def boot(self, network: NetworkNamespace | None = None) -> None:
+        """Boot the root (again, after `power_off`), in `network` if given (else the host's
+        network), and wait until systemd has finished starting it."""
+        self.network = network
         for cgroup in self.cgroups:
             cgroup.mkdir()
         # The shell moves itself into the new cgroups, then becomes nspawn.
@@ -129,14 +146,19 @@ class Container:
             "--keep-unit",
             "--console=passive",
         ]
-        cgroups = " ".join(str(cgroup) for cgroup in self.cgroups)
-        with open(self.console_log, "wb") as console:
+        environment = {**os.environ, "CGROUPS": " ".join(str(group) for group in self.cgroups)}
+        if network is not None:
+            nspawn.append(f"--network-namespace-path={network.path}")
+            # Its /proc/sys/net is the namespace's own, so the container's systemd may set
+            # network sysctls there (nspawn mounts it read-only for a joined namespace).
+            environment["SYSTEMD_NSPAWN_API_VFS_WRITABLE"] = "network"
+        with open(self.console_log, "ab") as console:  # one log across reboots
             self.nspawn = subprocess.Popen(
                 ["sh", "-c", script, "sh", *nspawn],
                 stdin=subprocess.DEVNULL,
                 stdout=console,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, "CGROUPS": cgroups},
+                env=environment,
             )
         self.init_pid = wait_until(self._find_init, "the container's systemd to start", 30)
         state = wait_until(self._system_state, "the container to finish booting", 60)
@@ -163,6 +185,38 @@ class Container:
 
     def console_tail(self) -> str:
         return self.console_log.read_text(errors="replace")[-4000:]
+
+
+class NetworkNamespace:
+    """A network namespace of its own, holding only a loopback interface (up), for containers
+    and host tools to share; a context manager (leaving it deletes the namespace)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.path = Path("/run/netns") / name
+
+    def __enter__(self) -> NetworkNamespace:
+        _run(["ip", "netns", "add", self.name], what="ip netns add")
+        try:
+            self.ip("link", "set", "lo", "up")
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        subprocess.run(["ip", "netns", "delete", self.name], capture_output=True, timeout=30)
+
+    def ip(self, *arguments: str) -> None:
+        """Run `ip` in the namespace, e.g. ip("address", "add", "10.0.1.23/32", "dev", "lo")."""
+        _run(["ip", "-n", self.name, *arguments], what=f"ip {' '.join(arguments)}")
+
+    def command(self, *argv: str) -> list[str]:
+        """A host command line that runs argv (a host program) in this namespace only."""
+        return ["nsenter", f"--net={self.path}", *argv]
 
 
 def _container_cgroups(name: str) -> list[Path]:

@@ -54,21 +54,6 @@ class Daemon:
 
 
 @pytest.fixture(scope="module")
-def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("dist")
-    built = subprocess.run(
-        ["make", "--no-print-directory", "deb", f"DIST={out}"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert built.returncode == 0, f"make deb failed:\n{built.stdout}\n{built.stderr}"
-    (package,) = out.glob("sssrd_*.deb")
-    return package
-
-
-@pytest.fixture(scope="module")
 def container(tmp_path_factory: pytest.TempPathFactory) -> Iterator[nspawn.Container]:
     assert os.geteuid() == 0, "booting a container needs root"
     require(*nspawn.REQUIRED_TOOLS)
