@@ -15,7 +15,6 @@ import contextlib
 import http.client
 import json
 import os
-import signal
 import socket
 import struct
 import subprocess
@@ -256,18 +255,23 @@ class Daemon:
         return self.process.wait(timeout)
 
     def stop_now(self) -> str:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(WAIT)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         assert self.process.stderr is not None
         return self.process.stderr.read().decode(errors="replace")
 
     def alive(self) -> bool:
         return self.process.poll() is None
+
+
+def stop_process(process: subprocess.Popen[Any], timeout: float = WAIT) -> None:
+    """Ask a process to stop (SIGTERM), then kill it if it has not within `timeout`."""
+    if process.poll() is None:
+        process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def normalise_labels(key: str) -> str:

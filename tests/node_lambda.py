@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from harness import ROOT, WAIT
+from harness import ROOT, WAIT, stop_process
 
 from sssrd.testing.fake_lambda import DEFAULT_ACCESS_KEY, DEFAULT_REGION, DEFAULT_SECRET_KEY
 
@@ -75,12 +75,7 @@ class NodeLambda:
         return ("--invoker=lambda", "--function=render", f"--endpoint-url={self.endpoint_url}")
 
     def stop(self) -> str:
-        self.process.terminate()
-        try:
-            self.process.wait(WAIT)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process)
         assert self.process.stderr is not None
         return self.process.stderr.read().decode(errors="replace")
 

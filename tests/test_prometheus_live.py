@@ -37,6 +37,7 @@ from harness import (
     http_get,
     lambda_dies_mid_body,
     leave_mid_stream,
+    stop_process,
     wait_for,
 )
 from prometheus_client.parser import text_string_to_metric_families
@@ -104,12 +105,7 @@ class GoServer:
             return error.code, error.read()
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(WAIT)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process)
 
 
 class Prometheus(GoServer):
