@@ -24,6 +24,9 @@ PACKAGE_OF = {
     "pgrep": "procps",
     "tar": "tar",
     "zstd": "zstd",
+    "ip": "iproute2",
+    "packer": "packer",
+    "dpkg-scanpackages": "dpkg-dev",
 }
 
 

@@ -35,6 +35,7 @@ from pathlib import Path
 import nspawn
 import offline_apt
 import pytest
+from system_tools import require, tool
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -63,9 +64,8 @@ HTTP_TIMEOUT = 30
 
 
 def packer(*arguments: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    assert shutil.which("packer"), "apt-get install packer (tests/system-packages.txt)"
     return subprocess.run(
-        ["packer", *arguments],
+        [tool("packer"), *arguments],
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -181,8 +181,7 @@ def image_packages() -> list[str]:
 @pytest.fixture(scope="module")
 def baked(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Baked]:
     assert os.geteuid() == 0, "booting a container needs root"
-    missing = nspawn.missing_tools()
-    assert not missing, f"missing {missing}: make system-packages"
+    require(*nspawn.REQUIRED_TOOLS, "packer", "dpkg-scanpackages")
     workdir = tmp_path_factory.mktemp("image")
     name = f"sssrd-image-{os.getpid()}"
     with contextlib.ExitStack() as stack:
