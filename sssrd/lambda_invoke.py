@@ -20,7 +20,6 @@ import re
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import quote, urlsplit
 
 import boto3
@@ -28,9 +27,11 @@ import botocore.session
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.config import Config
+from botocore.credentials import Credentials
 from botocore.exceptions import BotoCoreError, ClientError, ProfileNotFound
 
 from sssrd import ec2
+from sssrd.config import Settings
 from sssrd.httpclient import Pool, Reply, RequestFailed
 from sssrd.invoke import InvokeError
 
@@ -67,7 +68,7 @@ class StartupError(ValueError):
     """The invoker cannot be built; str() is one line that starts with the setting to change."""
 
 
-def resolve_target(settings: Any) -> tuple[LambdaTarget, botocore.session.Session]:
+def resolve_target(settings: Settings) -> tuple[LambdaTarget, Credentials]:
     """Function, region, endpoint and credentials, checked once; StartupError if unusable."""
     arn = FUNCTION_REFERENCE.match(settings.function)
     if arn is None:
@@ -110,10 +111,10 @@ def resolve_target(settings: Any) -> tuple[LambdaTarget, botocore.session.Sessio
     endpoint = client.meta.endpoint_url
     check_endpoint(endpoint, endpoint_source)
     log.info("AWS region", extra={"region": region, "source": source, "endpoint": endpoint})
-    return LambdaTarget(settings.function, settings.qualifier, region, endpoint), session
+    return LambdaTarget(settings.function, settings.qualifier, region, endpoint), credentials
 
 
-def resolve_region(settings: Any, session: botocore.session.Session) -> tuple[str, str]:
+def resolve_region(settings: Settings, session: botocore.session.Session) -> tuple[str, str]:
     """The region and where it came from: region setting, AWS_REGION, AWS_DEFAULT_REGION or the
     profile (botocore's own lookup), then IMDSv2 on EC2 (the same endpoint as callback_url auto)."""
     if settings.region:
@@ -182,9 +183,8 @@ class Retryable(Exception):
 class LeanInvoker:
     """Signs with botocore, sends on sssrd's own pooled HTTP/1.1 client."""
 
-    def __init__(self, settings: Any) -> None:
-        self.target, session = resolve_target(settings)
-        self.credentials = session.get_credentials()
+    def __init__(self, settings: Settings) -> None:
+        self.target, self.credentials = resolve_target(settings)
         # Built once per credential refresh, not per invoke: it holds a frozen copy.
         frozen = self.credentials.get_frozen_credentials()
         self.signer = SigV4Auth(frozen, "lambda", self.target.region)
@@ -248,7 +248,7 @@ class LeanInvoker:
 class Boto3Invoker:
     """boto3's invoke() on a thread pool (retries are sssrd's, not botocore's)."""
 
-    def __init__(self, settings: Any) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.target, _ = resolve_target(settings)
         config = Config(
             retries={"total_max_attempts": 1},

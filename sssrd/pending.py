@@ -136,7 +136,9 @@ class PendingRegistry:
         if entry.claimed:
             raise Rejection(409, "duplicate", "another callback is already streaming this request")
         if entry.delivery.done():  # the wait ended in this same loop iteration
-            raise Rejection(410, "late", GONE_MESSAGES.get(entry.delivery.exception().reason, ""))
+            ended = entry.delivery.exception()
+            why = ended.reason if isinstance(ended, WaitEnded) else "late"
+            raise Rejection(410, "late", GONE_MESSAGES.get(why, ""))
         entry.claimed = True
         entry.delivery.set_result(stream)
         return entry

@@ -21,7 +21,8 @@ import contextlib
 import fcntl
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import cast
 
 import h11
 
@@ -99,6 +100,16 @@ class Placeholder:
 
     def __len__(self) -> int:
         return self.size
+
+
+def frame_around(conn: h11.Connection, placeholder: Placeholder) -> list[bytes | Placeholder]:
+    """h11's framing of a payload, with `placeholder` where the payload's bytes go.
+
+    h11 frames any object that has a len() (send_with_data_passthrough), though its hints say
+    bytes; it returns None only for ConnectionClosed, never for Data.
+    """
+    pieces = conn.send_with_data_passthrough(h11.Data(data=cast(bytes, placeholder)))
+    return cast(list[bytes | Placeholder], pieces)
 
 
 class ViewerWatch:
@@ -306,15 +317,16 @@ class BodyRelay:
         """Some payload bytes (copied), or None at the end of the body."""
         while (event := self.poll()) is NEED_DATA:
             await self.fill()
-        return None if event is END else event  # type: ignore[return-value]
+        return event if isinstance(event, bytes) else None
 
     # -- writing to the viewer ------------------------------------------------------------------
 
-    async def write(self, buffers: list[bytes], more: bool = False) -> None:
+    async def write(self, data: Sequence[bytes], more: bool = False) -> None:
         """Send the buffers in order with one sendmsg (scatter-gather: nothing is joined)."""
         flags = socket.MSG_MORE if more else 0
         sock = self.sink.sock
-        buffers = [buffer for buffer in buffers if buffer]  # an empty one would never drain
+        # An empty buffer would never drain.
+        buffers: list[bytes | memoryview] = [buffer for buffer in data if buffer]
         while buffers:
             try:
                 sent = sock.sendmsg(buffers, (), flags)
@@ -327,7 +339,7 @@ class BodyRelay:
                 if len(buffers[0]) <= sent:
                     sent -= len(buffers.pop(0))
                 else:
-                    buffers[0] = memoryview(buffers[0])[sent:]  # type: ignore[call-overload]
+                    buffers[0] = memoryview(buffers[0])[sent:]
                     sent = 0
 
     def take_output(self) -> list[bytes]:
@@ -335,9 +347,8 @@ class BodyRelay:
         buffers = [self.framing] if self.framing else []
         self.framing = b""
         if self.pending_size:
-            placeholder = Placeholder(self.pending_size)
-            for piece in self.sink.h11.send_with_data_passthrough(h11.Data(data=placeholder)):
-                if piece is placeholder:
+            for piece in frame_around(self.sink.h11, Placeholder(self.pending_size)):
+                if isinstance(piece, Placeholder):
                     buffers.extend(self.pending)
                 else:
                     buffers.append(piece)
@@ -381,9 +392,9 @@ class BodyRelay:
             if event is END:
                 await self.end()
                 return
-            if event is not NEED_DATA:
-                self.pending.append(event)  # type: ignore[arg-type]
-                self.pending_size += len(event)  # type: ignore[arg-type]
+            if isinstance(event, bytes):
+                self.pending.append(event)
+                self.pending_size += len(event)
                 if self.pending_size >= COPY_READ:  # a fast sender must not grow it unbounded
                     await self.flush()
             elif self.worth_splicing():
@@ -403,25 +414,27 @@ class BodyRelay:
         """Move the rest of the current payload run kernel-side, framed by h11."""
         if self.pipe is None:
             self.pipe = self.pipes.acquire() if self.pipes is not None else None
-            if self.pipe is None:  # pool exhausted: this stream copies
-                self.pipes = None
-                return
+        pipe = self.pipe
+        if pipe is None:  # pool exhausted: this stream copies
+            self.pipes = None
+            return
         buffers = self.take_output()  # whatever came before this run leaves first...
         size = self.decoder.payload_left
-        pieces = self.sink.h11.send_with_data_passthrough(h11.Data(data=Placeholder(size)))
+        pieces = frame_around(self.sink.h11, Placeholder(size))
         at = next(i for i, piece in enumerate(pieces) if isinstance(piece, Placeholder))
-        buffers.extend(pieces[:at])  # ...in one write with this run's framing, held open
+        # ...in one write with this run's framing, held open
+        buffers.extend(piece for piece in pieces[:at] if isinstance(piece, bytes))
         if buffers:
             await self.write(buffers, more=True)
-        await self.splice(size)
+        await self.splice(pipe, size)
         self.decoder.skip_payload(size)
         self.spliced += size
-        self.framing = b"".join(pieces[at + 1 :])
+        self.framing = b"".join(piece for piece in pieces[at + 1 :] if isinstance(piece, bytes))
 
-    async def splice(self, count: int) -> None:
+    async def splice(self, pipe: tuple[int, int], count: int) -> None:
         """Move exactly `count` bytes callback -> pipe -> viewer (a pipe's EAGAIN is ambiguous,
         so what the pipe holds is counted here rather than guessed)."""
-        read_end, write_end = self.pipe  # type: ignore[misc]
+        read_end, write_end = pipe
         source, sink = self.source.fd, self.sink.fd
         left = count
         while left or self.in_pipe:

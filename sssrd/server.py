@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import signal
 import socket
 import time
@@ -338,7 +339,7 @@ class Server:
         metrics.streams_in_flight.set_function(lambda: self.streams_in_flight)
         metrics.pending_limit.set(self.settings.max_pending)
         for name, tasks in self.connections.items():
-            metrics.connections_open_by_listener[name].set_function(lambda tasks=tasks: len(tasks))
+            metrics.connections_open_by_listener[name].set_function(functools.partial(len, tasks))
 
     def status_text(self) -> str:
         state = "draining" if self.draining else "serving"

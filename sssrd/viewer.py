@@ -70,7 +70,7 @@ class RequestCycle:
     def __init__(self, server: Server, conn: Connection, request: h11.Request | None) -> None:
         self.server = server
         self.conn = conn
-        self.request = request
+        self.head = request  # None when a refused head could not be parsed
         self.loop = server.loop
         self.started = perf_counter()
         self.request_id = ""
@@ -84,22 +84,29 @@ class RequestCycle:
         self.error = ""  # for the access log only
 
     @property
+    def request(self) -> h11.Request:
+        """The parsed head, on every path that serves (only a refusal can lack one)."""
+        if self.head is None:
+            raise RuntimeError("this cycle answers a head that could not be parsed")
+        return self.head
+
+    @property
     def method(self) -> str | None:
         """None when the head was refused before it could be parsed (as `path`)."""
-        return None if self.request is None else self.request.method.decode("ascii", "replace")
+        return None if self.head is None else self.head.method.decode("ascii", "replace")
 
     @functools.cached_property
     def client(self) -> str:
         """The viewer's address (X-Forwarded-For believed only from trusted_proxies)."""
-        headers = [] if self.request is None else self.request.headers
+        headers = [] if self.head is None else self.head.headers
         forwarded = [v for n, v in headers if n == b"x-forwarded-for"]
         return client_address(self.conn.peer, forwarded, self.server.settings.trusted_proxies)
 
     @functools.cached_property
     def path(self) -> str | None:
-        if self.request is None:
+        if self.head is None:
             return None
-        return self.request.target.split(b"?", 1)[0].decode("utf-8", "replace")
+        return self.head.target.split(b"?", 1)[0].decode("utf-8", "replace")
 
     async def run(self, refused: BadHead | None = None) -> None:
         """Serve the request, or answer its refused head."""
@@ -122,7 +129,7 @@ class RequestCycle:
             self.server.timed_out("head")
         self.status = bad.status
         self.outcome = "timeout" if bad.status == 408 else "bad_request"
-        head_request = self.request is not None and self.request.method == b"HEAD"
+        head_request = self.head is not None and self.head.method == b"HEAD"
         answer = canned_response(bad.status, f"{bad}\n".encode(), TEXT, head_request)
         await self.conn.send_quietly(answer)
 
@@ -276,7 +283,7 @@ class RequestCycle:
             deadline_ms=entry.deadline_epoch_ms,
         )
         return build_event(
-            method=self.method,
+            method=request.method.decode("ascii", "replace"),
             target=request.target,
             http_version=request.http_version.decode("ascii"),
             headers=list(request.headers),
