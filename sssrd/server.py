@@ -25,7 +25,7 @@ from sssrd.admin import AdminConnection
 from sssrd.callbacks import CallbackConnection
 from sssrd.config import Address, ConfigError, Settings, merge_reload
 from sssrd.connection import INCOMPLETE_EVENT_CEILING, Connection
-from sssrd.invoke import Invoker
+from sssrd.invokers import Invoker
 from sssrd.metrics import Metrics
 from sssrd.pending import PendingRegistry
 from sssrd.pipe import PipePool

@@ -39,7 +39,7 @@ from sssrd.event import (
     encode_event,
 )
 from sssrd.forwarded import client_address
-from sssrd.invoke import InvokeError
+from sssrd.invokers import InvokeError
 from sssrd.pending import Pending, PendingFull, WaitEnded
 from sssrd.pipe import SPLICE_MIN, BodyRelay, StreamAborted, ViewerWatch
 from sssrd.prelude import PreludeError, PreludeReader, ResponseHead, plain_head

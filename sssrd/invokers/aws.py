@@ -1,4 +1,4 @@
-"""Asynchronous invokes of the render Lambda (InvocationType=Event), two ways, one policy.
+"""Asynchronous invokes of the render Lambda on AWS (InvocationType=Event), two ways, one policy.
 
 Everything is resolved once, at startup, and any gap stops startup with one line naming the
 setting: the region (setting, AWS_REGION, then botocore's AWS_DEFAULT_REGION/profile, then
@@ -33,7 +33,7 @@ from botocore.exceptions import BotoCoreError, ClientError, ProfileNotFound
 from sssrd import ec2
 from sssrd.config import Settings
 from sssrd.httpclient import Pool, Reply, RequestFailed
-from sssrd.invoke import InvokeError
+from sssrd.invokers.base import InvokeError
 
 log = logging.getLogger("sssrd")
 
