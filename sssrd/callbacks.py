@@ -1,11 +1,12 @@
 """The callback listener: where Lambdas POST the responses they render.
 
 Per connection: read a request head (bounded, timed), check route and token, claim the pending
-entry once, and hand the connection to the waiting viewer's cycle as a CallbackStream. The viewer
-side moves the body (pipe.py) and reports back an Outcome; this side answers the Lambda with it:
-200 and a JSON summary when delivered, an error otherwise. Every head is answered: one refused
-before routing gets its status (400, 408, 431) at once; one refused after parsing still goes
-through route and token, so that its own viewer learns at once (502) rather than at the deadline.
+entry once, and hand the connection to the waiting viewer's cycle as a ClaimedCallback. The
+viewer side moves the body (pipe.py) and reports back a StreamEnd; this side answers the Lambda
+with it: 200 and a JSON summary when delivered, an error otherwise. Every head is answered: one
+refused before routing gets its status (400, 408, 431) at once; one refused after parsing still
+goes through route and token, so that its own viewer learns at once (502) rather than at the
+deadline.
 Nothing that arrives here can touch any entry but the one its token names.
 """
 
@@ -21,6 +22,7 @@ import h11
 
 from sssrd.chunked import BodyDecoder, ChunkedDecoder, LengthDecoder
 from sssrd.connection import BadHead, Connection, Served, canned_response, complete_response
+from sssrd.outcomes import Outcome, Rejected
 from sssrd.pending import Rejection
 from sssrd.prelude import PRELUDE_CONTENT_TYPE
 
@@ -31,19 +33,19 @@ CALLBACK_PREFIX = b"/v1/callback/"
 
 
 @dataclass(slots=True)
-class Outcome:
+class StreamEnd:
     """How a stream ended, as the callback side answers it."""
 
-    # delivered | viewer_gone | viewer_stalled | no_body | malformed | lambda_abort | idle
-    kind: str
+    kind: Outcome  # DELIVERED, BAD_CALLBACK, NO_BODY, or a StreamAborted kind
     body_bytes: int = 0
     message: str = ""
     status: int = 400  # what a malformed callback is answered
 
 
 @dataclass(eq=False, slots=True)
-class CallbackStream:
-    """A claimed callback, handed from the callback listener to the viewer's cycle."""
+class ClaimedCallback:
+    """A claimed callback, handed from the callback listener to the viewer's cycle (the
+    Lambda-side helper's CallbackStream, in sssrd/callback/, is the other end of it)."""
 
     conn: Connection
     request_id: str
@@ -52,7 +54,7 @@ class CallbackStream:
     content_type: bytes | None
     content_length: int | None
     chunked: bool
-    finished: asyncio.Future[Outcome] = field(repr=False)
+    finished: asyncio.Future[StreamEnd] = field(repr=False)
     refusal: BadHead | None = None  # the head was refused: the viewer gets 502, no body is read
 
     def decoder(self) -> BodyDecoder:
@@ -65,7 +67,7 @@ class CallbackStream:
         decoder.receive(self.conn.h11.trailing_data[0])
         return decoder
 
-    def finish(self, outcome: Outcome) -> None:
+    def finish(self, outcome: StreamEnd) -> None:
         """Report how the stream ended (idempotent). A stream cut short closes the callback
         right now: synchronously (not when the callback task next runs), so the Lambda's next
         write fails even if it races the viewer's close. The callback task answers the rest.
@@ -81,9 +83,9 @@ class CallbackStream:
 
 
 # Outcomes the callback task answers itself (200, or a refusal followed by a lingering close).
-ANSWERED_BY_CALLBACK_TASK = frozenset({"delivered", "malformed"})
+ANSWERED_BY_CALLBACK_TASK = frozenset({Outcome.DELIVERED, Outcome.BAD_CALLBACK})
 # Outcomes after which the render must stop: told 410 (ViewerGone) and closed at once.
-STOP_RENDERING = frozenset({"viewer_gone", "viewer_stalled", "no_body"})
+STOP_RENDERING = frozenset({Outcome.VIEWER_ABORT, Outcome.VIEWER_STALLED, Outcome.NO_BODY})
 
 
 def answer_now(conn: Connection, status: int, body: dict[str, Any]) -> None:
@@ -109,7 +111,7 @@ class CallbackConnection(Served):
     server: Server
 
     async def refuse_head(self, bad: BadHead) -> None:
-        self.server.callback_rejected("malformed")
+        self.server.callback_rejected(Rejected.MALFORMED)
         if bad.request is not None:
             await self.handle(bad.request, bad)
             return
@@ -143,20 +145,20 @@ class CallbackConnection(Served):
         if refusal is None and self.conn.h11.they_are_waiting_for_100_continue:
             await self.conn.send(h11.InformationalResponse(status_code=100, headers=[]))
         outcome = await stream.finished
-        if outcome.kind == "delivered":
+        if outcome.kind is Outcome.DELIVERED:
             summary = {"requestId": request_id, "bytes": outcome.body_bytes}
             await self.reply(request, 200, summary)
             self.conn.close()  # the body was read to its end: nothing to linger for
-        elif outcome.kind == "malformed":
+        elif outcome.kind is Outcome.BAD_CALLBACK:
             await self.reply(request, outcome.status, {"error": outcome.message})
         return False  # other ends: finish() has already answered and closed
 
     def stream_for(
         self, request: h11.Request, request_id: str, refusal: BadHead | None
-    ) -> CallbackStream:
+    ) -> ClaimedCallback:
         content_type = header_value(request.headers, b"content-type")
         length = header_value(request.headers, b"content-length")
-        return CallbackStream(
+        return ClaimedCallback(
             conn=self.conn,
             request_id=request_id,
             prelude=content_type is not None

@@ -28,6 +28,7 @@ import h11
 
 from sssrd.chunked import END, NEED_DATA, BodyDecoder, FramingError
 from sssrd.connection import RECV_SIZE, Connection
+from sssrd.outcomes import Outcome
 
 # Measured on this machine kind (bench/splice_threshold.py, relay CPU per MB): a spliced run
 # costs ~70 us more than a copied one (framing write, pipe round trip) and saves ~0.55 us per
@@ -43,9 +44,9 @@ CAN_SPLICE = hasattr(os, "splice")
 
 
 class StreamAborted(Exception):
-    """The stream cannot go on; kind is viewer_gone, viewer_stalled, lambda_abort or idle."""
+    """The stream cannot go on; kind is VIEWER_ABORT, VIEWER_STALLED, LAMBDA_ABORT or IDLE."""
 
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: Outcome, message: str) -> None:
         super().__init__(message)
         self.kind = kind
 
@@ -204,7 +205,7 @@ class BodyRelay:
             self._wakeup.set_result(None)
 
     def viewer_gone(self) -> None:
-        self.interrupt(StreamAborted("viewer_gone", "the viewer disconnected"))
+        self.interrupt(StreamAborted(Outcome.VIEWER_ABORT, "the viewer disconnected"))
 
     def _check_timers(self) -> None:
         """One timer, re-armed lazily (not per chunk): it checks whichever clock is running."""
@@ -212,12 +213,12 @@ class BodyRelay:
         if self.viewer_wait_since is not None:
             due = self.viewer_wait_since + self.send_timeout
             if now >= due:
-                self.interrupt(StreamAborted("viewer_stalled", "the viewer stopped reading"))
+                self.interrupt(StreamAborted(Outcome.VIEWER_STALLED, "the viewer stopped reading"))
                 return
         else:
             due = self.last_activity + self.idle_timeout
             if now >= due:
-                self.interrupt(StreamAborted("idle", "the Lambda sent nothing for too long"))
+                self.interrupt(StreamAborted(Outcome.IDLE, "the Lambda sent nothing for too long"))
                 return
         self._timer = self.loop.call_at(due, self._check_timers)
 
@@ -283,7 +284,7 @@ class BodyRelay:
         try:
             return self.decoder.next_event()
         except FramingError as exc:
-            raise StreamAborted("lambda_abort", f"bad callback framing: {exc}") from None
+            raise StreamAborted(Outcome.LAMBDA_ABORT, f"bad callback framing: {exc}") from None
 
     async def fill(self) -> None:
         """Read what the callback has sent: everything, or only the framing when the payload
@@ -307,7 +308,7 @@ class BodyRelay:
             except OSError:
                 data = b""
             if not data:
-                raise StreamAborted("lambda_abort", "the Lambda closed the callback early")
+                raise StreamAborted(Outcome.LAMBDA_ABORT, "the Lambda closed the callback early")
             self.drained = len(data) < size
             self.last_activity = self.loop.time()
             self.decoder.receive(data)
@@ -334,7 +335,7 @@ class BodyRelay:
                 await self._wait(self.sink, writable=True)
                 continue
             except OSError:
-                raise StreamAborted("viewer_gone", "the viewer disconnected") from None
+                raise StreamAborted(Outcome.VIEWER_ABORT, "the viewer disconnected") from None
             while sent:
                 if len(buffers[0]) <= sent:
                     sent -= len(buffers.pop(0))
@@ -446,9 +447,13 @@ class BodyRelay:
                 except BlockingIOError:
                     got = -1
                 except OSError as exc:
-                    raise StreamAborted("lambda_abort", f"callback read failed: {exc}") from None
+                    raise StreamAborted(
+                        Outcome.LAMBDA_ABORT, f"callback read failed: {exc}"
+                    ) from None
                 if got == 0:
-                    raise StreamAborted("lambda_abort", "the Lambda closed the callback early")
+                    raise StreamAborted(
+                        Outcome.LAMBDA_ABORT, "the Lambda closed the callback early"
+                    )
                 if got > 0:
                     left -= got
                     self.in_pipe += got
@@ -461,7 +466,7 @@ class BodyRelay:
                 except BlockingIOError:
                     put = -1
                 except OSError:
-                    raise StreamAborted("viewer_gone", "the viewer disconnected") from None
+                    raise StreamAborted(Outcome.VIEWER_ABORT, "the viewer disconnected") from None
                 if put > 0:
                     self.in_pipe -= put
                     moved = True

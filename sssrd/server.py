@@ -27,6 +27,7 @@ from sssrd.config import Address, ConfigError, Settings, merge_reload
 from sssrd.connection import INCOMPLETE_EVENT_CEILING, Connection
 from sssrd.invokers import Invoker
 from sssrd.metrics import Metrics
+from sssrd.outcomes import Outcome, Rejected
 from sssrd.pending import PendingRegistry
 from sssrd.pipe import PipePool
 from sssrd.systemd import Notifier, watchdog_interval
@@ -289,7 +290,7 @@ class Server:
             metrics.callback_wait.observe(cycle.callback_wait)
         if cycle.ttfb is not None:
             metrics.time_to_first_byte.observe(cycle.ttfb)
-        if cycle.outcome == "viewer_abort":
+        if cycle.outcome is Outcome.VIEWER_ABORT:
             metrics.aborts_by_side["viewer"].inc()
         record = {
             "time": logs.utc_timestamp(time.time()),
@@ -322,12 +323,12 @@ class Server:
     def timed_out(self, kind: str) -> None:
         self.metrics.timeouts_by_kind[kind].inc()
 
-    def lambda_aborted(self, kind: str) -> None:
+    def lambda_aborted(self, kind: Outcome) -> None:
         self.metrics.aborts_by_side["lambda"].inc()
-        if kind == "idle":
+        if kind is Outcome.IDLE:
             self.timed_out("idle")
 
-    def callback_rejected(self, reason: str) -> None:
+    def callback_rejected(self, reason: Rejected) -> None:
         self.metrics.callbacks_rejected_by_reason[reason].inc()
 
     # -- gauges, status, watchdog ----------------------------------------------------------

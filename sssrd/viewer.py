@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import h11
 
-from sssrd.callbacks import CallbackStream, Outcome
+from sssrd.callbacks import ClaimedCallback, StreamEnd
 from sssrd.chunked import FramingCheck, FramingError
 from sssrd.connection import (
     BadHead,
@@ -40,6 +40,7 @@ from sssrd.event import (
 )
 from sssrd.forwarded import client_address
 from sssrd.invokers import InvokeError
+from sssrd.outcomes import ENTRY_END_OF, VIEWER_SIDE, Outcome
 from sssrd.pending import Pending, PendingFull, WaitEnded
 from sssrd.pipe import SPLICE_MIN, BodyRelay, StreamAborted, ViewerWatch
 from sssrd.prelude import PreludeError, PreludeReader, ResponseHead, plain_head
@@ -75,7 +76,7 @@ class RequestCycle:
         self.started = perf_counter()
         self.request_id = ""
         self.status = 0
-        self.outcome = "ok"
+        self.outcome = Outcome.OK
         self.body_bytes = 0
         self.invoke_seconds: float | None = None
         self.callback_wait: float | None = None
@@ -117,7 +118,7 @@ class RequestCycle:
             else:
                 await self.refuse_head(refused)
         except PeerGone as gone:
-            self.outcome = "viewer_abort"
+            self.outcome = Outcome.VIEWER_ABORT
             if isinstance(gone, PeerStalled):
                 self.server.timed_out("send")
             self.conn.close()
@@ -128,7 +129,7 @@ class RequestCycle:
         if bad.status == 408:
             self.server.timed_out("head")
         self.status = bad.status
-        self.outcome = "timeout" if bad.status == 408 else "bad_request"
+        self.outcome = Outcome.TIMEOUT if bad.status == 408 else Outcome.BAD_REQUEST
         head_request = self.head is not None and self.head.method == b"HEAD"
         answer = canned_response(bad.status, f"{bad}\n".encode(), TEXT, head_request)
         await self.conn.send_quietly(answer)
@@ -145,7 +146,9 @@ class RequestCycle:
                 self.loop, self.server.settings.callback_timeout, int(time.time() * 1000)
             )
         except PendingFull:
-            await self.reply(503, "too many pending requests", "shed", [(b"retry-after", b"1")])
+            await self.reply(
+                503, "too many pending requests", Outcome.SHED, [(b"retry-after", b"1")]
+            )
             return
         self.request_id = entry.request_id
         try:
@@ -153,16 +156,14 @@ class RequestCycle:
         finally:
             self.server.pending.release(entry, self.entry_outcome())
 
-    def entry_outcome(self) -> str:
-        return {"ok": "delivered", "timeout": "late", "viewer_abort": "viewer_gone"}.get(
-            self.outcome, "failed"
-        )
+    def entry_outcome(self) -> Outcome:
+        return ENTRY_END_OF.get(self.outcome, Outcome.FAILED)
 
     async def health(self) -> None:
         if self.server.draining:
-            await self.reply(503, "draining", "health")
+            await self.reply(503, "draining", Outcome.HEALTH)
         else:
-            await self.reply(200, "ok", "health")
+            await self.reply(200, "ok", Outcome.HEALTH)
 
     async def read_body(self) -> bytes | None:
         """The whole request body, or None once the viewer has been answered (413/408/400).
@@ -173,7 +174,7 @@ class RequestCycle:
         settings = self.server.settings
         declared = self.declared_length()
         if declared is not None and declared > settings.max_body_bytes:
-            await self.reply(413, "request body too large", "too_large", close=True)
+            await self.reply(413, "request body too large", Outcome.TOO_LARGE, close=True)
             return None
         body = bytearray()
         if self.conn.h11.they_are_waiting_for_100_continue:
@@ -189,14 +190,16 @@ class RequestCycle:
                     raise PeerGone("viewer closed while sending its body")
                 body += event.data
                 if len(body) > settings.max_body_bytes:
-                    await self.reply(413, "request body too large", "too_large", close=True)
+                    await self.reply(413, "request body too large", Outcome.TOO_LARGE, close=True)
                     return None
         except TimeoutError:
             self.server.timed_out("head")
-            await self.reply(408, "request body not received in time", "bad_request", close=True)
+            await self.reply(
+                408, "request body not received in time", Outcome.BAD_REQUEST, close=True
+            )
         except (h11.RemoteProtocolError, FramingError):
             message = "the request body's framing is invalid"
-            await self.reply(400, f"bad request: {message}", "bad_request", close=True)
+            await self.reply(400, f"bad request: {message}", Outcome.BAD_REQUEST, close=True)
         finally:
             self.conn.deadline = None
         return None
@@ -222,14 +225,14 @@ class RequestCycle:
         try:
             payload = encode_event(self.build_event(entry, body), settings.max_event_bytes)
         except EventTooLarge:
-            await self.reply(413, "request too large for the render function", "too_large")
+            await self.reply(413, "request too large for the render function", Outcome.TOO_LARGE)
             return
         except InvalidTarget:
             message = "bad request: the request target must be a path or an absolute URL"
-            await self.reply(400, message, "bad_request", close=True)
+            await self.reply(400, message, Outcome.BAD_REQUEST, close=True)
             return
         hold = settings.max_head_bytes  # pipelined bytes kept while watching: about one head
-        watch = ViewerWatch(self.conn, lambda: entry.end_wait("viewer_gone"), hold)
+        watch = ViewerWatch(self.conn, lambda: entry.end_wait(Outcome.VIEWER_ABORT), hold)
         try:
             failure = await self.invoke(payload)
             if failure is not None and not entry.claimed:
@@ -239,13 +242,13 @@ class RequestCycle:
                 await self.reply(failure.status, failure.message, failure.outcome, retry)
                 return
             try:
-                stream: CallbackStream = await entry.delivery
+                stream: ClaimedCallback = await entry.delivery
             except WaitEnded as ended:
-                if ended.reason == "late":
+                if ended.reason is Outcome.LATE:
                     self.server.timed_out("deadline")
-                    await self.reply(504, "the render did not call back in time", "timeout")
+                    await self.reply(504, "the render did not call back in time", Outcome.TIMEOUT)
                 else:
-                    self.outcome = "viewer_abort"
+                    self.outcome = Outcome.VIEWER_ABORT
                     self.conn.close()
                 return
             self.callback_wait = perf_counter() - self.started
@@ -256,7 +259,9 @@ class RequestCycle:
             # resetting under a send, cancellation), the callback is answered or closed.
             delivered = claimed_stream(entry)
             if delivered is not None:
-                delivered.finish(Outcome("viewer_gone", message="the viewer's request ended"))
+                delivered.finish(
+                    StreamEnd(Outcome.VIEWER_ABORT, message="the viewer's request ended")
+                )
 
     async def invoke(self, payload: bytes) -> InvokeError | None:
         started = perf_counter()
@@ -301,7 +306,7 @@ class RequestCycle:
         host = headers.get(b"host", b"").decode("latin-1")
         return f"{scheme}://{host}{self.request.target.decode('latin-1')}"
 
-    async def stream(self, stream: CallbackStream, watch: ViewerWatch) -> None:
+    async def stream(self, stream: ClaimedCallback, watch: ViewerWatch) -> None:
         """Send the callback's response to the viewer; tell the callback side how it ended.
 
         The viewer watch that guarded the wait now guards the relay (one reader registration
@@ -329,16 +334,16 @@ class RequestCycle:
             if self.request.method == b"HEAD" or head.status in NO_BODY_STATUSES:
                 await relay.end()
                 relay.close()
-                stream.finish(Outcome("no_body", message="the viewer needs no body"))
+                stream.finish(StreamEnd(Outcome.NO_BODY, message="the viewer needs no body"))
                 return
             await relay.relay(first)
             relay.close()
-            stream.finish(Outcome("delivered", body_bytes=relay.copied + relay.spliced))
+            stream.finish(StreamEnd(Outcome.DELIVERED, body_bytes=relay.copied + relay.spliced))
         except PreludeError as exc:
             relay.close()
             status = stream.refusal.status if stream.refusal else 400
-            stream.finish(Outcome("malformed", message=str(exc), status=status))
-            await self.reply(502, "the render sent a malformed response", "bad_callback")
+            stream.finish(StreamEnd(Outcome.BAD_CALLBACK, message=str(exc), status=status))
+            await self.reply(502, "the render sent a malformed response", Outcome.BAD_CALLBACK)
         except StreamAborted as abort:
             relay.close()
             await self.abort_stream(stream, abort, relay)
@@ -348,18 +353,18 @@ class RequestCycle:
             self.server.stream_ended(perf_counter() - started, relay.copied, relay.spliced)
 
     async def abort_stream(
-        self, stream: CallbackStream, abort: StreamAborted, relay: BodyRelay
+        self, stream: ClaimedCallback, abort: StreamAborted, relay: BodyRelay
     ) -> None:
-        stream.finish(Outcome(abort.kind, message=str(abort)))
-        viewer_side = abort.kind in ("viewer_gone", "viewer_stalled")
+        stream.finish(StreamEnd(abort.kind, message=str(abort)))
+        viewer_side = abort.kind in VIEWER_SIDE
         if not viewer_side and self.response_started:
             relay.salvage()
         if viewer_side:
-            self.outcome = "viewer_abort"
-            if abort.kind == "viewer_stalled":
+            self.outcome = Outcome.VIEWER_ABORT
+            if abort.kind is Outcome.VIEWER_STALLED:
                 self.server.timed_out("send")
         else:
-            self.outcome = "lambda_abort"
+            self.outcome = Outcome.LAMBDA_ABORT
             self.server.lambda_aborted(abort.kind)
         # Closing without the final chunk is how the viewer (and CloudFront) learn the response
         # is incomplete; a 502 is only possible while no head has gone out.
@@ -369,7 +374,7 @@ class RequestCycle:
             await self.reply(502, f"the render failed: {abort}", self.outcome, close=True)
 
     async def read_head(
-        self, stream: CallbackStream, relay: BodyRelay
+        self, stream: ClaimedCallback, relay: BodyRelay
     ) -> tuple[ResponseHead, bytes, int | None]:
         """The response head and the first body bytes, and the body length when known."""
         if stream.refusal is not None:
@@ -409,7 +414,7 @@ class RequestCycle:
         self,
         status: int,
         message: str,
-        outcome: str,
+        outcome: Outcome,
         extra: list[tuple[bytes, bytes]] | None = None,
         close: bool = False,
     ) -> None:
@@ -436,7 +441,7 @@ class RequestCycle:
         )
 
 
-def claimed_stream(entry: Pending) -> CallbackStream | None:
+def claimed_stream(entry: Pending) -> ClaimedCallback | None:
     """The callback stream a claim handed to this entry, if one did."""
     delivery = entry.delivery
     if delivery.done() and not delivery.cancelled() and delivery.exception() is None:

@@ -34,6 +34,7 @@ from sssrd import ec2
 from sssrd.config import Settings
 from sssrd.httpclient import Pool, Reply, RequestFailed
 from sssrd.invokers.base import InvokeError
+from sssrd.outcomes import Outcome
 
 log = logging.getLogger("sssrd")
 
@@ -153,13 +154,13 @@ def classify(status: int, error_type: str, message: str) -> InvokeError:
     detail = f"invoke answered {status} {error_type}: {message}".rstrip(": ")
     if status == 429 or error_type.startswith(("TooManyRequests", "Throttl")):
         return InvokeError(
-            503, "invoke_throttled", "the renderer is busy", THROTTLE_RETRY_AFTER, detail
+            503, Outcome.INVOKE_THROTTLED, "the renderer is busy", THROTTLE_RETRY_AFTER, detail
         )
-    return InvokeError(502, "invoke_failed", "the render could not start", detail=detail)
+    return InvokeError(502, Outcome.INVOKE_FAILED, "the render could not start", detail=detail)
 
 
 def unreachable(reason: str) -> InvokeError:
-    return InvokeError(502, "invoke_failed", "the render could not start", detail=reason)
+    return InvokeError(502, Outcome.INVOKE_FAILED, "the render could not start", detail=reason)
 
 
 async def with_retries(attempt: Callable[[], Awaitable[None]], retries: int) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from sssrd.outcomes import Outcome
+
 
 class InvokeError(Exception):
     """The render could not be started; status/outcome/retry_after tell the viewer's answer.
@@ -18,7 +20,7 @@ class InvokeError(Exception):
     """
 
     def __init__(
-        self, status: int, outcome: str, message: str, retry_after: int = 0, detail: str = ""
+        self, status: int, outcome: Outcome, message: str, retry_after: int = 0, detail: str = ""
     ) -> None:
         super().__init__(detail or message)
         self.status = status
