@@ -16,18 +16,17 @@ import asyncio
 import contextlib
 import json
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import h11
 
+from sssrd import logs
 from sssrd.chunked import BodyDecoder, ChunkedDecoder, LengthDecoder
-from sssrd.connection import BadHead, Connection, Served, canned_response, complete_response
+from sssrd.connection import BadHead, Connection, canned_response, complete_response
 from sssrd.outcomes import Outcome, Rejected
 from sssrd.pending import Rejection
 from sssrd.prelude import PRELUDE_CONTENT_TYPE
-
-if TYPE_CHECKING:
-    from sssrd.server import Server
+from sssrd.served import ServedConnection
 
 CALLBACK_PREFIX = b"/v1/callback/"
 
@@ -105,22 +104,21 @@ def header_value(headers: Any, name: bytes) -> bytes | None:
     return None
 
 
-class CallbackConnection(Served):
-    """Serves one connection on the callback listener."""
-
-    server: Server
+class CallbackConnection(ServedConnection):
+    """Serves one callback per connection: every answer closes it (the body is read by
+    sssrd's own decoder, so h11 never sees its end and could not start another cycle)."""
 
     async def refuse_head(self, bad: BadHead) -> None:
-        self.server.callback_rejected(Rejected.MALFORMED)
+        self.state.tally.callback_rejected(Rejected.MALFORMED)
         if bad.request is not None:
             await self.handle(bad.request, bad)
             return
         body = json.dumps({"error": str(bad)}).encode()
         await self.conn.send_quietly(canned_response(bad.status, body, b"application/json"))
 
-    async def handle(self, request: h11.Request, refusal: BadHead | None = None) -> bool:
+    async def handle(self, request: h11.Request, refusal: BadHead | None = None) -> None:
         """Serve one callback (its head refused, if `refusal`); the connection then ends."""
-        compat = self.server.settings.compat == "lambda-streaming"
+        compat = self.settings.compat == "lambda-streaming"
         if request.target.startswith(CALLBACK_PREFIX):
             request_id = request.target[len(CALLBACK_PREFIX) :].decode("ascii", "replace")
             tokenless = False
@@ -129,19 +127,19 @@ class CallbackConnection(Served):
             tokenless = True
         else:
             await self.refuse(request, refusal, 404, "no such callback")
-            return False
+            return
         if request.method != b"POST":
             await self.refuse(request, refusal, 405, "callbacks are POSTed", [(b"allow", b"POST")])
-            return False
+            return
         stream = self.stream_for(request, request_id, refusal)
         try:
             token = bearer_token(request.headers)
-            self.server.pending.claim(request_id, token, stream, tokenless=tokenless)
+            self.state.pending.claim(request_id, token, stream, tokenless=tokenless)
         except Rejection as rejection:
             if refusal is None:  # a refused head was counted as malformed already
-                self.server.callback_rejected(rejection.reason)
+                self.state.tally.callback_rejected(rejection.reason)
             await self.refuse(request, refusal, rejection.status, str(rejection))
-            return False
+            return
         if refusal is None and self.conn.h11.they_are_waiting_for_100_continue:
             await self.conn.send(h11.InformationalResponse(status_code=100, headers=[]))
         outcome = await stream.finished
@@ -151,7 +149,7 @@ class CallbackConnection(Served):
             self.conn.close()  # the body was read to its end: nothing to linger for
         elif outcome.kind is Outcome.BAD_CALLBACK:
             await self.reply(request, outcome.status, {"error": outcome.message})
-        return False  # other ends: finish() has already answered and closed
+        # Other ends: finish() has already answered and closed.
 
     def stream_for(
         self, request: h11.Request, request_id: str, refusal: BadHead | None
@@ -168,7 +166,7 @@ class CallbackConnection(Served):
             content_length=int(length) if length is not None and refusal is None else None,
             chunked=(header_value(request.headers, b"transfer-encoding") or b"").lower()
             == b"chunked",
-            finished=self.server.loop.create_future(),
+            finished=self.state.loop.create_future(),
             refusal=refusal,
         )
 
@@ -204,7 +202,7 @@ class CallbackConnection(Served):
         try:
             await self.conn.send(*events)
         except Exception:
-            self.server.log.debug("could not answer callback", exc_info=True)
+            logs.log.debug("could not answer callback", exc_info=True)
 
 
 def bearer_token(headers: Any) -> str | None:

@@ -20,7 +20,7 @@ import re
 import socket
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Protocol
 
 import h11
 
@@ -95,6 +95,19 @@ def complete_response(
     return events
 
 
+class HeadLimits(Protocol):
+    """The settings reading a request head obeys (sssrd's Settings has them)."""
+
+    @property
+    def keepalive_timeout(self) -> float: ...
+    @property
+    def head_timeout(self) -> float: ...
+    @property
+    def max_head_bytes(self) -> int: ...
+    @property
+    def send_timeout(self) -> float: ...
+
+
 class PeerGone(Exception):
     """The peer closed or reset the connection."""
 
@@ -131,45 +144,6 @@ def check_head(request: h11.Request) -> None:
         )
 
 
-class Served:
-    """A listener's per-connection handler: the server it reports to and its connection.
-
-    `run()` is the one loop of every listener: read a head (a refused one is answered by
-    `refuse_head`), let `handle` serve the request, start the next cycle while both sides
-    allow it, and end the connection so that the peer reads the last answer.
-    """
-
-    def __init__(self, server: Any, conn: Connection) -> None:
-        self.server = server
-        self.conn = conn
-
-    async def run(self) -> None:
-        conn = self.conn
-        while True:
-            try:
-                request = await conn.next_request(self.settings)
-            except BadHead as bad:
-                await self.refuse_head(bad)
-                break
-            if request is None or not await self.handle(request) or not conn.next_cycle():
-                break
-        await conn.end()
-
-    def settings(self) -> Any:
-        """The settings in force now: SIGHUP may replace them between two requests."""
-        return self.server.settings
-
-    async def handle(self, request: h11.Request) -> bool:
-        """Serve one request; True if the connection may carry another."""
-        raise NotImplementedError
-
-    async def refuse_head(self, bad: BadHead) -> None:
-        """Answer a refused head (the connection then ends)."""
-        await self.conn.send_quietly(
-            canned_response(bad.status, f"{bad}\n".encode(), b"text/plain; charset=utf-8")
-        )
-
-
 def _wake(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
@@ -185,11 +159,13 @@ class Connection:
 
     __slots__ = ("closed", "deadline", "fd", "fresh", "h11", "loop", "peer", "send_timeout", "sock")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, h11_conn: Any) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, sock: socket.socket, h11_conn: h11.Connection
+    ) -> None:
         self.loop = loop
         self.sock = sock
         self.fd = sock.fileno()
-        self.h11: h11.Connection = h11_conn
+        self.h11 = h11_conn
         self.closed = False
         self.fresh = True  # no request read yet: its bytes are probably already here
         # loop.time() by which the current wait must end (TimeoutError), or None. A timer on
@@ -246,7 +222,7 @@ class Connection:
         if data is not None:
             self.h11.receive_data(data)
 
-    async def next_request(self, current: Callable[[], Any]) -> h11.Request | None:
+    async def next_request(self, current: Callable[[], HeadLimits]) -> h11.Request | None:
         """The next request head; None if the peer closes or idles past keepalive_timeout.
 
         `current()` gives the settings in force (keepalive_timeout, head_timeout,

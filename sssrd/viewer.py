@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import time
 from time import perf_counter
-from typing import TYPE_CHECKING
 
 import h11
 
@@ -25,7 +24,6 @@ from sssrd.connection import (
     Connection,
     PeerGone,
     PeerStalled,
-    Served,
     canned_response,
     complete_response,
     response,
@@ -44,45 +42,35 @@ from sssrd.outcomes import ENTRY_END_OF, VIEWER_SIDE, Outcome
 from sssrd.pending import Pending, PendingFull, WaitEnded
 from sssrd.pipe import SPLICE_MIN, BodyRelay, StreamAborted, ViewerWatch
 from sssrd.prelude import PreludeError, PreludeReader, ResponseHead, plain_head
-
-if TYPE_CHECKING:
-    from sssrd.server import Server
+from sssrd.served import ServedConnection
+from sssrd.state import ServerState
+from sssrd.tally import RequestRecord
 
 NO_BODY_STATUSES = frozenset({204, 304})
 TEXT = b"text/plain; charset=utf-8"
 
 
-class ViewerConnection(Served):
+class ViewerConnection(ServedConnection):
     """Serves one viewer socket until it closes, errs or idles out."""
 
-    server: Server
-
-    async def handle(self, request: h11.Request) -> bool:
-        await RequestCycle(self.server, self.conn, request).run()
-        return True
+    async def handle(self, request: h11.Request) -> None:
+        await RequestCycle(self.state, self.conn, request).run()
 
     async def refuse_head(self, bad: BadHead) -> None:
-        await RequestCycle(self.server, self.conn, bad.request).run(bad)
+        await RequestCycle(self.state, self.conn, bad.request).run(bad)
 
 
 class RequestCycle:
     """One viewer request, from parsed head to the end of its response."""
 
-    def __init__(self, server: Server, conn: Connection, request: h11.Request | None) -> None:
-        self.server = server
+    def __init__(self, state: ServerState, conn: Connection, request: h11.Request | None) -> None:
+        self.state = state
+        self.tally = state.tally
         self.conn = conn
         self.head = request  # None when a refused head could not be parsed
-        self.loop = server.loop
-        self.started = perf_counter()
-        self.request_id = ""
-        self.status = 0
-        self.outcome = Outcome.OK
-        self.body_bytes = 0
-        self.invoke_seconds: float | None = None
-        self.callback_wait: float | None = None
-        self.ttfb: float | None = None
+        self.loop = state.loop
+        self.record = RequestRecord()
         self.response_started = False
-        self.error = ""  # for the access log only
 
     @property
     def request(self) -> h11.Request:
@@ -101,7 +89,7 @@ class RequestCycle:
         """The viewer's address (X-Forwarded-For believed only from trusted_proxies)."""
         headers = [] if self.head is None else self.head.headers
         forwarded = [v for n, v in headers if n == b"x-forwarded-for"]
-        return client_address(self.conn.peer, forwarded, self.server.settings.trusted_proxies)
+        return client_address(self.conn.peer, forwarded, self.state.settings.trusted_proxies)
 
     @functools.cached_property
     def path(self) -> str | None:
@@ -111,25 +99,27 @@ class RequestCycle:
 
     async def run(self, refused: BadHead | None = None) -> None:
         """Serve the request, or answer its refused head."""
-        self.server.cycle_started()
+        self.tally.cycle_started()
         try:
             if refused is None:
                 await self.serve()
             else:
                 await self.refuse_head(refused)
         except PeerGone as gone:
-            self.outcome = Outcome.VIEWER_ABORT
+            self.record.outcome = Outcome.VIEWER_ABORT
             if isinstance(gone, PeerStalled):
-                self.server.timed_out("send")
+                self.tally.timed_out("send")
             self.conn.close()
         finally:
-            self.server.request_finished(self)
+            record = self.record
+            record.method, record.path, record.client = self.method, self.path, self.client
+            self.tally.request_finished(record)
 
     async def refuse_head(self, bad: BadHead) -> None:
         if bad.status == 408:
-            self.server.timed_out("head")
-        self.status = bad.status
-        self.outcome = Outcome.TIMEOUT if bad.status == 408 else Outcome.BAD_REQUEST
+            self.tally.timed_out("head")
+        self.record.status = bad.status
+        self.record.outcome = Outcome.TIMEOUT if bad.status == 408 else Outcome.BAD_REQUEST
         head_request = self.head is not None and self.head.method == b"HEAD"
         answer = canned_response(bad.status, f"{bad}\n".encode(), TEXT, head_request)
         await self.conn.send_quietly(answer)
@@ -142,25 +132,25 @@ class RequestCycle:
             await self.health()
             return
         try:
-            entry = self.server.pending.register(
-                self.loop, self.server.settings.callback_timeout, int(time.time() * 1000)
+            entry = self.state.pending.register(
+                self.loop, self.state.settings.callback_timeout, int(time.time() * 1000)
             )
         except PendingFull:
             await self.reply(
                 503, "too many pending requests", Outcome.SHED, [(b"retry-after", b"1")]
             )
             return
-        self.request_id = entry.request_id
+        self.record.request_id = entry.request_id
         try:
             await self.rendezvous(entry, body)
         finally:
-            self.server.pending.release(entry, self.entry_outcome())
+            self.state.pending.release(entry, self.entry_outcome())
 
     def entry_outcome(self) -> Outcome:
-        return ENTRY_END_OF.get(self.outcome, Outcome.FAILED)
+        return ENTRY_END_OF.get(self.record.outcome, Outcome.FAILED)
 
     async def health(self) -> None:
-        if self.server.draining:
+        if self.state.draining:
             await self.reply(503, "draining", Outcome.HEALTH)
         else:
             await self.reply(200, "ok", Outcome.HEALTH)
@@ -171,7 +161,7 @@ class RequestCycle:
         h11 reads it; a chunked body is also screened by sssrd's own strict framing rules,
         which refuse what h11 lets through (control bytes in a chunk extension).
         """
-        settings = self.server.settings
+        settings = self.state.settings
         declared = self.declared_length()
         if declared is not None and declared > settings.max_body_bytes:
             await self.reply(413, "request body too large", Outcome.TOO_LARGE, close=True)
@@ -193,7 +183,7 @@ class RequestCycle:
                     await self.reply(413, "request body too large", Outcome.TOO_LARGE, close=True)
                     return None
         except TimeoutError:
-            self.server.timed_out("head")
+            self.tally.timed_out("head")
             await self.reply(
                 408, "request body not received in time", Outcome.BAD_REQUEST, close=True
             )
@@ -221,7 +211,7 @@ class RequestCycle:
 
     async def rendezvous(self, entry: Pending, body: bytes) -> None:
         """Invoke the Lambda and wait for its callback; then stream."""
-        settings = self.server.settings
+        settings = self.state.settings
         try:
             payload = encode_event(self.build_event(entry, body), settings.max_event_bytes)
         except EventTooLarge:
@@ -245,13 +235,13 @@ class RequestCycle:
                 stream: ClaimedCallback = await entry.delivery
             except WaitEnded as ended:
                 if ended.reason is Outcome.LATE:
-                    self.server.timed_out("deadline")
+                    self.tally.timed_out("deadline")
                     await self.reply(504, "the render did not call back in time", Outcome.TIMEOUT)
                 else:
-                    self.outcome = Outcome.VIEWER_ABORT
+                    self.record.outcome = Outcome.VIEWER_ABORT
                     self.conn.close()
                 return
-            self.callback_wait = perf_counter() - self.started
+            self.record.callback_wait = perf_counter() - self.record.started
             await self.stream(stream, watch)
         finally:
             watch.stop()
@@ -266,24 +256,24 @@ class RequestCycle:
     async def invoke(self, payload: bytes) -> InvokeError | None:
         started = perf_counter()
         try:
-            await self.server.invoker.invoke(payload)
+            await self.state.invoker.invoke(payload)
         except InvokeError as failure:
-            self.error = failure.detail
+            self.record.error = failure.detail
             return failure
         finally:
-            self.invoke_seconds = perf_counter() - started
+            self.record.invoke_seconds = perf_counter() - started
         return None
 
     def build_event(self, entry: Pending, body: bytes) -> dict:
         request = self.request
-        if self.server.settings.compat == "lambda-streaming":
+        if self.state.settings.compat == "lambda-streaming":
             return build_compat_event(
-                origin=self.server.callback_base,
+                origin=self.state.callback_base,
                 url=self.viewer_url(),
                 request_id=entry.request_id,
             )
         callback = CallbackInfo(
-            url=f"{self.server.callback_base}/v1/callback/{entry.request_id}",
+            url=f"{self.state.callback_base}/v1/callback/{entry.request_id}",
             token=entry.token,
             deadline_ms=entry.deadline_epoch_ms,
         )
@@ -313,20 +303,20 @@ class RequestCycle:
         for the whole request, not one per phase). The relay lets go of the callback socket
         before the callback side is told, since that side may then linger on it.
         """
-        settings = self.server.settings
+        settings = self.state.settings
         relay = BodyRelay(
             stream.conn,
             self.conn,
             stream.decoder(),
             settings.idle_timeout,
-            None if settings.body_path == "copy" else self.server.pipes,
+            None if settings.body_path == "copy" else self.state.pipes,
             splice_min=1 if settings.body_path == "splice" else SPLICE_MIN,
             send_timeout=settings.send_timeout,
         )
         watch.on_gone = relay.viewer_gone
         if watch.gone:  # it left between the callback's arrival and now
             relay.viewer_gone()
-        self.server.stream_started()
+        self.tally.stream_started()
         started = perf_counter()
         try:
             head, first, body_length = await self.read_head(stream, relay)
@@ -349,8 +339,8 @@ class RequestCycle:
             await self.abort_stream(stream, abort, relay)
         finally:
             relay.close()
-            self.body_bytes = relay.copied + relay.spliced
-            self.server.stream_ended(perf_counter() - started, relay.copied, relay.spliced)
+            self.record.body_bytes = relay.copied + relay.spliced
+            self.tally.stream_ended(perf_counter() - started, relay.copied, relay.spliced)
 
     async def abort_stream(
         self, stream: ClaimedCallback, abort: StreamAborted, relay: BodyRelay
@@ -360,18 +350,18 @@ class RequestCycle:
         if not viewer_side and self.response_started:
             relay.salvage()
         if viewer_side:
-            self.outcome = Outcome.VIEWER_ABORT
+            self.record.outcome = Outcome.VIEWER_ABORT
             if abort.kind is Outcome.VIEWER_STALLED:
-                self.server.timed_out("send")
+                self.tally.timed_out("send")
         else:
-            self.outcome = Outcome.LAMBDA_ABORT
-            self.server.lambda_aborted(abort.kind)
+            self.record.outcome = Outcome.LAMBDA_ABORT
+            self.tally.lambda_aborted(abort.kind)
         # Closing without the final chunk is how the viewer (and CloudFront) learn the response
         # is incomplete; a 502 is only possible while no head has gone out.
         if self.response_started or viewer_side:
             self.conn.close()
         else:
-            await self.reply(502, f"the render failed: {abort}", self.outcome, close=True)
+            await self.reply(502, f"the render failed: {abort}", self.record.outcome, close=True)
 
     async def read_head(
         self, stream: ClaimedCallback, relay: BodyRelay
@@ -381,7 +371,7 @@ class RequestCycle:
             raise PreludeError(f"the callback was refused: {stream.refusal}")
         if not stream.prelude:
             return plain_head(stream.status_header, stream.content_type), b"", stream.content_length
-        reader = PreludeReader(self.server.settings.max_prelude_bytes)
+        reader = PreludeReader(self.state.settings.max_prelude_bytes)
         consumed = 0
         while (data := await relay.next_payload()) is not None:
             consumed += len(data)
@@ -397,18 +387,18 @@ class RequestCycle:
         headers = [*head.headers, *self.request_id_header()]
         if body_length is not None and head.status not in NO_BODY_STATUSES:
             headers.append((b"content-length", b"%d" % body_length))
-        if self.server.draining:
+        if self.state.draining:
             headers.append((b"connection", b"close"))
-        self.status = head.status
-        self.ttfb = perf_counter() - self.started
+        self.record.status = head.status
+        self.record.ttfb = perf_counter() - self.record.started
         self.response_started = True
         await self.conn.send(response(head.status, headers))
 
     def request_id_header(self) -> list[tuple[bytes, bytes]]:
         """X-Request-Id for tracing; never in compat mode, where the id is the capability."""
-        if not self.request_id or self.server.settings.compat:
+        if not self.record.request_id or self.state.settings.compat:
             return []
-        return [(b"x-request-id", self.request_id.encode())]
+        return [(b"x-request-id", self.record.request_id.encode())]
 
     async def reply(
         self,
@@ -421,22 +411,22 @@ class RequestCycle:
         """A complete short response generated by sssrd itself."""
         if self.conn.closed or self.response_started:
             return
-        self.status = status
-        self.outcome = outcome
+        self.record.status = status
+        self.record.outcome = outcome
         self.response_started = True
         headers = [
             (b"content-type", b"text/plain; charset=utf-8"),
             *(extra or []),
             *self.request_id_header(),
         ]
-        self.ttfb = perf_counter() - self.started
+        self.record.ttfb = perf_counter() - self.record.started
         await self.conn.send(
             *complete_response(
                 status,
                 f"{message}\n".encode(),
                 headers,
                 head_request=self.request.method == b"HEAD",
-                close=close or self.server.draining,
+                close=close or self.state.draining,
             )
         )
 
