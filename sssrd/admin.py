@@ -9,6 +9,7 @@ from __future__ import annotations
 import h11
 
 from sssrd.connection import complete_response
+from sssrd.headers import first_header
 from sssrd.served import ServedConnection
 
 
@@ -33,7 +34,7 @@ class AdminConnection(ServedConnection):
         if request.method not in (b"GET", b"HEAD"):
             status, body, headers = 405, b"method not allowed\n", [(b"allow", b"GET, HEAD")]
         elif path == b"/metrics":
-            encoding = dict(request.headers).get(b"accept-encoding", b"").decode("latin-1")
+            encoding = (first_header(request.headers, b"accept-encoding") or b"").decode("latin-1")
             body, headers = self.state.tally.metrics.exposition(encoding)
             status = 200
         elif path == b"/healthz":

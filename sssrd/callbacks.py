@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,7 @@ import h11
 from sssrd import logs
 from sssrd.chunked import BodyDecoder, ChunkedDecoder, LengthDecoder
 from sssrd.connection import BadHead, Connection, canned_response, complete_response
+from sssrd.headers import first_header
 from sssrd.outcomes import Outcome, Rejected
 from sssrd.pending import Rejection
 from sssrd.prelude import PRELUDE_CONTENT_TYPE
@@ -97,13 +99,6 @@ def answer_now(conn: Connection, status: int, body: dict[str, Any]) -> None:
         conn.sock.send(b"".join(conn.h11.send(event) or b"" for event in events))
 
 
-def header_value(headers: Any, name: bytes) -> bytes | None:
-    for key, value in headers:
-        if key == name:
-            return value
-    return None
-
-
 class CallbackConnection(ServedConnection):
     """Serves one callback per connection: every answer closes it (the body is read by
     sssrd's own decoder, so h11 never sees its end and could not start another cycle)."""
@@ -123,7 +118,7 @@ class CallbackConnection(ServedConnection):
             request_id = request.target[len(CALLBACK_PREFIX) :].decode("ascii", "replace")
             tokenless = False
         elif compat and request.target == b"/":
-            request_id = (header_value(request.headers, b"x-request-id") or b"").decode("latin-1")
+            request_id = (first_header(request.headers, b"x-request-id") or b"").decode("latin-1")
             tokenless = True
         else:
             await self.refuse(request, refusal, 404, "no such callback")
@@ -154,17 +149,17 @@ class CallbackConnection(ServedConnection):
     def stream_for(
         self, request: h11.Request, request_id: str, refusal: BadHead | None
     ) -> ClaimedCallback:
-        content_type = header_value(request.headers, b"content-type")
-        length = header_value(request.headers, b"content-length")
+        content_type = first_header(request.headers, b"content-type")
+        length = first_header(request.headers, b"content-length")
         return ClaimedCallback(
             conn=self.conn,
             request_id=request_id,
             prelude=content_type is not None
             and content_type.split(b";")[0].strip().lower() == PRELUDE_CONTENT_TYPE,
-            status_header=header_value(request.headers, b"x-status-code"),
+            status_header=first_header(request.headers, b"x-status-code"),
             content_type=content_type,
             content_length=int(length) if length is not None and refusal is None else None,
-            chunked=(header_value(request.headers, b"transfer-encoding") or b"").lower()
+            chunked=(first_header(request.headers, b"transfer-encoding") or b"").lower()
             == b"chunked",
             finished=self.state.loop.create_future(),
             refusal=refusal,
@@ -205,8 +200,8 @@ class CallbackConnection(ServedConnection):
             logs.log.debug("could not answer callback", exc_info=True)
 
 
-def bearer_token(headers: Any) -> str | None:
-    value = header_value(headers, b"authorization")
+def bearer_token(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    value = first_header(headers, b"authorization")
     if value is None or value[:7].lower() != b"bearer ":
         return None
     return value[7:].strip().decode("ascii", "replace")

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
-from sssrd.headers import hop_by_hop_names
+from sssrd.headers import hop_by_hop_names, preview
 
 # Months spelled out here because strftime("%b") follows the process locale.
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -124,11 +124,11 @@ def split_target(target: bytes) -> tuple[str, str]:
     """(path, query) of a request target, both as received (still percent-encoded); the query
     has no "?" and is "" when absent."""
     if _VISIBLE_ASCII.fullmatch(target) is None:
-        raise InvalidTarget(f"request target {_preview(target)} is not visible ASCII")
+        raise InvalidTarget(f"request target {preview(target)} is not visible ASCII")
     if not target.startswith(b"/"):
         prefix = _ABSOLUTE_FORM_PREFIX.match(target)
         if prefix is None:
-            raise InvalidTarget(f"request target {_preview(target)} is not a path or a URL")
+            raise InvalidTarget(f"request target {preview(target)} is not a path or a URL")
         target = target[prefix.end() :]
         if not target.startswith(b"/"):
             target = b"/" + target
@@ -198,9 +198,3 @@ def _add_body(event: dict, body: bytes) -> None:
     except UnicodeDecodeError:
         event["body"] = base64.b64encode(body).decode("ascii")
         event["isBase64Encoded"] = True
-
-
-def _preview(raw: bytes) -> str:
-    """A short printable rendering of untrusted bytes for an error message."""
-    shown = ascii(raw[:64])
-    return shown if len(raw) <= 64 else f"{shown}..."

@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 
 import h11
 
+from sssrd.headers import first_header
+
 
 class RequestFailed(Exception):
     """No response: the connection could not be opened, broke, or timed out."""
@@ -30,10 +32,7 @@ class Reply:
     body: bytes
 
     def header(self, name: bytes) -> bytes | None:
-        for key, value in self.headers:
-            if key == name:
-                return value
-        return None
+        return first_header(self.headers, name)
 
 
 class ClientConnection(asyncio.Protocol):

@@ -372,9 +372,6 @@ class BodyRelay:
         with contextlib.suppress(OSError):
             self.sink.sock.sendmsg(buffers)
 
-    async def send_head(self, response: h11.Response) -> None:
-        await self.write([self.sink.h11.send(response)])
-
     async def end(self) -> None:
         """The body is complete: send the rest and the viewer's end of message."""
         buffers = self.take_output()

@@ -37,6 +37,7 @@ from sssrd.event import (
     encode_event,
 )
 from sssrd.forwarded import client_address
+from sssrd.headers import first_header
 from sssrd.invokers import InvokeError
 from sssrd.outcomes import ENTRY_END_OF, VIEWER_SIDE, Outcome
 from sssrd.pending import Pending, PendingFull, WaitEnded
@@ -196,18 +197,16 @@ class RequestCycle:
 
     def framing_check(self) -> FramingCheck | None:
         """A strict screen for a chunked body, fed what h11 already holds past the head."""
-        for name, value in self.request.headers:
-            if name == b"transfer-encoding" and value.lower() == b"chunked":
-                check = FramingCheck()
-                check(self.conn.h11.trailing_data[0])
-                return check
-        return None
+        coding = first_header(self.request.headers, b"transfer-encoding")
+        if coding is None or coding.lower() != b"chunked":
+            return None
+        check = FramingCheck()
+        check(self.conn.h11.trailing_data[0])
+        return check
 
     def declared_length(self) -> int | None:
-        for name, value in self.request.headers:
-            if name == b"content-length":
-                return int(value)
-        return None
+        length = first_header(self.request.headers, b"content-length")
+        return None if length is None else int(length)
 
     async def rendezvous(self, entry: Pending, body: bytes) -> None:
         """Invoke the Lambda and wait for its callback; then stream."""
@@ -291,9 +290,9 @@ class RequestCycle:
 
     def viewer_url(self) -> str:
         """The URL the viewer asked for, as the seed protocol's `url`."""
-        headers = dict(self.request.headers)
-        scheme = headers.get(b"x-forwarded-proto", b"http").decode("latin-1")
-        host = headers.get(b"host", b"").decode("latin-1")
+        headers = self.request.headers
+        scheme = (first_header(headers, b"x-forwarded-proto") or b"http").decode("latin-1")
+        host = (first_header(headers, b"host") or b"").decode("latin-1")
         return f"{scheme}://{host}{self.request.target.decode('latin-1')}"
 
     async def stream(self, stream: ClaimedCallback, watch: ViewerWatch) -> None:
