@@ -20,7 +20,7 @@ import re
 import socket
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
-from typing import Any, Protocol
+from typing import Protocol, cast
 
 import h11
 
@@ -36,6 +36,9 @@ LINGER_BYTES = 4 << 20
 # Host = uri-host [ ":" port ] (RFC 9112 section 3.2, RFC 3986 section 3.2.2): an IP literal in
 # brackets or a reg-name of unreserved, percent-encoded and sub-delim characters.
 HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::[0-9]*)?")
+# What reading a message yields: an event, or PAUSED once the peer's message has ended and the
+# next cycle has not started.
+Incoming = h11.Event | type[h11.PAUSED]
 # Built once: h11 sends no reason phrase unless given one.
 REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 
@@ -83,12 +86,12 @@ def complete_response(
     headers: list[tuple[bytes, bytes]],
     head_request: bool = False,
     close: bool = False,
-) -> list[Any]:
+) -> list[h11.Event]:
     """A whole short response as h11 events: framing added, no body bytes for HEAD."""
     headers = [*headers, (b"content-length", b"%d" % len(body))]
     if close:
         headers.append((b"connection", b"close"))
-    events: list[Any] = [response(status, headers)]
+    events: list[h11.Event] = [response(status, headers)]
     if body and not head_request:
         events.append(h11.Data(data=body))
     events.append(h11.EndOfMessage())
@@ -265,7 +268,7 @@ class Connection:
         check_head(event)
         return event
 
-    async def _read_head(self, buffered: int, limit: int) -> Any:
+    async def _read_head(self, buffered: int, limit: int) -> Incoming:
         """The next h11 event, reading as needed; 431 once an unfinished head exceeds `limit`."""
         while (event := self.h11.next_event()) is h11.NEED_DATA:
             if buffered > limit:
@@ -273,7 +276,7 @@ class Connection:
             data = await self.receive()
             buffered += len(data)
             self.h11.receive_data(data)
-        return event
+        return cast(Incoming, event)  # not NEED_DATA: mypy cannot narrow h11's sentinels
 
     def next_cycle(self) -> bool:
         """Start the next request/response cycle if both sides finished this one cleanly."""
@@ -314,19 +317,19 @@ class Connection:
             with contextlib.suppress(PeerGone):
                 await self.send_all(data)
 
-    async def next_event(self, screen: Callable[[bytes], None] | None = None) -> Any:
+    async def next_event(self, screen: Callable[[bytes], None] | None = None) -> Incoming:
         """The next h11 event, reading as needed (NEED_DATA is never returned). `screen`, if
         given, sees every byte read before h11 does (and may raise to refuse it)."""
         while True:
             event = self.h11.next_event()
             if event is not h11.NEED_DATA:
-                return event
+                return cast(Incoming, event)  # mypy cannot narrow h11's sentinels by identity
             data = await self.receive()
             if screen is not None:
                 screen(data)
             self.h11.receive_data(data)
 
-    async def send(self, *events: Any) -> None:
+    async def send(self, *events: h11.Event) -> None:
         """Send h11 events in one write."""
         data = b"".join(self.h11.send(event) or b"" for event in events)
         if data:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import gzip
 import platform
-from typing import TypeVar
+from typing import Literal, TypeVar, get_args
 
 from prometheus_client import (
     CollectorRegistry,
@@ -24,7 +24,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from sssrd import __version__
-from sssrd.outcomes import REQUEST_OUTCOMES, Outcome
+from sssrd.outcomes import REQUEST_OUTCOMES, Outcome, Rejected
 
 __all__ = [
     "ABORT_SIDES",
@@ -35,14 +35,18 @@ __all__ = [
     "REJECT_REASONS",
     "TIMEOUT_KINDS",
     "Metrics",
+    "TimeoutKind",
 ]
 
 # The text format every Prometheus server reads; generate_latest() writes exactly this.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 OUTCOMES = REQUEST_OUTCOMES
-REJECT_REASONS = ("bad_token", "unknown", "duplicate", "late", "malformed")
-TIMEOUT_KINDS = ("head", "deadline", "idle", "send")
+REJECT_REASONS = tuple(Rejected)
+# Which timer fired: the viewer's request head (or body), the callback deadline, the Lambda
+# idling mid-body, the viewer not taking bytes.
+TimeoutKind = Literal["head", "deadline", "idle", "send"]
+TIMEOUT_KINDS: tuple[TimeoutKind, ...] = get_args(TimeoutKind)
 ABORT_SIDES = ("viewer", "lambda")
 LISTENERS = ("viewer", "callback", "admin")
 BODY_PATHS = ("splice", "copy")

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 
 from sssrd import logs
-from sssrd.metrics import Metrics
+from sssrd.metrics import Metrics, TimeoutKind
 from sssrd.outcomes import Outcome, Rejected
 
 VIEWER_ABORT_STATUS = 499  # nginx's "client closed request": no status was ever sent
@@ -76,7 +76,7 @@ class Tally:
         self.metrics.body_bytes_copy.inc(copied)
         self.metrics.body_bytes_splice.inc(spliced)
 
-    def timed_out(self, kind: str) -> None:
+    def timed_out(self, kind: TimeoutKind) -> None:
         self.metrics.timeouts_by_kind[kind].inc()
 
     def lambda_aborted(self, kind: Outcome) -> None:

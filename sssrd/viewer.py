@@ -177,7 +177,7 @@ class RequestCycle:
                 event = await self.conn.next_event(screen)
                 if isinstance(event, h11.EndOfMessage):
                     return bytes(body)
-                if isinstance(event, h11.ConnectionClosed):
+                if not isinstance(event, h11.Data):  # h11.ConnectionClosed
                     raise PeerGone("viewer closed while sending its body")
                 body += event.data
                 if len(body) > settings.max_body_bytes:
