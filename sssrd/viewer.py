@@ -17,6 +17,7 @@ from time import perf_counter
 
 import h11
 
+from sssrd import logs
 from sssrd.callbacks import ClaimedCallback, StreamEnd
 from sssrd.chunked import FramingCheck, FramingError
 from sssrd.connection import (
@@ -319,6 +320,10 @@ class RequestCycle:
         started = perf_counter()
         try:
             head, first, body_length = await self.read_head(stream, relay)
+            if head.dropped:
+                names = [name.decode("latin-1") for name in head.dropped]
+                extra = {"request_id": self.record.request_id, "headers": names}
+                logs.log.debug("hop-by-hop and framing headers of the render dropped", extra=extra)
             await self.send_head(head, body_length)
             if self.request.method == b"HEAD" or head.status in NO_BODY_STATUSES:
                 await relay.end()

@@ -8,6 +8,7 @@ would, it calls back, by writing a callback request into the callback pair. Budg
 
 import asyncio
 import json
+import logging
 import socket
 from collections.abc import Awaitable, Callable
 
@@ -21,6 +22,7 @@ from sssrd.connection import INCOMPLETE_EVENT_CEILING, Connection
 from sssrd.outcomes import Outcome
 from sssrd.pending import PendingRegistry
 from sssrd.pipe import BodyRelay, PipePool, StreamAborted
+from sssrd.prelude import PRELUDE_CONTENT_TYPE
 from sssrd.state import ServerState
 from sssrd.tally import Tally
 from sssrd.viewer import ViewerConnection
@@ -316,9 +318,12 @@ class CallingBackInvoker:
     """Stands in for the render: on invoke, it sends the event's callback, over a socket pair
     served by a real CallbackConnection, with the given body (a prelude-less 200 response)."""
 
-    def __init__(self, state_box: list[ServerState], body: bytes) -> None:
+    def __init__(
+        self, state_box: list[ServerState], body: bytes, content_type: bytes = b"text/plain"
+    ) -> None:
         self.state_box = state_box
         self.body = body
+        self.content_type = content_type
         self.answer: asyncio.Future[bytes] | None = None
         self.tasks: list[asyncio.Task[None]] = []
         self.events: list[dict] = []
@@ -333,8 +338,14 @@ class CallingBackInvoker:
         self.tasks.append(asyncio.create_task(served.run()))
         request = (
             b"POST /%s HTTP/1.1\r\nhost: sssrd\r\nauthorization: Bearer %s\r\n"
-            b"content-type: text/plain\r\ncontent-length: %d\r\n\r\n%s"
-            % (path.encode(), callback["token"].encode(), len(self.body), self.body)
+            b"content-type: %s\r\ncontent-length: %d\r\n\r\n%s"
+            % (
+                path.encode(),
+                callback["token"].encode(),
+                self.content_type,
+                len(self.body),
+                self.body,
+            )
         )
         loop = asyncio.get_running_loop()
         self.answer = loop.create_future()
@@ -405,6 +416,37 @@ def test_a_request_cycle_streams_the_callback_to_the_viewer_and_answers_the_lamb
     assert [(line["path"], line["status"], line["outcome"]) for line in access] == [
         ("/page", 200, "ok")
     ]
+
+
+def test_prelude_headers_that_sssrd_drops_are_named_in_a_debug_line(caplog):
+    prelude = json.dumps({"statusCode": 201, "headers": {"Connection": "close", "x-a": "1"}})
+    rendered = prelude.encode() + b"\0" * 8 + b"body"
+
+    async def scenario():
+        box: list[ServerState] = []
+        invoker = CallingBackInvoker(box, rendered, PRELUDE_CONTENT_TYPE)
+        state = fresh_state(invoker, box)
+        viewer_sock, daemon_sock = socket_pair()
+        viewer = Viewer(viewer_sock)
+        serving = asyncio.create_task(ViewerConnection(state, daemon_side(daemon_sock)).run())
+        try:
+            await asyncio.get_running_loop().sock_sendall(
+                viewer_sock, b"GET / HTTP/1.1\r\nhost: example.test\r\n\r\n"
+            )
+            head, body, complete = await viewer.response()
+            await invoker.answer
+        finally:
+            viewer_sock.close()
+            await serving
+            invoker.close()
+        assert head.status_code == 201 and (b"x-a", b"1") in head.headers
+        assert (b"connection", b"close") not in head.headers
+        assert complete and body == b"body"
+
+    with caplog.at_level(logging.DEBUG, logger="sssrd"):
+        run(scenario)
+    [line] = [record for record in caplog.records if "headers of the render dropped" in record.msg]
+    assert line.headers == ["connection"] and len(line.request_id) == 32
 
 
 def test_a_viewer_gone_while_waiting_for_its_callback_is_one_viewer_abort(capsys):
