@@ -12,6 +12,7 @@ import json
 import re
 import time
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qsl
 
 from sssrd.headers import hop_by_hop_names, preview
@@ -58,7 +59,7 @@ def build_event(
     request_id: str,
     time_epoch_ms: int,
     callback: CallbackInfo,
-) -> dict:
+) -> dict[str, Any]:
     """The payload-2.0 event for one viewer request. `headers` are as h11 gives them (names
     lower-case, in order, repeats possible). Raises InvalidTarget for a target that is not
     origin-form or absolute-form ASCII."""
@@ -67,7 +68,7 @@ def build_event(
     host = joined.get("host", "")
     domain_name = _strip_port(host)
     domain_prefix = domain_name.split(".", 1)[0]
-    event: dict = {
+    event: dict[str, Any] = {
         "version": "2.0",
         "routeKey": "$default",
         "rawPath": path,
@@ -106,12 +107,12 @@ def build_event(
     return event
 
 
-def build_compat_event(*, origin: str, url: str, request_id: str) -> dict:
+def build_compat_event(*, origin: str, url: str, request_id: str) -> dict[str, Any]:
     """The event of the lambda-streaming proof of concept (compatibility mode)."""
     return {"origin": origin, "url": url, "requestId": request_id}
 
 
-def encode_event(event: dict, limit: int) -> bytes:
+def encode_event(event: dict[str, Any], limit: int) -> bytes:
     """Compact UTF-8 JSON for the invoke payload; EventTooLarge if over `limit` bytes."""
     text = json.dumps(event, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     encoded = text.encode("utf-8")
@@ -187,7 +188,7 @@ def _strip_port(host: str) -> str:
     return host.partition(":")[0]
 
 
-def _add_body(event: dict, body: bytes) -> None:
+def _add_body(event: dict[str, Any], body: bytes) -> None:
     """Text bodies go as they are; anything not valid UTF-8 goes base64-encoded."""
     if not body:
         event["isBase64Encoded"] = False

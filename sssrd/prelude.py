@@ -11,6 +11,7 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from sssrd.headers import FRAMING, hop_by_hop_names, is_field_value, is_token, preview
 
@@ -101,7 +102,7 @@ def plain_head(status_header: bytes | None, content_type: bytes | None) -> Respo
     return ResponseHead(status, headers)
 
 
-def _load_object(raw: bytes) -> dict:
+def _load_object(raw: bytes) -> dict[str, Any]:
     try:
         fields = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
     except RecursionError:

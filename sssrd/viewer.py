@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import time
 from time import perf_counter
+from typing import Any
 
 import h11
 
@@ -264,7 +265,7 @@ class RequestCycle:
             self.record.invoke_seconds = perf_counter() - started
         return None
 
-    def build_event(self, entry: Pending, body: bytes) -> dict:
+    def build_event(self, entry: Pending, body: bytes) -> dict[str, Any]:
         request = self.request
         if self.state.settings.compat == "lambda-streaming":
             return build_compat_event(
