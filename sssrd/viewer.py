@@ -72,7 +72,7 @@ class RequestCycle:
         self.conn = conn
         self.head = request  # None when a refused head could not be parsed
         self.loop = state.loop
-        self.record = RequestRecord()
+        self.record = RequestRecord(method=self.method, path=self.path)
         self.response_started = False
 
     @property
@@ -114,9 +114,8 @@ class RequestCycle:
                 self.tally.timed_out("send")
             self.conn.close()
         finally:
-            record = self.record
-            record.method, record.path, record.client = self.method, self.path, self.client
-            self.tally.request_finished(record)
+            self.record.client = self.client
+            self.tally.request_finished(self.record)
 
     async def refuse_head(self, bad: BadHead) -> None:
         if bad.status == 408:
