@@ -20,6 +20,7 @@ demo: venv
 lint: venv
 	$(BIN)/ruff check sssrd tests bench cdk
 	$(BIN)/ruff format --check sssrd tests bench cdk
+	$(BIN)/mypy
 
 # Debian packages the tests need (tests/system-packages.txt): installed as root, else named.
 system-packages:

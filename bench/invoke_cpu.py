@@ -22,7 +22,7 @@ from types import SimpleNamespace
 
 import uvloop
 
-from sssrd import lambda_invoke
+from sssrd.invokers import aws
 
 PAYLOAD = json.dumps({"version": "2.0", "rawPath": "/", "body": "x" * 800}).encode()
 
@@ -66,9 +66,7 @@ def settings(client: str) -> SimpleNamespace:
 
 
 async def measure(client: str, count: int, concurrency: int) -> dict[str, float]:
-    invoker = (lambda_invoke.LeanInvoker if client == "lean" else lambda_invoke.Boto3Invoker)(
-        settings(client)
-    )
+    invoker = (aws.LeanInvoker if client == "lean" else aws.Boto3Invoker)(settings(client))
     for _ in range(50):  # warm connections and caches
         await invoker.invoke(PAYLOAD)
     remaining = count

@@ -76,7 +76,7 @@ async def relay_once(chunk: int, total: int, splice: bool) -> tuple[float, float
     )
     cpu, wall = time.process_time(), time.perf_counter()
     length = [(b"content-length", b"%d" % total)] if not chunk else []
-    await relay.send_head(h11.Response(status_code=200, headers=length))
+    await sink.send(h11.Response(status_code=200, headers=length))
     await relay.relay(b"")
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     relay.close()

@@ -6,33 +6,27 @@ Kept off the viewer listener so that metrics are reachable only where the operat
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import h11
 
-from sssrd.connection import Served, complete_response
+from sssrd.connection import complete_response
+from sssrd.headers import first_header
+from sssrd.served import ServedConnection
 
-if TYPE_CHECKING:
-    from sssrd.server import Server
 
-
-class AdminConnection(Served):
+class AdminConnection(ServedConnection):
     """Serves one admin connection: GET /metrics, GET /healthz, 404 otherwise."""
 
-    server: Server
-
-    async def handle(self, request: h11.Request) -> bool:
+    async def handle(self, request: h11.Request) -> None:
         conn = self.conn
         try:
-            conn.deadline = conn.loop.time() + self.server.settings.head_timeout
+            conn.deadline = conn.loop.time() + self.settings.head_timeout
             while not isinstance(await conn.next_event(), h11.EndOfMessage):
                 pass  # scrapes carry no body; whatever there is, is read and dropped
         except (TimeoutError, h11.RemoteProtocolError):
-            return False
+            return  # unanswered: the connection ends (h11 will not start another cycle)
         finally:
             conn.deadline = None
         await self.answer(request)
-        return True
 
     async def answer(self, request: h11.Request) -> None:
         path = request.target.split(b"?", 1)[0]
@@ -40,11 +34,11 @@ class AdminConnection(Served):
         if request.method not in (b"GET", b"HEAD"):
             status, body, headers = 405, b"method not allowed\n", [(b"allow", b"GET, HEAD")]
         elif path == b"/metrics":
-            encoding = dict(request.headers).get(b"accept-encoding", b"").decode("latin-1")
-            body, headers = self.server.metrics.exposition(encoding)
+            encoding = (first_header(request.headers, b"accept-encoding") or b"").decode("latin-1")
+            body, headers = self.state.tally.metrics.exposition(encoding)
             status = 200
         elif path == b"/healthz":
-            status = 503 if self.server.draining else 200
+            status = 503 if self.state.draining else 200
             body, headers = (b"draining\n" if status == 503 else b"ok\n"), []
         else:
             status, body, headers = 404, b"not found\n", []

@@ -1,11 +1,12 @@
 """The callback listener: where Lambdas POST the responses they render.
 
 Per connection: read a request head (bounded, timed), check route and token, claim the pending
-entry once, and hand the connection to the waiting viewer's cycle as a CallbackStream. The viewer
-side moves the body (pipe.py) and reports back an Outcome; this side answers the Lambda with it:
-200 and a JSON summary when delivered, an error otherwise. Every head is answered: one refused
-before routing gets its status (400, 408, 431) at once; one refused after parsing still goes
-through route and token, so that its own viewer learns at once (502) rather than at the deadline.
+entry once, and hand the connection to the waiting viewer's cycle as a ClaimedCallback. The
+viewer side moves the body (pipe.py) and reports back a StreamEnd; this side answers the Lambda
+with it: 200 and a JSON summary when delivered, an error otherwise. Every head is answered: one
+refused before routing gets its status (400, 408, 431) at once; one refused after parsing still
+goes through route and token, so that its own viewer learns at once (502) rather than at the
+deadline.
 Nothing that arrives here can touch any entry but the one its token names.
 """
 
@@ -14,36 +15,38 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import h11
 
+from sssrd import logs
 from sssrd.chunked import BodyDecoder, ChunkedDecoder, LengthDecoder
-from sssrd.connection import BadHead, Connection, Served, canned_response, complete_response
+from sssrd.connection import BadHead, Connection, canned_response, complete_response
+from sssrd.headers import first_header
+from sssrd.outcomes import Outcome, Rejected
 from sssrd.pending import Rejection
 from sssrd.prelude import PRELUDE_CONTENT_TYPE
-
-if TYPE_CHECKING:
-    from sssrd.server import Server
+from sssrd.served import ServedConnection
 
 CALLBACK_PREFIX = b"/v1/callback/"
 
 
 @dataclass(slots=True)
-class Outcome:
+class StreamEnd:
     """How a stream ended, as the callback side answers it."""
 
-    # delivered | viewer_gone | viewer_stalled | no_body | malformed | lambda_abort | idle
-    kind: str
+    kind: Outcome  # DELIVERED, BAD_CALLBACK, NO_BODY, or a StreamAborted kind
     body_bytes: int = 0
     message: str = ""
     status: int = 400  # what a malformed callback is answered
 
 
 @dataclass(eq=False, slots=True)
-class CallbackStream:
-    """A claimed callback, handed from the callback listener to the viewer's cycle."""
+class ClaimedCallback:
+    """A claimed callback, handed from the callback listener to the viewer's cycle (the
+    Lambda-side helper's CallbackStream, in sssrd/callback/, is the other end of it)."""
 
     conn: Connection
     request_id: str
@@ -52,7 +55,7 @@ class CallbackStream:
     content_type: bytes | None
     content_length: int | None
     chunked: bool
-    finished: asyncio.Future[Outcome] = field(repr=False)
+    finished: asyncio.Future[StreamEnd] = field(repr=False)
     refusal: BadHead | None = None  # the head was refused: the viewer gets 502, no body is read
 
     def decoder(self) -> BodyDecoder:
@@ -65,7 +68,7 @@ class CallbackStream:
         decoder.receive(self.conn.h11.trailing_data[0])
         return decoder
 
-    def finish(self, outcome: Outcome) -> None:
+    def finish(self, outcome: StreamEnd) -> None:
         """Report how the stream ended (idempotent). A stream cut short closes the callback
         right now: synchronously (not when the callback task next runs), so the Lambda's next
         write fails even if it races the viewer's close. The callback task answers the rest.
@@ -81,9 +84,9 @@ class CallbackStream:
 
 
 # Outcomes the callback task answers itself (200, or a refusal followed by a lingering close).
-ANSWERED_BY_CALLBACK_TASK = frozenset({"delivered", "malformed"})
+ANSWERED_BY_CALLBACK_TASK = frozenset({Outcome.DELIVERED, Outcome.BAD_CALLBACK})
 # Outcomes after which the render must stop: told 410 (ViewerGone) and closed at once.
-STOP_RENDERING = frozenset({"viewer_gone", "viewer_stalled", "no_body"})
+STOP_RENDERING = frozenset({Outcome.VIEWER_ABORT, Outcome.VIEWER_STALLED, Outcome.NO_BODY})
 
 
 def answer_now(conn: Connection, status: int, body: dict[str, Any]) -> None:
@@ -96,77 +99,69 @@ def answer_now(conn: Connection, status: int, body: dict[str, Any]) -> None:
         conn.sock.send(b"".join(conn.h11.send(event) or b"" for event in events))
 
 
-def header_value(headers: Any, name: bytes) -> bytes | None:
-    for key, value in headers:
-        if key == name:
-            return value
-    return None
-
-
-class CallbackConnection(Served):
-    """Serves one connection on the callback listener."""
-
-    server: Server
+class CallbackConnection(ServedConnection):
+    """Serves one callback per connection: every answer closes it (the body is read by
+    sssrd's own decoder, so h11 never sees its end and could not start another cycle)."""
 
     async def refuse_head(self, bad: BadHead) -> None:
-        self.server.callback_rejected("malformed")
+        self.state.tally.callback_rejected(Rejected.MALFORMED)
         if bad.request is not None:
             await self.handle(bad.request, bad)
             return
         body = json.dumps({"error": str(bad)}).encode()
         await self.conn.send_quietly(canned_response(bad.status, body, b"application/json"))
 
-    async def handle(self, request: h11.Request, refusal: BadHead | None = None) -> bool:
+    async def handle(self, request: h11.Request, refusal: BadHead | None = None) -> None:
         """Serve one callback (its head refused, if `refusal`); the connection then ends."""
-        compat = self.server.settings.compat == "lambda-streaming"
+        compat = self.settings.compat == "lambda-streaming"
         if request.target.startswith(CALLBACK_PREFIX):
             request_id = request.target[len(CALLBACK_PREFIX) :].decode("ascii", "replace")
             tokenless = False
         elif compat and request.target == b"/":
-            request_id = (header_value(request.headers, b"x-request-id") or b"").decode("latin-1")
+            request_id = (first_header(request.headers, b"x-request-id") or b"").decode("latin-1")
             tokenless = True
         else:
             await self.refuse(request, refusal, 404, "no such callback")
-            return False
+            return
         if request.method != b"POST":
             await self.refuse(request, refusal, 405, "callbacks are POSTed", [(b"allow", b"POST")])
-            return False
+            return
         stream = self.stream_for(request, request_id, refusal)
         try:
             token = bearer_token(request.headers)
-            self.server.pending.claim(request_id, token, stream, tokenless=tokenless)
+            self.state.pending.claim(request_id, token, stream, tokenless=tokenless)
         except Rejection as rejection:
             if refusal is None:  # a refused head was counted as malformed already
-                self.server.callback_rejected(rejection.reason)
+                self.state.tally.callback_rejected(rejection.reason)
             await self.refuse(request, refusal, rejection.status, str(rejection))
-            return False
+            return
         if refusal is None and self.conn.h11.they_are_waiting_for_100_continue:
             await self.conn.send(h11.InformationalResponse(status_code=100, headers=[]))
         outcome = await stream.finished
-        if outcome.kind == "delivered":
+        if outcome.kind is Outcome.DELIVERED:
             summary = {"requestId": request_id, "bytes": outcome.body_bytes}
             await self.reply(request, 200, summary)
             self.conn.close()  # the body was read to its end: nothing to linger for
-        elif outcome.kind == "malformed":
+        elif outcome.kind is Outcome.BAD_CALLBACK:
             await self.reply(request, outcome.status, {"error": outcome.message})
-        return False  # other ends: finish() has already answered and closed
+        # Other ends: finish() has already answered and closed.
 
     def stream_for(
         self, request: h11.Request, request_id: str, refusal: BadHead | None
-    ) -> CallbackStream:
-        content_type = header_value(request.headers, b"content-type")
-        length = header_value(request.headers, b"content-length")
-        return CallbackStream(
+    ) -> ClaimedCallback:
+        content_type = first_header(request.headers, b"content-type")
+        length = first_header(request.headers, b"content-length")
+        return ClaimedCallback(
             conn=self.conn,
             request_id=request_id,
             prelude=content_type is not None
             and content_type.split(b";")[0].strip().lower() == PRELUDE_CONTENT_TYPE,
-            status_header=header_value(request.headers, b"x-status-code"),
+            status_header=first_header(request.headers, b"x-status-code"),
             content_type=content_type,
             content_length=int(length) if length is not None and refusal is None else None,
-            chunked=(header_value(request.headers, b"transfer-encoding") or b"").lower()
+            chunked=(first_header(request.headers, b"transfer-encoding") or b"").lower()
             == b"chunked",
-            finished=self.server.loop.create_future(),
+            finished=self.state.loop.create_future(),
             refusal=refusal,
         )
 
@@ -202,11 +197,11 @@ class CallbackConnection(Served):
         try:
             await self.conn.send(*events)
         except Exception:
-            self.server.log.debug("could not answer callback", exc_info=True)
+            logs.log.debug("could not answer callback", exc_info=True)
 
 
-def bearer_token(headers: Any) -> str | None:
-    value = header_value(headers, b"authorization")
+def bearer_token(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    value = first_header(headers, b"authorization")
     if value is None or value[:7].lower() != b"bearer ":
         return None
     return value[7:].strip().decode("ascii", "replace")

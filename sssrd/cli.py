@@ -25,7 +25,7 @@ from sssrd.config import (
     Settings,
     load_settings,
 )
-from sssrd.invoke import make_invoker
+from sssrd.invokers import make_invoker
 from sssrd.server import Server
 from sssrd.systemd import Notifier, listen_fds
 

@@ -20,7 +20,7 @@ import re
 import socket
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
-from typing import Any
+from typing import Protocol, cast
 
 import h11
 
@@ -36,6 +36,9 @@ LINGER_BYTES = 4 << 20
 # Host = uri-host [ ":" port ] (RFC 9112 section 3.2, RFC 3986 section 3.2.2): an IP literal in
 # brackets or a reg-name of unreserved, percent-encoded and sub-delim characters.
 HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::[0-9]*)?")
+# What reading a message yields: an event, or PAUSED once the peer's message has ended and the
+# next cycle has not started.
+Incoming = h11.Event | type[h11.PAUSED]
 # Built once: h11 sends no reason phrase unless given one.
 REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 
@@ -83,16 +86,29 @@ def complete_response(
     headers: list[tuple[bytes, bytes]],
     head_request: bool = False,
     close: bool = False,
-) -> list[Any]:
+) -> list[h11.Event]:
     """A whole short response as h11 events: framing added, no body bytes for HEAD."""
     headers = [*headers, (b"content-length", b"%d" % len(body))]
     if close:
         headers.append((b"connection", b"close"))
-    events: list[Any] = [response(status, headers)]
+    events: list[h11.Event] = [response(status, headers)]
     if body and not head_request:
         events.append(h11.Data(data=body))
     events.append(h11.EndOfMessage())
     return events
+
+
+class HeadLimits(Protocol):
+    """The settings reading a request head obeys (sssrd's Settings has them)."""
+
+    @property
+    def keepalive_timeout(self) -> float: ...
+    @property
+    def head_timeout(self) -> float: ...
+    @property
+    def max_head_bytes(self) -> int: ...
+    @property
+    def send_timeout(self) -> float: ...
 
 
 class PeerGone(Exception):
@@ -131,45 +147,6 @@ def check_head(request: h11.Request) -> None:
         )
 
 
-class Served:
-    """A listener's per-connection handler: the server it reports to and its connection.
-
-    `run()` is the one loop of every listener: read a head (a refused one is answered by
-    `refuse_head`), let `handle` serve the request, start the next cycle while both sides
-    allow it, and end the connection so that the peer reads the last answer.
-    """
-
-    def __init__(self, server: Any, conn: Connection) -> None:
-        self.server = server
-        self.conn = conn
-
-    async def run(self) -> None:
-        conn = self.conn
-        while True:
-            try:
-                request = await conn.next_request(self.settings)
-            except BadHead as bad:
-                await self.refuse_head(bad)
-                break
-            if request is None or not await self.handle(request) or not conn.next_cycle():
-                break
-        await conn.end()
-
-    def settings(self) -> Any:
-        """The settings in force now: SIGHUP may replace them between two requests."""
-        return self.server.settings
-
-    async def handle(self, request: h11.Request) -> bool:
-        """Serve one request; True if the connection may carry another."""
-        raise NotImplementedError
-
-    async def refuse_head(self, bad: BadHead) -> None:
-        """Answer a refused head (the connection then ends)."""
-        await self.conn.send_quietly(
-            canned_response(bad.status, f"{bad}\n".encode(), b"text/plain; charset=utf-8")
-        )
-
-
 def _wake(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
@@ -185,11 +162,13 @@ class Connection:
 
     __slots__ = ("closed", "deadline", "fd", "fresh", "h11", "loop", "peer", "send_timeout", "sock")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, h11_conn: Any) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, sock: socket.socket, h11_conn: h11.Connection
+    ) -> None:
         self.loop = loop
         self.sock = sock
         self.fd = sock.fileno()
-        self.h11: h11.Connection = h11_conn
+        self.h11 = h11_conn
         self.closed = False
         self.fresh = True  # no request read yet: its bytes are probably already here
         # loop.time() by which the current wait must end (TimeoutError), or None. A timer on
@@ -246,7 +225,7 @@ class Connection:
         if data is not None:
             self.h11.receive_data(data)
 
-    async def next_request(self, current: Callable[[], Any]) -> h11.Request | None:
+    async def next_request(self, current: Callable[[], HeadLimits]) -> h11.Request | None:
         """The next request head; None if the peer closes or idles past keepalive_timeout.
 
         `current()` gives the settings in force (keepalive_timeout, head_timeout,
@@ -289,7 +268,7 @@ class Connection:
         check_head(event)
         return event
 
-    async def _read_head(self, buffered: int, limit: int) -> Any:
+    async def _read_head(self, buffered: int, limit: int) -> Incoming:
         """The next h11 event, reading as needed; 431 once an unfinished head exceeds `limit`."""
         while (event := self.h11.next_event()) is h11.NEED_DATA:
             if buffered > limit:
@@ -297,7 +276,7 @@ class Connection:
             data = await self.receive()
             buffered += len(data)
             self.h11.receive_data(data)
-        return event
+        return cast(Incoming, event)  # not NEED_DATA: mypy cannot narrow h11's sentinels
 
     def next_cycle(self) -> bool:
         """Start the next request/response cycle if both sides finished this one cleanly."""
@@ -338,19 +317,19 @@ class Connection:
             with contextlib.suppress(PeerGone):
                 await self.send_all(data)
 
-    async def next_event(self, screen: Callable[[bytes], None] | None = None) -> Any:
+    async def next_event(self, screen: Callable[[bytes], None] | None = None) -> Incoming:
         """The next h11 event, reading as needed (NEED_DATA is never returned). `screen`, if
         given, sees every byte read before h11 does (and may raise to refuse it)."""
         while True:
             event = self.h11.next_event()
             if event is not h11.NEED_DATA:
-                return event
+                return cast(Incoming, event)  # mypy cannot narrow h11's sentinels by identity
             data = await self.receive()
             if screen is not None:
                 screen(data)
             self.h11.receive_data(data)
 
-    async def send(self, *events: Any) -> None:
+    async def send(self, *events: h11.Event) -> None:
         """Send h11 events in one write."""
         data = b"".join(self.h11.send(event) or b"" for event in events)
         if data:

@@ -12,9 +12,10 @@ import json
 import re
 import time
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qsl
 
-from sssrd.headers import hop_by_hop_names
+from sssrd.headers import hop_by_hop_names, preview
 
 # Months spelled out here because strftime("%b") follows the process locale.
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -58,7 +59,7 @@ def build_event(
     request_id: str,
     time_epoch_ms: int,
     callback: CallbackInfo,
-) -> dict:
+) -> dict[str, Any]:
     """The payload-2.0 event for one viewer request. `headers` are as h11 gives them (names
     lower-case, in order, repeats possible). Raises InvalidTarget for a target that is not
     origin-form or absolute-form ASCII."""
@@ -67,7 +68,7 @@ def build_event(
     host = joined.get("host", "")
     domain_name = _strip_port(host)
     domain_prefix = domain_name.split(".", 1)[0]
-    event: dict = {
+    event: dict[str, Any] = {
         "version": "2.0",
         "routeKey": "$default",
         "rawPath": path,
@@ -106,12 +107,12 @@ def build_event(
     return event
 
 
-def build_compat_event(*, origin: str, url: str, request_id: str) -> dict:
+def build_compat_event(*, origin: str, url: str, request_id: str) -> dict[str, Any]:
     """The event of the lambda-streaming proof of concept (compatibility mode)."""
     return {"origin": origin, "url": url, "requestId": request_id}
 
 
-def encode_event(event: dict, limit: int) -> bytes:
+def encode_event(event: dict[str, Any], limit: int) -> bytes:
     """Compact UTF-8 JSON for the invoke payload; EventTooLarge if over `limit` bytes."""
     text = json.dumps(event, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     encoded = text.encode("utf-8")
@@ -124,11 +125,11 @@ def split_target(target: bytes) -> tuple[str, str]:
     """(path, query) of a request target, both as received (still percent-encoded); the query
     has no "?" and is "" when absent."""
     if _VISIBLE_ASCII.fullmatch(target) is None:
-        raise InvalidTarget(f"request target {_preview(target)} is not visible ASCII")
+        raise InvalidTarget(f"request target {preview(target)} is not visible ASCII")
     if not target.startswith(b"/"):
         prefix = _ABSOLUTE_FORM_PREFIX.match(target)
         if prefix is None:
-            raise InvalidTarget(f"request target {_preview(target)} is not a path or a URL")
+            raise InvalidTarget(f"request target {preview(target)} is not a path or a URL")
         target = target[prefix.end() :]
         if not target.startswith(b"/"):
             target = b"/" + target
@@ -187,7 +188,7 @@ def _strip_port(host: str) -> str:
     return host.partition(":")[0]
 
 
-def _add_body(event: dict, body: bytes) -> None:
+def _add_body(event: dict[str, Any], body: bytes) -> None:
     """Text bodies go as they are; anything not valid UTF-8 goes base64-encoded."""
     if not body:
         event["isBase64Encoded"] = False
@@ -198,9 +199,3 @@ def _add_body(event: dict, body: bytes) -> None:
     except UnicodeDecodeError:
         event["body"] = base64.b64encode(body).decode("ascii")
         event["isBase64Encoded"] = True
-
-
-def _preview(raw: bytes) -> str:
-    """A short printable rendering of untrusted bytes for an error message."""
-    shown = ascii(raw[:64])
-    return shown if len(raw) <= 64 else f"{shown}..."

@@ -1,7 +1,9 @@
-"""Header rules shared by the event builder and the callback prelude parser.
+"""Header rules shared by the listeners, the event builder and the callback prelude parser.
 
 Which headers belong to one hop only (never forwarded), which ones frame a message (sssrd owns
-them), and what a valid field name and field value are (RFC 9110 section 5). Checks are single
+them), what a valid field name and field value are (RFC 9110 section 5), how a header is looked
+up in h11's list of (lower-case name, value) pairs, and how an untrusted one is quoted in an
+error message. Checks are single
 precompiled regular-expression matches, since they run for every header of every request.
 """
 
@@ -46,6 +48,20 @@ def is_field_value(value: bytes) -> bool:
     (no CR, LF, NUL or other control byte), with no whitespace at either end. Such a value can
     be sent by h11 unchanged and cannot split a message."""
     return _FIELD_VALUE.fullmatch(value) is not None
+
+
+def first_header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    """The value of the first `name` header (h11 gives names in lower case), or None."""
+    for key, value in headers:
+        if key == name:
+            return value
+    return None
+
+
+def preview(raw: bytes) -> str:
+    """A short printable rendering of untrusted bytes for an error message."""
+    shown = ascii(raw[:64])
+    return shown if len(raw) <= 64 else f"{shown}..."
 
 
 def hop_by_hop_names(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:

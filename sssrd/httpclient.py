@@ -13,9 +13,12 @@ import asyncio
 import collections
 import ssl
 from dataclasses import dataclass
+from typing import cast
 from urllib.parse import urlsplit
 
 import h11
+
+from sssrd.headers import first_header
 
 
 class RequestFailed(Exception):
@@ -29,10 +32,7 @@ class Reply:
     body: bytes
 
     def header(self, name: bytes) -> bytes | None:
-        for key, value in self.headers:
-            if key == name:
-                return value
-        return None
+        return first_header(self.headers, name)
 
 
 class ClientConnection(asyncio.Protocol):
@@ -47,7 +47,7 @@ class ClientConnection(asyncio.Protocol):
         self.wakeup: asyncio.Future[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's are not subclasses
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
 
     def data_received(self, data: bytes) -> None:
         self.h11.receive_data(data)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import gzip
 import platform
-from typing import TypeVar
+from typing import Literal, TypeVar, get_args
 
 from prometheus_client import (
     CollectorRegistry,
@@ -24,6 +24,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from sssrd import __version__
+from sssrd.outcomes import REQUEST_OUTCOMES, Outcome, Rejected
 
 __all__ = [
     "ABORT_SIDES",
@@ -34,26 +35,18 @@ __all__ = [
     "REJECT_REASONS",
     "TIMEOUT_KINDS",
     "Metrics",
+    "TimeoutKind",
 ]
 
 # The text format every Prometheus server reads; generate_latest() writes exactly this.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
-OUTCOMES = (
-    "ok",
-    "timeout",
-    "invoke_throttled",
-    "invoke_failed",
-    "shed",
-    "viewer_abort",
-    "lambda_abort",
-    "bad_callback",
-    "too_large",
-    "bad_request",
-    "health",
-)
-REJECT_REASONS = ("bad_token", "unknown", "duplicate", "late", "malformed")
-TIMEOUT_KINDS = ("head", "deadline", "idle", "send")
+OUTCOMES = REQUEST_OUTCOMES
+REJECT_REASONS = tuple(Rejected)
+# Which timer fired: the viewer's request head (or body), the callback deadline, the Lambda
+# idling mid-body, the viewer not taking bytes.
+TimeoutKind = Literal["head", "deadline", "idle", "send"]
+TIMEOUT_KINDS: tuple[TimeoutKind, ...] = get_args(TimeoutKind)
 ABORT_SIDES = ("viewer", "lambda")
 LISTENERS = ("viewer", "callback", "admin")
 BODY_PATHS = ("splice", "copy")
@@ -67,22 +60,22 @@ MetricT = TypeVar("MetricT", Counter, Gauge)
 #  head, or the status already sent when the body idled out. Aborts after the head carry the
 #  status that was sent; before it, 499 (viewer) or 502 (Lambda).
 EXPECTED_REQUEST_SERIES = (
-    *(("ok", status_class) for status_class in STATUS_CLASSES),
-    ("timeout", "2xx"),
-    ("timeout", "4xx"),
-    ("timeout", "5xx"),
-    ("invoke_throttled", "5xx"),
-    ("invoke_failed", "5xx"),
-    ("shed", "5xx"),
-    ("viewer_abort", "2xx"),
-    ("viewer_abort", "4xx"),
-    ("lambda_abort", "2xx"),
-    ("lambda_abort", "5xx"),
-    ("bad_callback", "5xx"),
-    ("too_large", "4xx"),
-    ("bad_request", "4xx"),
-    ("health", "2xx"),
-    ("health", "5xx"),
+    *((Outcome.OK, status_class) for status_class in STATUS_CLASSES),
+    (Outcome.TIMEOUT, "2xx"),
+    (Outcome.TIMEOUT, "4xx"),
+    (Outcome.TIMEOUT, "5xx"),
+    (Outcome.INVOKE_THROTTLED, "5xx"),
+    (Outcome.INVOKE_FAILED, "5xx"),
+    (Outcome.SHED, "5xx"),
+    (Outcome.VIEWER_ABORT, "2xx"),
+    (Outcome.VIEWER_ABORT, "4xx"),
+    (Outcome.LAMBDA_ABORT, "2xx"),
+    (Outcome.LAMBDA_ABORT, "5xx"),
+    (Outcome.BAD_CALLBACK, "5xx"),
+    (Outcome.TOO_LARGE, "4xx"),
+    (Outcome.BAD_REQUEST, "4xx"),
+    (Outcome.HEALTH, "2xx"),
+    (Outcome.HEALTH, "5xx"),
 )
 
 # Bucket choices (seconds). Each spans the fast path this workload sees when healthy up to the
@@ -124,7 +117,7 @@ class Metrics:
             registry=self.registry,
         )
         # Keyed by (code // 100, outcome): one dict lookup per request, no string formatting.
-        self._request_children: dict[tuple[int, str], Counter] = {}
+        self._request_children: dict[tuple[int, Outcome], Counter] = {}
         for outcome, status_class in EXPECTED_REQUEST_SERIES:
             self.requests.labels(code=status_class, outcome=outcome)
 
@@ -218,7 +211,7 @@ class Metrics:
         )
         self.build_info.labels(version=__version__, python=platform.python_version()).set(1)
 
-    def request_done(self, code: int, outcome: str) -> None:
+    def request_done(self, code: int, outcome: Outcome) -> None:
         """Count one finished viewer request by its status code and outcome."""
         key = (code // 100, outcome)
         try:
@@ -227,9 +220,10 @@ class Metrics:
             child = self._request_children[key] = self._request_child(code, outcome)
         child.inc()
 
-    def _request_child(self, code: int, outcome: str) -> Counter:
+    def _request_child(self, code: int, outcome: Outcome) -> Counter:
         if outcome not in OUTCOMES:
-            raise ValueError(f"unknown request outcome {outcome!r}; expected one of {OUTCOMES}")
+            expected = ", ".join(OUTCOMES)
+            raise ValueError(f"unknown request outcome {outcome!r}; expected one of {expected}")
         if not 200 <= code <= 599:
             raise ValueError(f"status code {code!r} is not a final HTTP status (200-599)")
         return self.requests.labels(code=f"{code // 100}xx", outcome=outcome)

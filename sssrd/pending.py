@@ -19,6 +19,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+from sssrd.outcomes import Outcome, Rejected
+
 ID_BYTES = 16
 ID_LENGTH = ID_BYTES * 2  # hex
 
@@ -26,7 +28,7 @@ ID_LENGTH = ID_BYTES * 2  # hex
 class Rejection(Exception):
     """Why a callback was refused; status is what the Lambda is answered."""
 
-    def __init__(self, status: int, reason: str, message: str) -> None:
+    def __init__(self, status: int, reason: Rejected, message: str) -> None:
         super().__init__(message)
         self.status = status
         self.reason = reason
@@ -37,19 +39,20 @@ class PendingFull(Exception):
 
 
 class WaitEnded(Exception):
-    """Set on a delivery future when the viewer side stops waiting; args[0] is the reason."""
+    """Set on a delivery future when the viewer side stops waiting, saying why."""
 
-    @property
-    def reason(self) -> str:
-        return str(self.args[0])
+    def __init__(self, reason: Outcome) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
-# Why a finished entry's id can no longer be claimed, as told to a callback that tries.
+# Why a finished entry's id can no longer be claimed, as told to a callback that tries; any
+# other outcome means the request failed.
 GONE_MESSAGES = {
-    "late": "the callback deadline passed",
-    "viewer_gone": "the viewer disconnected before the callback",
-    "delivered": "this request was already answered",
-    "failed": "this request has already failed",
+    Outcome.LATE: "the callback deadline passed",
+    Outcome.VIEWER_ABORT: "the viewer disconnected before the callback",
+    Outcome.DELIVERED: "this request was already answered",
+    Outcome.FAILED: "this request has already failed",
 }
 
 
@@ -63,7 +66,7 @@ class Pending:
     claimed: bool = False
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
 
-    def end_wait(self, reason: str) -> None:
+    def end_wait(self, reason: Outcome) -> None:
         """Stop waiting for a callback (deadline, viewer gone); no-op once a callback claimed."""
         if not self.delivery.done():
             self.delivery.set_exception(WaitEnded(reason))
@@ -77,7 +80,7 @@ class PendingRegistry:
     def __init__(self, max_pending: int, remembered: int = 65_536) -> None:
         self._secret = secrets.token_bytes(32)
         self._entries: dict[str, Pending] = {}
-        self._finished: OrderedDict[str, str] = OrderedDict()
+        self._finished: OrderedDict[str, Outcome] = OrderedDict()
         self._max_pending = max_pending
         self._remembered = remembered
 
@@ -108,7 +111,7 @@ class PendingRegistry:
             deadline_epoch_ms=now_ms + int(timeout * 1000),
             delivery=loop.create_future(),
         )
-        entry.timer = loop.call_at(entry.deadline, entry.end_wait, "late")
+        entry.timer = loop.call_at(entry.deadline, entry.end_wait, Outcome.LATE)
         self._entries[request_id] = entry
         return entry
 
@@ -121,28 +124,32 @@ class PendingRegistry:
         only capability.
         """
         if len(request_id) != ID_LENGTH or not all(c in "0123456789abcdef" for c in request_id):
-            raise Rejection(404, "unknown", "no such callback")
+            raise Rejection(404, Rejected.UNKNOWN, "no such callback")
         # Compared as bytes: compare_digest refuses str with non-ASCII characters (TypeError).
         if not tokenless and (
             token is None
             or not hmac.compare_digest(token.encode(), self.token_for(request_id).encode())
         ):
-            raise Rejection(401, "bad_token", "missing or invalid callback token")
+            raise Rejection(401, Rejected.BAD_TOKEN, "missing or invalid callback token")
         entry = self._entries.get(request_id)
         if entry is None:
-            why = self._finished.get(request_id, "late")
-            reason = "duplicate" if why == "delivered" else "late"
-            raise Rejection(410, reason, GONE_MESSAGES.get(why, GONE_MESSAGES["late"]))
+            why = self._finished.get(request_id, Outcome.LATE)
+            reason = Rejected.DUPLICATE if why == Outcome.DELIVERED else Rejected.LATE
+            raise Rejection(410, reason, GONE_MESSAGES.get(why, GONE_MESSAGES[Outcome.LATE]))
         if entry.claimed:
-            raise Rejection(409, "duplicate", "another callback is already streaming this request")
+            message = "another callback is already streaming this request"
+            raise Rejection(409, Rejected.DUPLICATE, message)
         if entry.delivery.done():  # the wait ended in this same loop iteration
-            raise Rejection(410, "late", GONE_MESSAGES.get(entry.delivery.exception().reason, ""))
+            ended = entry.delivery.exception()
+            why = ended.reason if isinstance(ended, WaitEnded) else Outcome.LATE
+            raise Rejection(410, Rejected.LATE, GONE_MESSAGES.get(why, ""))
         entry.claimed = True
         entry.delivery.set_result(stream)
         return entry
 
-    def release(self, entry: Pending, outcome: str) -> None:
-        """Forget an entry (every exit path calls this exactly once) and remember why."""
+    def release(self, entry: Pending, outcome: Outcome) -> None:
+        """Forget an entry (every exit path calls this exactly once) and remember how its
+        request ended."""
         if entry.timer is not None:
             entry.timer.cancel()
             entry.timer = None

@@ -21,12 +21,14 @@ import contextlib
 import fcntl
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import cast
 
 import h11
 
 from sssrd.chunked import END, NEED_DATA, BodyDecoder, FramingError
 from sssrd.connection import RECV_SIZE, Connection
+from sssrd.outcomes import Outcome
 
 # Measured on this machine kind (bench/splice_threshold.py, relay CPU per MB): a spliced run
 # costs ~70 us more than a copied one (framing write, pipe round trip) and saves ~0.55 us per
@@ -42,9 +44,9 @@ CAN_SPLICE = hasattr(os, "splice")
 
 
 class StreamAborted(Exception):
-    """The stream cannot go on; kind is viewer_gone, viewer_stalled, lambda_abort or idle."""
+    """The stream cannot go on; kind is VIEWER_ABORT, VIEWER_STALLED, LAMBDA_ABORT or IDLE."""
 
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: Outcome, message: str) -> None:
         super().__init__(message)
         self.kind = kind
 
@@ -99,6 +101,16 @@ class Placeholder:
 
     def __len__(self) -> int:
         return self.size
+
+
+def frame_around(conn: h11.Connection, placeholder: Placeholder) -> list[bytes | Placeholder]:
+    """h11's framing of a payload, with `placeholder` where the payload's bytes go.
+
+    h11 frames any object that has a len() (send_with_data_passthrough), though its hints say
+    bytes; it returns None only for ConnectionClosed, never for Data.
+    """
+    pieces = conn.send_with_data_passthrough(h11.Data(data=cast(bytes, placeholder)))
+    return cast(list[bytes | Placeholder], pieces)
 
 
 class ViewerWatch:
@@ -193,7 +205,7 @@ class BodyRelay:
             self._wakeup.set_result(None)
 
     def viewer_gone(self) -> None:
-        self.interrupt(StreamAborted("viewer_gone", "the viewer disconnected"))
+        self.interrupt(StreamAborted(Outcome.VIEWER_ABORT, "the viewer disconnected"))
 
     def _check_timers(self) -> None:
         """One timer, re-armed lazily (not per chunk): it checks whichever clock is running."""
@@ -201,12 +213,12 @@ class BodyRelay:
         if self.viewer_wait_since is not None:
             due = self.viewer_wait_since + self.send_timeout
             if now >= due:
-                self.interrupt(StreamAborted("viewer_stalled", "the viewer stopped reading"))
+                self.interrupt(StreamAborted(Outcome.VIEWER_STALLED, "the viewer stopped reading"))
                 return
         else:
             due = self.last_activity + self.idle_timeout
             if now >= due:
-                self.interrupt(StreamAborted("idle", "the Lambda sent nothing for too long"))
+                self.interrupt(StreamAborted(Outcome.IDLE, "the Lambda sent nothing for too long"))
                 return
         self._timer = self.loop.call_at(due, self._check_timers)
 
@@ -272,7 +284,7 @@ class BodyRelay:
         try:
             return self.decoder.next_event()
         except FramingError as exc:
-            raise StreamAborted("lambda_abort", f"bad callback framing: {exc}") from None
+            raise StreamAborted(Outcome.LAMBDA_ABORT, f"bad callback framing: {exc}") from None
 
     async def fill(self) -> None:
         """Read what the callback has sent: everything, or only the framing when the payload
@@ -296,7 +308,7 @@ class BodyRelay:
             except OSError:
                 data = b""
             if not data:
-                raise StreamAborted("lambda_abort", "the Lambda closed the callback early")
+                raise StreamAborted(Outcome.LAMBDA_ABORT, "the Lambda closed the callback early")
             self.drained = len(data) < size
             self.last_activity = self.loop.time()
             self.decoder.receive(data)
@@ -306,15 +318,16 @@ class BodyRelay:
         """Some payload bytes (copied), or None at the end of the body."""
         while (event := self.poll()) is NEED_DATA:
             await self.fill()
-        return None if event is END else event  # type: ignore[return-value]
+        return event if isinstance(event, bytes) else None
 
     # -- writing to the viewer ------------------------------------------------------------------
 
-    async def write(self, buffers: list[bytes], more: bool = False) -> None:
+    async def write(self, data: Sequence[bytes], more: bool = False) -> None:
         """Send the buffers in order with one sendmsg (scatter-gather: nothing is joined)."""
         flags = socket.MSG_MORE if more else 0
         sock = self.sink.sock
-        buffers = [buffer for buffer in buffers if buffer]  # an empty one would never drain
+        # An empty buffer would never drain.
+        buffers: list[bytes | memoryview] = [buffer for buffer in data if buffer]
         while buffers:
             try:
                 sent = sock.sendmsg(buffers, (), flags)
@@ -322,12 +335,12 @@ class BodyRelay:
                 await self._wait(self.sink, writable=True)
                 continue
             except OSError:
-                raise StreamAborted("viewer_gone", "the viewer disconnected") from None
+                raise StreamAborted(Outcome.VIEWER_ABORT, "the viewer disconnected") from None
             while sent:
                 if len(buffers[0]) <= sent:
                     sent -= len(buffers.pop(0))
                 else:
-                    buffers[0] = memoryview(buffers[0])[sent:]  # type: ignore[call-overload]
+                    buffers[0] = memoryview(buffers[0])[sent:]
                     sent = 0
 
     def take_output(self) -> list[bytes]:
@@ -335,9 +348,8 @@ class BodyRelay:
         buffers = [self.framing] if self.framing else []
         self.framing = b""
         if self.pending_size:
-            placeholder = Placeholder(self.pending_size)
-            for piece in self.sink.h11.send_with_data_passthrough(h11.Data(data=placeholder)):
-                if piece is placeholder:
+            for piece in frame_around(self.sink.h11, Placeholder(self.pending_size)):
+                if isinstance(piece, Placeholder):
                     buffers.extend(self.pending)
                 else:
                     buffers.append(piece)
@@ -360,9 +372,6 @@ class BodyRelay:
         with contextlib.suppress(OSError):
             self.sink.sock.sendmsg(buffers)
 
-    async def send_head(self, response: h11.Response) -> None:
-        await self.write([self.sink.h11.send(response)])
-
     async def end(self) -> None:
         """The body is complete: send the rest and the viewer's end of message."""
         buffers = self.take_output()
@@ -381,9 +390,9 @@ class BodyRelay:
             if event is END:
                 await self.end()
                 return
-            if event is not NEED_DATA:
-                self.pending.append(event)  # type: ignore[arg-type]
-                self.pending_size += len(event)  # type: ignore[arg-type]
+            if isinstance(event, bytes):
+                self.pending.append(event)
+                self.pending_size += len(event)
                 if self.pending_size >= COPY_READ:  # a fast sender must not grow it unbounded
                     await self.flush()
             elif self.worth_splicing():
@@ -403,25 +412,27 @@ class BodyRelay:
         """Move the rest of the current payload run kernel-side, framed by h11."""
         if self.pipe is None:
             self.pipe = self.pipes.acquire() if self.pipes is not None else None
-            if self.pipe is None:  # pool exhausted: this stream copies
-                self.pipes = None
-                return
+        pipe = self.pipe
+        if pipe is None:  # pool exhausted: this stream copies
+            self.pipes = None
+            return
         buffers = self.take_output()  # whatever came before this run leaves first...
         size = self.decoder.payload_left
-        pieces = self.sink.h11.send_with_data_passthrough(h11.Data(data=Placeholder(size)))
+        pieces = frame_around(self.sink.h11, Placeholder(size))
         at = next(i for i, piece in enumerate(pieces) if isinstance(piece, Placeholder))
-        buffers.extend(pieces[:at])  # ...in one write with this run's framing, held open
+        # ...in one write with this run's framing, held open
+        buffers.extend(piece for piece in pieces[:at] if isinstance(piece, bytes))
         if buffers:
             await self.write(buffers, more=True)
-        await self.splice(size)
+        await self.splice(pipe, size)
         self.decoder.skip_payload(size)
         self.spliced += size
-        self.framing = b"".join(pieces[at + 1 :])
+        self.framing = b"".join(piece for piece in pieces[at + 1 :] if isinstance(piece, bytes))
 
-    async def splice(self, count: int) -> None:
+    async def splice(self, pipe: tuple[int, int], count: int) -> None:
         """Move exactly `count` bytes callback -> pipe -> viewer (a pipe's EAGAIN is ambiguous,
         so what the pipe holds is counted here rather than guessed)."""
-        read_end, write_end = self.pipe  # type: ignore[misc]
+        read_end, write_end = pipe
         source, sink = self.source.fd, self.sink.fd
         left = count
         while left or self.in_pipe:
@@ -433,9 +444,13 @@ class BodyRelay:
                 except BlockingIOError:
                     got = -1
                 except OSError as exc:
-                    raise StreamAborted("lambda_abort", f"callback read failed: {exc}") from None
+                    raise StreamAborted(
+                        Outcome.LAMBDA_ABORT, f"callback read failed: {exc}"
+                    ) from None
                 if got == 0:
-                    raise StreamAborted("lambda_abort", "the Lambda closed the callback early")
+                    raise StreamAborted(
+                        Outcome.LAMBDA_ABORT, "the Lambda closed the callback early"
+                    )
                 if got > 0:
                     left -= got
                     self.in_pipe += got
@@ -448,7 +463,7 @@ class BodyRelay:
                 except BlockingIOError:
                     put = -1
                 except OSError:
-                    raise StreamAborted("viewer_gone", "the viewer disconnected") from None
+                    raise StreamAborted(Outcome.VIEWER_ABORT, "the viewer disconnected") from None
                 if put > 0:
                     self.in_pipe -= put
                     moved = True

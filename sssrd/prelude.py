@@ -11,8 +11,9 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
-from sssrd.headers import FRAMING, hop_by_hop_names, is_field_value, is_token
+from sssrd.headers import FRAMING, hop_by_hop_names, is_field_value, is_token, preview
 
 PRELUDE_CONTENT_TYPE = b"application/vnd.awslambda.http-integration-response"
 SEPARATOR = b"\0" * 8
@@ -89,7 +90,7 @@ def plain_head(status_header: bytes | None, content_type: bytes | None) -> Respo
     if status_header is not None:
         if _PLAIN_STATUS.fullmatch(status_header) is None:
             raise PreludeError(
-                f"X-Status-Code {_preview(status_header)} is not a status from 200 to 599"
+                f"X-Status-Code {preview(status_header)} is not a status from 200 to 599"
             )
         status = int(status_header)
     headers: list[tuple[bytes, bytes]] = []
@@ -101,7 +102,7 @@ def plain_head(status_header: bytes | None, content_type: bytes | None) -> Respo
     return ResponseHead(status, headers)
 
 
-def _load_object(raw: bytes) -> dict:
+def _load_object(raw: bytes) -> dict[str, Any]:
     try:
         fields = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
     except RecursionError:
@@ -154,7 +155,7 @@ def _prelude_cookies(value: object) -> list[tuple[bytes, bytes]]:
 def _header_name(name: str) -> bytes:
     encoded = name.encode("utf-8", "replace")
     if not name.isascii() or not is_token(encoded):
-        raise PreludeError(f"header name {_preview(encoded)} is not a token")
+        raise PreludeError(f"header name {preview(encoded)} is not a token")
     return encoded.lower()
 
 
@@ -185,9 +186,3 @@ def _unique(names: Iterable[bytes]) -> tuple[bytes, ...]:
 def _json_type(value: object) -> str:
     names = {bool: "boolean", int: "number", float: "number", str: "string", list: "array"}
     return "null" if value is None else names.get(type(value), "object")
-
-
-def _preview(raw: bytes) -> str:
-    """A short printable rendering of untrusted bytes for an error message."""
-    shown = ascii(raw[:64])
-    return shown if len(raw) <= 64 else f"{shown}..."

@@ -1,21 +1,21 @@
-"""The daemon's lifecycle: listeners, accept loops, signals, drain, systemd notify, and tallies.
+"""The daemon's lifecycle: it builds the parts, binds the listeners, accepts, drains, stops.
 
-A Server binds (or adopts, under socket activation) the viewer, callback and admin listeners,
-runs one task per accepted connection, and owns everything a connection reports to: the pending
-registry, the invoker, metrics and the access log. Stopping (SIGTERM/SIGINT) drains: the viewer
-listener stops accepting, health turns 503, in-flight requests get drain_timeout to finish while
-the callback listener keeps serving their callbacks, then every connection is closed.
+A Server builds the ServerState every connection is handed (pending registry, invoker, pipe pool,
+tally), binds (or adopts, under socket activation) the viewer, callback and admin listeners, and
+runs one task per accepted connection; it reacts to signals and speaks to systemd. Stopping
+(SIGTERM/SIGINT) drains: the viewer listener stops accepting, health turns 503, in-flight requests
+get drain_timeout to finish while the callback listener keeps serving their callbacks, then every
+connection is closed. Nothing but the CLI imports this module.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import signal
 import socket
-import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
 
 import h11
 
@@ -24,22 +24,21 @@ from sssrd.admin import AdminConnection
 from sssrd.callbacks import CallbackConnection
 from sssrd.config import Address, ConfigError, Settings, merge_reload
 from sssrd.connection import INCOMPLETE_EVENT_CEILING, Connection
-from sssrd.invoke import Invoker
-from sssrd.metrics import Metrics
+from sssrd.invokers import Invoker
 from sssrd.pending import PendingRegistry
 from sssrd.pipe import PipePool
+from sssrd.served import ServedConnection
+from sssrd.state import ServerState
 from sssrd.systemd import Notifier, watchdog_interval
+from sssrd.tally import Tally
 from sssrd.viewer import ViewerConnection
-
-if TYPE_CHECKING:
-    from sssrd.viewer import RequestCycle
 
 STATUS_INTERVAL = 5.0
 # 64 KiB pipes: 1,024 of them are the 64 MiB of pipe pages a non-root user may hold; streams
 # beyond that copy instead of splicing.
 MAX_PIPES = 1024
 ACCEPT_ERROR_PAUSE = 0.1
-ViewerAbortStatus = 499  # nginx's "client closed request": no status was ever sent
+Handler = type[ServedConnection]
 
 
 def bind_listener(address: Address, backlog: int) -> socket.socket:
@@ -68,18 +67,21 @@ class Server:
         notifier: Notifier | None = None,
         reload_settings: Callable[[], Settings] | None = None,
     ) -> None:
-        self.settings = settings
-        self.invoker = invoker
-        self.callback_base = settings.callback_url
+        self.loop = asyncio.get_running_loop()
+        self.state = ServerState(
+            settings=settings,
+            loop=self.loop,
+            pending=PendingRegistry(settings.max_pending),
+            invoker=invoker,
+            pipes=PipePool(MAX_PIPES),
+            tally=Tally(),
+            callback_base=settings.callback_url,
+        )
+        self.tally = self.state.tally
         self.inherited = inherited or {}
         self.notifier = notifier or Notifier(None)
         self.reload_settings = reload_settings
-        self.loop = asyncio.get_running_loop()
         self.log = logs.log
-        self.pending = PendingRegistry(settings.max_pending)
-        self.pipes = PipePool(MAX_PIPES)
-        self.metrics = Metrics()
-        self.draining = False
         self.listeners: dict[str, socket.socket] = {}
         self.accept_tasks: dict[str, asyncio.Task[None]] = {}
         self.connections: dict[str, set[asyncio.Task[None]]] = {
@@ -87,9 +89,6 @@ class Server:
             "callback": set(),
             "admin": set(),
         }
-        self.cycles_in_flight = 0
-        self.streams_in_flight = 0
-        self.idle = asyncio.Event()
         self.stopped = asyncio.Event()
         self.status_timer: asyncio.TimerHandle | None = None
         self.watchdog_timer: asyncio.TimerHandle | None = None
@@ -100,7 +99,7 @@ class Server:
     async def start(self) -> None:
         """Bind every listener, learn the callback URL, start accepting, tell systemd."""
         settings = self.settings
-        wanted: list[tuple[str, Address | None, Callable[[Server, Connection], Any]]] = [
+        wanted: list[tuple[str, Address | None, Handler]] = [
             ("viewer", settings.listen, ViewerConnection),
             ("callback", settings.callback_listen, CallbackConnection),
             ("admin", settings.admin_listen, AdminConnection),
@@ -111,7 +110,7 @@ class Server:
                 if sock is not None:
                     self.listeners[name] = sock
             # Before any accept: every event must carry the right callback URL.
-            self.callback_base = await self.advertised_callback_base()
+            self.state.callback_base = await self.advertised_callback_base()
         except BaseException:
             self.close_listeners()
             raise
@@ -128,7 +127,7 @@ class Server:
         self.log.info(
             "sssrd listening",
             extra={name: self.address_of(name) for name in self.listeners}
-            | {"callback_url": self.callback_base},
+            | {"callback_url": self.state.callback_base},
         )
 
     async def advertised_callback_base(self) -> str:
@@ -160,27 +159,30 @@ class Server:
         host, port = self.listeners[name].getsockname()[:2]
         return str(Address(host, port))
 
+    @property
+    def settings(self) -> Settings:
+        return self.state.settings
+
     async def wait_stopped(self) -> None:
         await self.stopped.wait()
 
     def stop(self) -> None:
         """Begin draining (idempotent); the daemon exits when the drain completes."""
-        if not self.draining:
-            self.draining = True
+        if not self.state.draining:
+            self.state.draining = True
             self.loop.create_task(self.drain())
 
     async def drain(self) -> None:
         timeout = self.settings.drain_timeout
-        self.log.info("draining", extra={"in_flight": self.cycles_in_flight, "timeout": timeout})
+        tally = self.tally
+        self.log.info("draining", extra={"in_flight": tally.cycles_in_flight, "timeout": timeout})
         self.notifier.stopping()
         self.notifier.extend_timeout(timeout + 5)
         self.stop_accepting("viewer")
-        if self.cycles_in_flight:
-            self.idle.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await self.idle.wait()
-        left = self.cycles_in_flight
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await tally.idle.wait()
+        left = tally.cycles_in_flight
         for name in list(self.accept_tasks):
             self.stop_accepting(name)
         tasks = [task for group in self.connections.values() for task in group]
@@ -191,8 +193,8 @@ class Server:
         for timer in (self.status_timer, self.watchdog_timer):
             if timer is not None:
                 timer.cancel()
-        self.invoker.close()
-        self.pipes.close()
+        self.state.invoker.close()
+        self.state.pipes.close()
         self.log.info("stopped", extra={"abandoned": left})
         self.stopped.set()
 
@@ -214,9 +216,9 @@ class Server:
             self.notifier.ready(self.status_text())
 
     def apply_reload(self, loaded: Settings) -> None:
-        self.settings, applied, refused = merge_reload(self.settings, loaded)
-        self.pending.set_limit(self.settings.max_pending)
-        self.metrics.pending_limit.set(self.settings.max_pending)
+        self.state.settings, applied, refused = merge_reload(self.settings, loaded)
+        self.state.pending.set_limit(self.settings.max_pending)
+        self.tally.metrics.pending_limit.set(self.settings.max_pending)
         logs.set_level(self.settings.log_level)
         self.log.info("reloaded", extra={"applied": applied, "needs_restart": refused})
         if refused:
@@ -239,10 +241,10 @@ class Server:
 
     # -- connections -----------------------------------------------------------------------
 
-    async def accept(self, name: str, handler: Callable[[Server, Connection], Any]) -> None:
+    async def accept(self, name: str, handler: Handler) -> None:
         listener = self.listeners[name]
         role = h11.SERVER
-        accepted = self.metrics.connections_by_listener[name]
+        accepted = self.tally.metrics.connections_by_listener[name]
         while True:
             try:
                 sock, _ = await self.loop.sock_accept(listener)
@@ -255,7 +257,7 @@ class Server:
             parser = h11.Connection(role, max_incomplete_event_size=INCOMPLETE_EVENT_CEILING)
             conn = Connection(self.loop, sock, parser)
             accepted.inc()
-            task = self.loop.create_task(self.serve(name, handler(self, conn).run, conn))
+            task = self.loop.create_task(self.serve(name, handler(self.state, conn).run, conn))
             self.connections[name].add(task)
             task.add_done_callback(self.connections[name].discard)
 
@@ -269,82 +271,22 @@ class Server:
         finally:
             conn.close()
 
-    # -- what connections report -----------------------------------------------------------
-
-    def cycle_started(self) -> None:
-        self.cycles_in_flight += 1
-
-    def request_finished(self, cycle: RequestCycle) -> None:
-        self.cycles_in_flight -= 1
-        if self.draining and self.cycles_in_flight == 0:
-            self.idle.set()
-        status = cycle.status or ViewerAbortStatus
-        self.metrics.request_done(status, cycle.outcome)
-        now = time.perf_counter()
-        metrics = self.metrics
-        if cycle.invoke_seconds is not None:
-            metrics.invoke_duration.observe(cycle.invoke_seconds)
-        if cycle.callback_wait is not None:
-            metrics.callback_wait.observe(cycle.callback_wait)
-        if cycle.ttfb is not None:
-            metrics.time_to_first_byte.observe(cycle.ttfb)
-        if cycle.outcome == "viewer_abort":
-            metrics.aborts_by_side["viewer"].inc()
-        record = {
-            "time": logs.utc_timestamp(time.time()),
-            "type": "access",
-            "request_id": cycle.request_id or None,
-            "method": cycle.method,
-            "path": cycle.path,
-            "status": status,
-            "outcome": cycle.outcome,
-            "bytes": cycle.body_bytes,
-            "client": cycle.client,
-            "invoke_ms": milliseconds(cycle.invoke_seconds),
-            "callback_wait_ms": milliseconds(cycle.callback_wait),
-            "ttfb_ms": milliseconds(cycle.ttfb),
-            "duration_ms": milliseconds(now - cycle.started),
-        }
-        if cycle.error:
-            record["error"] = cycle.error
-        logs.write_access(record)
-
-    def stream_started(self) -> None:
-        self.streams_in_flight += 1
-
-    def stream_ended(self, seconds: float, copied: int, spliced: int) -> None:
-        self.streams_in_flight -= 1
-        self.metrics.stream_duration.observe(seconds)
-        self.metrics.body_bytes_copy.inc(copied)
-        self.metrics.body_bytes_splice.inc(spliced)
-
-    def timed_out(self, kind: str) -> None:
-        self.metrics.timeouts_by_kind[kind].inc()
-
-    def lambda_aborted(self, kind: str) -> None:
-        self.metrics.aborts_by_side["lambda"].inc()
-        if kind == "idle":
-            self.timed_out("idle")
-
-    def callback_rejected(self, reason: str) -> None:
-        self.metrics.callbacks_rejected_by_reason[reason].inc()
-
     # -- gauges, status, watchdog ----------------------------------------------------------
 
     def bind_gauges(self) -> None:
         """Gauges read live state at scrape time: nothing to update on the hot path."""
-        metrics = self.metrics
-        metrics.pending_callbacks.set_function(lambda: self.pending.waiting)
-        metrics.streams_in_flight.set_function(lambda: self.streams_in_flight)
+        metrics = self.tally.metrics
+        metrics.pending_callbacks.set_function(lambda: self.state.pending.waiting)
+        metrics.streams_in_flight.set_function(lambda: self.tally.streams_in_flight)
         metrics.pending_limit.set(self.settings.max_pending)
         for name, tasks in self.connections.items():
-            metrics.connections_open_by_listener[name].set_function(lambda tasks=tasks: len(tasks))
+            metrics.connections_open_by_listener[name].set_function(functools.partial(len, tasks))
 
     def status_text(self) -> str:
-        state = "draining" if self.draining else "serving"
+        state = "draining" if self.state.draining else "serving"
         return (
-            f"{state}: {self.streams_in_flight} streaming, "
-            f"{self.pending.waiting} awaiting callback, "
+            f"{state}: {self.tally.streams_in_flight} streaming, "
+            f"{self.state.pending.waiting} awaiting callback, "
             f"{len(self.connections['viewer'])} viewer connections"
         )
 
@@ -358,7 +300,3 @@ class Server:
         if interval is not None:
             self.notifier.watchdog()
             self.watchdog_timer = self.loop.call_later(interval, self.schedule_watchdog, interval)
-
-
-def milliseconds(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1000, 3)

@@ -14,18 +14,18 @@ from __future__ import annotations
 import functools
 import time
 from time import perf_counter
-from typing import TYPE_CHECKING
+from typing import Any
 
 import h11
 
-from sssrd.callbacks import CallbackStream, Outcome
+from sssrd import logs
+from sssrd.callbacks import ClaimedCallback, StreamEnd
 from sssrd.chunked import FramingCheck, FramingError
 from sssrd.connection import (
     BadHead,
     Connection,
     PeerGone,
     PeerStalled,
-    Served,
     canned_response,
     complete_response,
     response,
@@ -39,90 +39,90 @@ from sssrd.event import (
     encode_event,
 )
 from sssrd.forwarded import client_address
-from sssrd.invoke import InvokeError
+from sssrd.headers import first_header
+from sssrd.invokers import InvokeError
+from sssrd.outcomes import ENTRY_END_OF, VIEWER_SIDE, Outcome
 from sssrd.pending import Pending, PendingFull, WaitEnded
 from sssrd.pipe import SPLICE_MIN, BodyRelay, StreamAborted, ViewerWatch
 from sssrd.prelude import PreludeError, PreludeReader, ResponseHead, plain_head
-
-if TYPE_CHECKING:
-    from sssrd.server import Server
+from sssrd.served import ServedConnection
+from sssrd.state import ServerState
+from sssrd.tally import RequestRecord
 
 NO_BODY_STATUSES = frozenset({204, 304})
 TEXT = b"text/plain; charset=utf-8"
 
 
-class ViewerConnection(Served):
+class ViewerConnection(ServedConnection):
     """Serves one viewer socket until it closes, errs or idles out."""
 
-    server: Server
-
-    async def handle(self, request: h11.Request) -> bool:
-        await RequestCycle(self.server, self.conn, request).run()
-        return True
+    async def handle(self, request: h11.Request) -> None:
+        await RequestCycle(self.state, self.conn, request).run()
 
     async def refuse_head(self, bad: BadHead) -> None:
-        await RequestCycle(self.server, self.conn, bad.request).run(bad)
+        await RequestCycle(self.state, self.conn, bad.request).run(bad)
 
 
 class RequestCycle:
     """One viewer request, from parsed head to the end of its response."""
 
-    def __init__(self, server: Server, conn: Connection, request: h11.Request | None) -> None:
-        self.server = server
+    def __init__(self, state: ServerState, conn: Connection, request: h11.Request | None) -> None:
+        self.state = state
+        self.tally = state.tally
         self.conn = conn
-        self.request = request
-        self.loop = server.loop
-        self.started = perf_counter()
-        self.request_id = ""
-        self.status = 0
-        self.outcome = "ok"
-        self.body_bytes = 0
-        self.invoke_seconds: float | None = None
-        self.callback_wait: float | None = None
-        self.ttfb: float | None = None
+        self.head = request  # None when a refused head could not be parsed
+        self.loop = state.loop
+        self.record = RequestRecord(method=self.method, path=self.path)
         self.response_started = False
-        self.error = ""  # for the access log only
+
+    @property
+    def request(self) -> h11.Request:
+        """The parsed head, on every path that serves (only a refusal can lack one)."""
+        if self.head is None:
+            raise RuntimeError("this cycle answers a head that could not be parsed")
+        return self.head
 
     @property
     def method(self) -> str | None:
         """None when the head was refused before it could be parsed (as `path`)."""
-        return None if self.request is None else self.request.method.decode("ascii", "replace")
+        return None if self.head is None else self.head.method.decode("ascii", "replace")
 
     @functools.cached_property
     def client(self) -> str:
         """The viewer's address (X-Forwarded-For believed only from trusted_proxies)."""
-        headers = [] if self.request is None else self.request.headers
+        headers = [] if self.head is None else self.head.headers
         forwarded = [v for n, v in headers if n == b"x-forwarded-for"]
-        return client_address(self.conn.peer, forwarded, self.server.settings.trusted_proxies)
+        return client_address(self.conn.peer, forwarded, self.state.settings.trusted_proxies)
 
     @functools.cached_property
     def path(self) -> str | None:
-        if self.request is None:
+        if self.head is None:
             return None
-        return self.request.target.split(b"?", 1)[0].decode("utf-8", "replace")
+        return self.head.target.split(b"?", 1)[0].decode("utf-8", "replace")
 
     async def run(self, refused: BadHead | None = None) -> None:
         """Serve the request, or answer its refused head."""
-        self.server.cycle_started()
+        self.tally.cycle_started()
         try:
             if refused is None:
                 await self.serve()
             else:
                 await self.refuse_head(refused)
         except PeerGone as gone:
-            self.outcome = "viewer_abort"
+            self.record.outcome = Outcome.VIEWER_ABORT
             if isinstance(gone, PeerStalled):
-                self.server.timed_out("send")
+                self.tally.timed_out("send")
             self.conn.close()
         finally:
-            self.server.request_finished(self)
+            self.record.client = self.client
+            self.tally.request_finished(self.record)
 
     async def refuse_head(self, bad: BadHead) -> None:
         if bad.status == 408:
-            self.server.timed_out("head")
-        self.status = bad.status
-        self.outcome = "timeout" if bad.status == 408 else "bad_request"
-        head_request = self.request is not None and self.request.method == b"HEAD"
+            self.tally.timed_out("head")
+        self.record.status = bad.status
+        self.record.outcome = Outcome.TIMEOUT if bad.status == 408 else Outcome.BAD_REQUEST
+        head_request = self.head is not None and self.head.method == b"HEAD"
         answer = canned_response(bad.status, f"{bad}\n".encode(), TEXT, head_request)
         await self.conn.send_quietly(answer)
 
@@ -134,28 +134,28 @@ class RequestCycle:
             await self.health()
             return
         try:
-            entry = self.server.pending.register(
-                self.loop, self.server.settings.callback_timeout, int(time.time() * 1000)
+            entry = self.state.pending.register(
+                self.loop, self.state.settings.callback_timeout, int(time.time() * 1000)
             )
         except PendingFull:
-            await self.reply(503, "too many pending requests", "shed", [(b"retry-after", b"1")])
+            await self.reply(
+                503, "too many pending requests", Outcome.SHED, [(b"retry-after", b"1")]
+            )
             return
-        self.request_id = entry.request_id
+        self.record.request_id = entry.request_id
         try:
             await self.rendezvous(entry, body)
         finally:
-            self.server.pending.release(entry, self.entry_outcome())
+            self.state.pending.release(entry, self.entry_outcome())
 
-    def entry_outcome(self) -> str:
-        return {"ok": "delivered", "timeout": "late", "viewer_abort": "viewer_gone"}.get(
-            self.outcome, "failed"
-        )
+    def entry_outcome(self) -> Outcome:
+        return ENTRY_END_OF.get(self.record.outcome, Outcome.FAILED)
 
     async def health(self) -> None:
-        if self.server.draining:
-            await self.reply(503, "draining", "health")
+        if self.state.draining:
+            await self.reply(503, "draining", Outcome.HEALTH)
         else:
-            await self.reply(200, "ok", "health")
+            await self.reply(200, "ok", Outcome.HEALTH)
 
     async def read_body(self) -> bytes | None:
         """The whole request body, or None once the viewer has been answered (413/408/400).
@@ -163,10 +163,10 @@ class RequestCycle:
         h11 reads it; a chunked body is also screened by sssrd's own strict framing rules,
         which refuse what h11 lets through (control bytes in a chunk extension).
         """
-        settings = self.server.settings
+        settings = self.state.settings
         declared = self.declared_length()
         if declared is not None and declared > settings.max_body_bytes:
-            await self.reply(413, "request body too large", "too_large", close=True)
+            await self.reply(413, "request body too large", Outcome.TOO_LARGE, close=True)
             return None
         body = bytearray()
         if self.conn.h11.they_are_waiting_for_100_continue:
@@ -178,51 +178,51 @@ class RequestCycle:
                 event = await self.conn.next_event(screen)
                 if isinstance(event, h11.EndOfMessage):
                     return bytes(body)
-                if isinstance(event, h11.ConnectionClosed):
+                if not isinstance(event, h11.Data):  # h11.ConnectionClosed
                     raise PeerGone("viewer closed while sending its body")
                 body += event.data
                 if len(body) > settings.max_body_bytes:
-                    await self.reply(413, "request body too large", "too_large", close=True)
+                    await self.reply(413, "request body too large", Outcome.TOO_LARGE, close=True)
                     return None
         except TimeoutError:
-            self.server.timed_out("head")
-            await self.reply(408, "request body not received in time", "bad_request", close=True)
+            self.tally.timed_out("head")
+            await self.reply(
+                408, "request body not received in time", Outcome.BAD_REQUEST, close=True
+            )
         except (h11.RemoteProtocolError, FramingError):
             message = "the request body's framing is invalid"
-            await self.reply(400, f"bad request: {message}", "bad_request", close=True)
+            await self.reply(400, f"bad request: {message}", Outcome.BAD_REQUEST, close=True)
         finally:
             self.conn.deadline = None
         return None
 
     def framing_check(self) -> FramingCheck | None:
         """A strict screen for a chunked body, fed what h11 already holds past the head."""
-        for name, value in self.request.headers:
-            if name == b"transfer-encoding" and value.lower() == b"chunked":
-                check = FramingCheck()
-                check(self.conn.h11.trailing_data[0])
-                return check
-        return None
+        coding = first_header(self.request.headers, b"transfer-encoding")
+        if coding is None or coding.lower() != b"chunked":
+            return None
+        check = FramingCheck()
+        check(self.conn.h11.trailing_data[0])
+        return check
 
     def declared_length(self) -> int | None:
-        for name, value in self.request.headers:
-            if name == b"content-length":
-                return int(value)
-        return None
+        length = first_header(self.request.headers, b"content-length")
+        return None if length is None else int(length)
 
     async def rendezvous(self, entry: Pending, body: bytes) -> None:
         """Invoke the Lambda and wait for its callback; then stream."""
-        settings = self.server.settings
+        settings = self.state.settings
         try:
             payload = encode_event(self.build_event(entry, body), settings.max_event_bytes)
         except EventTooLarge:
-            await self.reply(413, "request too large for the render function", "too_large")
+            await self.reply(413, "request too large for the render function", Outcome.TOO_LARGE)
             return
         except InvalidTarget:
             message = "bad request: the request target must be a path or an absolute URL"
-            await self.reply(400, message, "bad_request", close=True)
+            await self.reply(400, message, Outcome.BAD_REQUEST, close=True)
             return
         hold = settings.max_head_bytes  # pipelined bytes kept while watching: about one head
-        watch = ViewerWatch(self.conn, lambda: entry.end_wait("viewer_gone"), hold)
+        watch = ViewerWatch(self.conn, lambda: entry.end_wait(Outcome.VIEWER_ABORT), hold)
         try:
             failure = await self.invoke(payload)
             if failure is not None and not entry.claimed:
@@ -232,16 +232,16 @@ class RequestCycle:
                 await self.reply(failure.status, failure.message, failure.outcome, retry)
                 return
             try:
-                stream: CallbackStream = await entry.delivery
+                stream: ClaimedCallback = await entry.delivery
             except WaitEnded as ended:
-                if ended.reason == "late":
-                    self.server.timed_out("deadline")
-                    await self.reply(504, "the render did not call back in time", "timeout")
+                if ended.reason is Outcome.LATE:
+                    self.tally.timed_out("deadline")
+                    await self.reply(504, "the render did not call back in time", Outcome.TIMEOUT)
                 else:
-                    self.outcome = "viewer_abort"
+                    self.record.outcome = Outcome.VIEWER_ABORT
                     self.conn.close()
                 return
-            self.callback_wait = perf_counter() - self.started
+            self.record.callback_wait = perf_counter() - self.record.started
             await self.stream(stream, watch)
         finally:
             watch.stop()
@@ -249,34 +249,36 @@ class RequestCycle:
             # resetting under a send, cancellation), the callback is answered or closed.
             delivered = claimed_stream(entry)
             if delivered is not None:
-                delivered.finish(Outcome("viewer_gone", message="the viewer's request ended"))
+                delivered.finish(
+                    StreamEnd(Outcome.VIEWER_ABORT, message="the viewer's request ended")
+                )
 
     async def invoke(self, payload: bytes) -> InvokeError | None:
         started = perf_counter()
         try:
-            await self.server.invoker.invoke(payload)
+            await self.state.invoker.invoke(payload)
         except InvokeError as failure:
-            self.error = failure.detail
+            self.record.error = failure.detail
             return failure
         finally:
-            self.invoke_seconds = perf_counter() - started
+            self.record.invoke_seconds = perf_counter() - started
         return None
 
-    def build_event(self, entry: Pending, body: bytes) -> dict:
+    def build_event(self, entry: Pending, body: bytes) -> dict[str, Any]:
         request = self.request
-        if self.server.settings.compat == "lambda-streaming":
+        if self.state.settings.compat == "lambda-streaming":
             return build_compat_event(
-                origin=self.server.callback_base,
+                origin=self.state.callback_base,
                 url=self.viewer_url(),
                 request_id=entry.request_id,
             )
         callback = CallbackInfo(
-            url=f"{self.server.callback_base}/v1/callback/{entry.request_id}",
+            url=f"{self.state.callback_base}/v1/callback/{entry.request_id}",
             token=entry.token,
             deadline_ms=entry.deadline_epoch_ms,
         )
         return build_event(
-            method=self.method,
+            method=request.method.decode("ascii", "replace"),
             target=request.target,
             http_version=request.http_version.decode("ascii"),
             headers=list(request.headers),
@@ -289,87 +291,91 @@ class RequestCycle:
 
     def viewer_url(self) -> str:
         """The URL the viewer asked for, as the seed protocol's `url`."""
-        headers = dict(self.request.headers)
-        scheme = headers.get(b"x-forwarded-proto", b"http").decode("latin-1")
-        host = headers.get(b"host", b"").decode("latin-1")
+        headers = self.request.headers
+        scheme = (first_header(headers, b"x-forwarded-proto") or b"http").decode("latin-1")
+        host = (first_header(headers, b"host") or b"").decode("latin-1")
         return f"{scheme}://{host}{self.request.target.decode('latin-1')}"
 
-    async def stream(self, stream: CallbackStream, watch: ViewerWatch) -> None:
+    async def stream(self, stream: ClaimedCallback, watch: ViewerWatch) -> None:
         """Send the callback's response to the viewer; tell the callback side how it ended.
 
         The viewer watch that guarded the wait now guards the relay (one reader registration
         for the whole request, not one per phase). The relay lets go of the callback socket
         before the callback side is told, since that side may then linger on it.
         """
-        settings = self.server.settings
+        settings = self.state.settings
         relay = BodyRelay(
             stream.conn,
             self.conn,
             stream.decoder(),
             settings.idle_timeout,
-            None if settings.body_path == "copy" else self.server.pipes,
+            None if settings.body_path == "copy" else self.state.pipes,
             splice_min=1 if settings.body_path == "splice" else SPLICE_MIN,
             send_timeout=settings.send_timeout,
         )
         watch.on_gone = relay.viewer_gone
         if watch.gone:  # it left between the callback's arrival and now
             relay.viewer_gone()
-        self.server.stream_started()
+        self.tally.stream_started()
         started = perf_counter()
         try:
             head, first, body_length = await self.read_head(stream, relay)
+            if head.dropped:
+                names = [name.decode("latin-1") for name in head.dropped]
+                extra = {"request_id": self.record.request_id, "headers": names}
+                logs.log.debug("hop-by-hop and framing headers of the render dropped", extra=extra)
             await self.send_head(head, body_length)
             if self.request.method == b"HEAD" or head.status in NO_BODY_STATUSES:
                 await relay.end()
                 relay.close()
-                stream.finish(Outcome("no_body", message="the viewer needs no body"))
+                stream.finish(StreamEnd(Outcome.NO_BODY, message="the viewer needs no body"))
                 return
             await relay.relay(first)
             relay.close()
-            stream.finish(Outcome("delivered", body_bytes=relay.copied + relay.spliced))
+            stream.finish(StreamEnd(Outcome.DELIVERED, body_bytes=relay.copied + relay.spliced))
         except PreludeError as exc:
             relay.close()
             status = stream.refusal.status if stream.refusal else 400
-            stream.finish(Outcome("malformed", message=str(exc), status=status))
-            await self.reply(502, "the render sent a malformed response", "bad_callback")
+            stream.finish(StreamEnd(Outcome.BAD_CALLBACK, message=str(exc), status=status))
+            await self.reply(502, "the render sent a malformed response", Outcome.BAD_CALLBACK)
         except StreamAborted as abort:
             relay.close()
             await self.abort_stream(stream, abort, relay)
         finally:
             relay.close()
-            self.body_bytes = relay.copied + relay.spliced
-            self.server.stream_ended(perf_counter() - started, relay.copied, relay.spliced)
+            self.record.body_bytes = relay.copied + relay.spliced
+            self.tally.stream_ended(perf_counter() - started, relay.copied, relay.spliced)
 
     async def abort_stream(
-        self, stream: CallbackStream, abort: StreamAborted, relay: BodyRelay
+        self, stream: ClaimedCallback, abort: StreamAborted, relay: BodyRelay
     ) -> None:
-        stream.finish(Outcome(abort.kind, message=str(abort)))
-        viewer_side = abort.kind in ("viewer_gone", "viewer_stalled")
+        stream.finish(StreamEnd(abort.kind, message=str(abort)))
+        viewer_side = abort.kind in VIEWER_SIDE
         if not viewer_side and self.response_started:
             relay.salvage()
         if viewer_side:
-            self.outcome = "viewer_abort"
-            if abort.kind == "viewer_stalled":
-                self.server.timed_out("send")
+            self.record.outcome = Outcome.VIEWER_ABORT
+            if abort.kind is Outcome.VIEWER_STALLED:
+                self.tally.timed_out("send")
         else:
-            self.outcome = "lambda_abort"
-            self.server.lambda_aborted(abort.kind)
+            self.record.outcome = Outcome.LAMBDA_ABORT
+            self.tally.lambda_aborted(abort.kind)
         # Closing without the final chunk is how the viewer (and CloudFront) learn the response
         # is incomplete; a 502 is only possible while no head has gone out.
         if self.response_started or viewer_side:
             self.conn.close()
         else:
-            await self.reply(502, f"the render failed: {abort}", self.outcome, close=True)
+            await self.reply(502, f"the render failed: {abort}", self.record.outcome, close=True)
 
     async def read_head(
-        self, stream: CallbackStream, relay: BodyRelay
+        self, stream: ClaimedCallback, relay: BodyRelay
     ) -> tuple[ResponseHead, bytes, int | None]:
         """The response head and the first body bytes, and the body length when known."""
         if stream.refusal is not None:
             raise PreludeError(f"the callback was refused: {stream.refusal}")
         if not stream.prelude:
             return plain_head(stream.status_header, stream.content_type), b"", stream.content_length
-        reader = PreludeReader(self.server.settings.max_prelude_bytes)
+        reader = PreludeReader(self.state.settings.max_prelude_bytes)
         consumed = 0
         while (data := await relay.next_payload()) is not None:
             consumed += len(data)
@@ -385,51 +391,51 @@ class RequestCycle:
         headers = [*head.headers, *self.request_id_header()]
         if body_length is not None and head.status not in NO_BODY_STATUSES:
             headers.append((b"content-length", b"%d" % body_length))
-        if self.server.draining:
+        if self.state.draining:
             headers.append((b"connection", b"close"))
-        self.status = head.status
-        self.ttfb = perf_counter() - self.started
+        self.record.status = head.status
+        self.record.ttfb = perf_counter() - self.record.started
         self.response_started = True
         await self.conn.send(response(head.status, headers))
 
     def request_id_header(self) -> list[tuple[bytes, bytes]]:
         """X-Request-Id for tracing; never in compat mode, where the id is the capability."""
-        if not self.request_id or self.server.settings.compat:
+        if not self.record.request_id or self.state.settings.compat:
             return []
-        return [(b"x-request-id", self.request_id.encode())]
+        return [(b"x-request-id", self.record.request_id.encode())]
 
     async def reply(
         self,
         status: int,
         message: str,
-        outcome: str,
+        outcome: Outcome,
         extra: list[tuple[bytes, bytes]] | None = None,
         close: bool = False,
     ) -> None:
         """A complete short response generated by sssrd itself."""
         if self.conn.closed or self.response_started:
             return
-        self.status = status
-        self.outcome = outcome
+        self.record.status = status
+        self.record.outcome = outcome
         self.response_started = True
         headers = [
             (b"content-type", b"text/plain; charset=utf-8"),
             *(extra or []),
             *self.request_id_header(),
         ]
-        self.ttfb = perf_counter() - self.started
+        self.record.ttfb = perf_counter() - self.record.started
         await self.conn.send(
             *complete_response(
                 status,
                 f"{message}\n".encode(),
                 headers,
                 head_request=self.request.method == b"HEAD",
-                close=close or self.server.draining,
+                close=close or self.state.draining,
             )
         )
 
 
-def claimed_stream(entry: Pending) -> CallbackStream | None:
+def claimed_stream(entry: Pending) -> ClaimedCallback | None:
     """The callback stream a claim handed to this entry, if one did."""
     delivery = entry.delivery
     if delivery.done() and not delivery.cancelled() and delivery.exception() is None:

@@ -27,7 +27,7 @@ import socket
 import ssl
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 from urllib.parse import SplitResult, urlsplit
 
 __all__ = [
@@ -234,12 +234,13 @@ def _connect(
     url: SplitResult, timeout: float, ssl_context: ssl.SSLContext | None
 ) -> http.client.HTTPConnection:
     connection: http.client.HTTPConnection
+    host = url.hostname or ""  # never empty: _callback_target refused such a URL
     if url.scheme == "https":
         connection = http.client.HTTPSConnection(
-            url.hostname, url.port, timeout=timeout, context=ssl_context
+            host, url.port, timeout=timeout, context=ssl_context
         )
     else:
-        connection = http.client.HTTPConnection(url.hostname, url.port, timeout=timeout)
+        connection = http.client.HTTPConnection(host, url.port, timeout=timeout)
     try:
         connection.connect()
         # Each write must leave at once, not wait for Nagle to batch it with the next one.
@@ -308,11 +309,12 @@ class _Replay(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: memoryview) -> int:
+    def readinto(self, buffer: Any) -> int:  # a writable buffer (collections.abc.Buffer is 3.12)
         if not self._pending:
             return self._sock.recv_into(buffer)
-        size = min(len(buffer), len(self._pending))
-        buffer[:size] = self._pending[:size]
+        view = memoryview(buffer)
+        size = min(len(view), len(self._pending))
+        view[:size] = self._pending[:size]
         self._pending = self._pending[size:]
         return size
 
@@ -323,7 +325,9 @@ def _read_answer(
     """sssrd's answer as (status, body), or None if it hung up without a readable one."""
     if sock is None:
         return None
-    response = http.client.HTTPResponse(_Replay(already_read, sock), method="POST")
+    # HTTPResponse only calls makefile() on what it is given.
+    replay = cast(socket.socket, _Replay(already_read, sock))
+    response = http.client.HTTPResponse(replay, method="POST")
     try:
         response.begin()
         return response.status, response.read()

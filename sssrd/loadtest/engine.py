@@ -21,6 +21,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import httptools
 
@@ -73,7 +74,12 @@ class Connection(asyncio.Protocol):
         self.sent = 0  # requests written on this connection
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        # create_connection and start_tls hand a protocol a stream transport, never a datagram one.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def write(self, data: bytes) -> None:
+        assert self.transport is not None, "written before connection_made"
+        self.transport.write(data)
 
     def data_received(self, data: bytes) -> None:
         now = time.perf_counter()
@@ -199,13 +205,16 @@ class Engine:
                 handshake = None
                 if self.plan.tls is not None:
                     phase = ErrorKind.TLS
-                    transport = await self.loop.start_tls(
+                    secured = await self.loop.start_tls(
                         transport,
                         connection,
                         self.plan.tls,
                         server_hostname=self.plan.server_hostname,
                     )
-                    connection.transport = transport  # type: ignore[assignment]
+                    if secured is None:  # the loop closed the transport during the handshake
+                        raise ssl.SSLError("the TLS handshake did not complete")
+                    transport = secured
+                    connection.transport = secured
                     handshake = time.perf_counter() - connected
         except (OSError, ssl.SSLError, TimeoutError) as error:
             self.connecting -= 1
@@ -252,7 +261,7 @@ class Engine:
         self.busy.add(connection)
         self.stats.sent += 1
         exchange.sent = time.perf_counter()
-        connection.transport.write(plan.requests.encode(number))  # type: ignore[union-attr]
+        connection.write(plan.requests.encode(number))
 
     def finish(
         self,
@@ -305,9 +314,10 @@ class Engine:
 
     def sweep(self, now: float) -> None:
         timeout = self.plan.timeout
-        for connection in [c for c in self.busy if now - c.exchange.start > timeout]:  # type: ignore[union-attr]
-            exchange = connection.exchange
-            assert exchange is not None
+        late = [
+            (c, c.exchange) for c in self.busy if c.exchange and now - c.exchange.start > timeout
+        ]
+        for connection, exchange in late:
             self.finish(connection, exchange, now, ErrorKind.TIMEOUT, "response incomplete")
         while self.backlog and now - self.backlog[0] > timeout:
             start = self.backlog.popleft()
@@ -335,7 +345,7 @@ class Engine:
         host, port = plan.connect_to or (plan.requests.origin.host, plan.requests.origin.port)
         found = await self.loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         found.sort(key=lambda info: info[0] != socket.AF_INET)  # IPv4 first, like curl
-        self.addresses = [info[4][:2] for info in found]
+        self.addresses = [(str(info[4][0]), int(info[4][1])) for info in found]
 
     async def run(self) -> float:
         """Run the plan; returns the seconds during which arrivals were issued."""

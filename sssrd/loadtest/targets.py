@@ -126,8 +126,8 @@ class Requests:
     def target(self, n: int) -> str:
         """The request target (path and query) of request n."""
         pieces = self._templates[n % len(self._templates)]
-        if len(pieces) == 1:
-            return pieces[0]  # type: ignore[return-value]
+        if len(pieces) == 1 and isinstance(pieces[0], str):
+            return pieces[0]
         out = []
         for piece in pieces:
             if isinstance(piece, str):

@@ -12,7 +12,7 @@ import hashlib
 import hmac
 import re
 from collections.abc import Mapping
-from typing import Final
+from typing import Any, Final
 
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
@@ -43,7 +43,7 @@ class _ReceivedRequest(AWSRequest):
     """An AWSRequest whose body is the bytes received (skips botocore's request preparation)."""
 
     @property
-    def body(self) -> bytes:
+    def body(self) -> Any:  # bytes here; botocore's own hints say str
         return self.data
 
 
@@ -122,7 +122,8 @@ def check_clock(amz_date: str) -> None:
     if match is None:
         raise invalid(f"Missing or malformed X-Amz-Date {amz_date!r}.")
     try:
-        signed_at = datetime.datetime(*map(int, match.groups()), tzinfo=datetime.UTC)
+        year, month, day, hour, minute, second = map(int, match.groups())
+        signed_at = datetime.datetime(year, month, day, hour, minute, second, tzinfo=datetime.UTC)
     except ValueError:
         raise invalid(f"Malformed X-Amz-Date {amz_date!r}.") from None
     if abs(datetime.datetime.now(datetime.UTC) - signed_at) > MAX_CLOCK_SKEW:

@@ -13,10 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime
-import importlib
 import json
-import queue
 import re
 import secrets
 import signal
@@ -31,15 +28,20 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import parse_qs, unquote
 
+from sssrd.invokers.runtime import (
+    Handler,
+    LambdaContext,
+    WorkerPool,
+    executed_version,
+    function_arn,
+    load_handler,
+)
 from sssrd.testing._http11 import LoopbackServer, Request, Response
 from sssrd.testing._sigv4 import SignatureRejected, SigV4Verifier
-
-Handler = Callable[[Any, "LambdaContext"], Any]
 
 DEFAULT_ACCESS_KEY: Final = "AKIDSSSRDTEST"
 DEFAULT_SECRET_KEY: Final = "sssrd-test-secret"
 DEFAULT_REGION: Final = "us-east-1"
-ACCOUNT_ID: Final = "123456789012"
 ASYNC_PAYLOAD_LIMIT: Final = 1024 * 1024  # Lambda's asynchronous invoke limit (1 MB)
 SYNC_PAYLOAD_LIMIT: Final = 6 * 1024 * 1024
 
@@ -107,56 +109,6 @@ class HandlerFailure:
 
     request_id: str
     error: BaseException
-
-
-class LambdaContext:
-    """Mimics the context object the AWS Python runtime passes to handlers."""
-
-    def __init__(
-        self,
-        function_name: str,
-        qualifier: str | None,
-        region: str,
-        timeout_s: float,
-        request_id: str,
-    ) -> None:
-        self.function_name = function_name
-        self.function_version = executed_version(qualifier)
-        self.invoked_function_arn = function_arn(region, function_name, qualifier)
-        self.memory_limit_in_mb = "128"  # the real runtime hands it over as a string too
-        self.aws_request_id = request_id
-        self.log_group_name = f"/aws/lambda/{function_name}"
-        today = datetime.datetime.now(datetime.UTC).strftime("%Y/%m/%d")
-        self.log_stream_name = f"{today}/[{self.function_version}]{uuid.uuid4().hex}"
-        self.identity = None
-        self.client_context = None
-        self._deadline = time.monotonic() + timeout_s
-
-    def get_remaining_time_in_millis(self) -> int:
-        return max(0, int((self._deadline - time.monotonic()) * 1000))
-
-
-def executed_version(qualifier: str | None) -> str:
-    """A numeric qualifier is a version; an alias or none resolves to $LATEST here."""
-    return qualifier if qualifier and qualifier.isdigit() else "$LATEST"
-
-
-def function_arn(region: str, function_name: str, qualifier: str | None = None) -> str:
-    arn = f"arn:aws:lambda:{region}:{ACCOUNT_ID}:function:{function_name}"
-    return f"{arn}:{qualifier}" if qualifier else arn
-
-
-def load_handler(reference: str | Handler) -> Handler:
-    """Resolve "package.module:function" (or pass a callable through)."""
-    if callable(reference):
-        return reference
-    module_name, _, attribute = reference.partition(":")
-    if not module_name or not attribute:
-        raise ValueError(f"handler must look like 'module:function', got {reference!r}")
-    target: Any = importlib.import_module(module_name)
-    for part in attribute.split("."):
-        target = getattr(target, part)
-    return target
 
 
 class LambdaError(Exception):
@@ -259,48 +211,6 @@ def unhandled_error_body(error: BaseException) -> dict[str, Any]:
     }
 
 
-class _WorkerPool:
-    """At most `size` daemon threads run queued tasks; threads are started only when none is idle.
-
-    Daemon threads (unlike ThreadPoolExecutor's) let a process exit while a handler still runs.
-    """
-
-    def __init__(self, size: int, name: str) -> None:
-        self._size = size
-        self._name = name
-        self._tasks: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        self._idle = threading.Semaphore(0)
-        self._threads: list[threading.Thread] = []
-        self._lock = threading.Lock()
-        self._closed = False
-
-    def submit(self, task: Callable[[], None]) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._tasks.put(task)
-            if not self._idle.acquire(blocking=False) and len(self._threads) < self._size:
-                thread = threading.Thread(
-                    target=self._work, name=f"{self._name}-{len(self._threads)}", daemon=True
-                )
-                self._threads.append(thread)
-                thread.start()
-
-    def close(self) -> None:
-        """Drop queued tasks and let every thread exit after its current task."""
-        with self._lock:
-            self._closed = True
-            while not self._tasks.empty():
-                self._tasks.get_nowait()
-            for _ in self._threads:
-                self._tasks.put(None)
-
-    def _work(self) -> None:
-        while (task := self._tasks.get()) is not None:
-            task()
-            self._idle.release()
-
-
 @dataclass
 class _Script:
     """Behaviour for one function (or for all, under the key None): one-shots first, then steady."""
@@ -349,7 +259,7 @@ class FakeLambda:
         self._invocation_count = 0
         self._handler_runs = 0
         self._handler_failures: list[HandlerFailure] = []
-        self._workers = _WorkerPool(workers, "fake-lambda-worker")
+        self._workers = WorkerPool(workers, "fake-lambda-worker")
         self._server = LoopbackServer(
             self._respond, host=host, port=port, max_body=SYNC_PAYLOAD_LIMIT
         )

@@ -1,4 +1,4 @@
-"""Asynchronous invokes of the render Lambda (InvocationType=Event), two ways, one policy.
+"""Asynchronous invokes of the render Lambda on AWS (InvocationType=Event), two ways, one policy.
 
 Everything is resolved once, at startup, and any gap stops startup with one line naming the
 setting: the region (setting, AWS_REGION, then botocore's AWS_DEFAULT_REGION/profile, then
@@ -20,7 +20,6 @@ import re
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import quote, urlsplit
 
 import boto3
@@ -28,11 +27,14 @@ import botocore.session
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.config import Config
+from botocore.credentials import Credentials
 from botocore.exceptions import BotoCoreError, ClientError, ProfileNotFound
 
 from sssrd import ec2
+from sssrd.config import Settings
 from sssrd.httpclient import Pool, Reply, RequestFailed
-from sssrd.invoke import InvokeError
+from sssrd.invokers.base import InvokeError
+from sssrd.outcomes import Outcome
 
 log = logging.getLogger("sssrd")
 
@@ -67,7 +69,7 @@ class StartupError(ValueError):
     """The invoker cannot be built; str() is one line that starts with the setting to change."""
 
 
-def resolve_target(settings: Any) -> tuple[LambdaTarget, botocore.session.Session]:
+def resolve_target(settings: Settings) -> tuple[LambdaTarget, Credentials]:
     """Function, region, endpoint and credentials, checked once; StartupError if unusable."""
     arn = FUNCTION_REFERENCE.match(settings.function)
     if arn is None:
@@ -110,10 +112,10 @@ def resolve_target(settings: Any) -> tuple[LambdaTarget, botocore.session.Sessio
     endpoint = client.meta.endpoint_url
     check_endpoint(endpoint, endpoint_source)
     log.info("AWS region", extra={"region": region, "source": source, "endpoint": endpoint})
-    return LambdaTarget(settings.function, settings.qualifier, region, endpoint), session
+    return LambdaTarget(settings.function, settings.qualifier, region, endpoint), credentials
 
 
-def resolve_region(settings: Any, session: botocore.session.Session) -> tuple[str, str]:
+def resolve_region(settings: Settings, session: botocore.session.Session) -> tuple[str, str]:
     """The region and where it came from: region setting, AWS_REGION, AWS_DEFAULT_REGION or the
     profile (botocore's own lookup), then IMDSv2 on EC2 (the same endpoint as callback_url auto)."""
     if settings.region:
@@ -152,13 +154,13 @@ def classify(status: int, error_type: str, message: str) -> InvokeError:
     detail = f"invoke answered {status} {error_type}: {message}".rstrip(": ")
     if status == 429 or error_type.startswith(("TooManyRequests", "Throttl")):
         return InvokeError(
-            503, "invoke_throttled", "the renderer is busy", THROTTLE_RETRY_AFTER, detail
+            503, Outcome.INVOKE_THROTTLED, "the renderer is busy", THROTTLE_RETRY_AFTER, detail
         )
-    return InvokeError(502, "invoke_failed", "the render could not start", detail=detail)
+    return InvokeError(502, Outcome.INVOKE_FAILED, "the render could not start", detail=detail)
 
 
 def unreachable(reason: str) -> InvokeError:
-    return InvokeError(502, "invoke_failed", "the render could not start", detail=reason)
+    return InvokeError(502, Outcome.INVOKE_FAILED, "the render could not start", detail=reason)
 
 
 async def with_retries(attempt: Callable[[], Awaitable[None]], retries: int) -> None:
@@ -182,9 +184,8 @@ class Retryable(Exception):
 class LeanInvoker:
     """Signs with botocore, sends on sssrd's own pooled HTTP/1.1 client."""
 
-    def __init__(self, settings: Any) -> None:
-        self.target, session = resolve_target(settings)
-        self.credentials = session.get_credentials()
+    def __init__(self, settings: Settings) -> None:
+        self.target, self.credentials = resolve_target(settings)
         # Built once per credential refresh, not per invoke: it holds a frozen copy.
         frozen = self.credentials.get_frozen_credentials()
         self.signer = SigV4Auth(frozen, "lambda", self.target.region)
@@ -248,7 +249,7 @@ class LeanInvoker:
 class Boto3Invoker:
     """boto3's invoke() on a thread pool (retries are sssrd's, not botocore's)."""
 
-    def __init__(self, settings: Any) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.target, _ = resolve_target(settings)
         config = Config(
             retries={"total_max_attempts": 1},

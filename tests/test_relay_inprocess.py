@@ -1,0 +1,482 @@
+"""BodyRelay and RequestCycle in-process, over socket.socketpair(), with a fresh ServerState.
+
+No daemon and no subprocess: the relay moves a callback body between two socket pairs (one end
+plays the Lambda, one the viewer), and a whole request runs through a ViewerConnection and a
+CallbackConnection with a state object built here. The invoker is the one stand-in: as a render
+would, it calls back, by writing a callback request into the callback pair. Budget: ~2 s.
+"""
+
+import asyncio
+import json
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+
+import h11
+import pytest
+
+from sssrd.callbacks import CallbackConnection
+from sssrd.chunked import ChunkedDecoder, LengthDecoder
+from sssrd.config import load_settings
+from sssrd.connection import INCOMPLETE_EVENT_CEILING, Connection
+from sssrd.outcomes import Outcome
+from sssrd.pending import PendingRegistry
+from sssrd.pipe import BodyRelay, PipePool, StreamAborted
+from sssrd.prelude import PRELUDE_CONTENT_TYPE
+from sssrd.state import ServerState
+from sssrd.tally import Tally
+from sssrd.viewer import ViewerConnection
+
+BOUND = 10.0  # no in-process case may take longer than this
+CALLBACK_BASE = "http://127.0.0.1:9"  # only ever read by the invoker below: nothing connects
+
+
+def run(scenario: Callable[[], Awaitable[None]]) -> None:
+    async def bounded() -> None:
+        async with asyncio.timeout(BOUND):
+            await scenario()
+
+    asyncio.run(bounded())
+
+
+def socket_pair(buffer: int | None = None) -> tuple[socket.socket, socket.socket]:
+    """(peer end, daemon end), both non-blocking; `buffer` shrinks both kernel buffers."""
+    peer, ours = socket.socketpair()
+    for sock in (peer, ours):
+        sock.setblocking(False)
+        if buffer is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, buffer)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer)
+    return peer, ours
+
+
+def daemon_side(sock: socket.socket) -> Connection:
+    parser = h11.Connection(h11.SERVER, max_incomplete_event_size=INCOMPLETE_EVENT_CEILING)
+    return Connection(asyncio.get_running_loop(), sock, parser)
+
+
+def chunked(*chunks: bytes) -> bytes:
+    return b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for chunk in chunks) + b"0\r\n\r\n"
+
+
+class Viewer:
+    """The viewer's end of a pair: it has asked GET / and reads the response with h11."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.h11 = h11.Connection(h11.CLIENT)
+        self.h11.send(h11.Request(method="GET", target="/", headers=[("host", "x")]))
+        self.h11.send(h11.EndOfMessage())
+
+    async def response(self) -> tuple[h11.Response | None, bytes, bool]:
+        """The head, the body, and whether the message ended properly (False: cut off)."""
+        loop = asyncio.get_running_loop()
+        head, body = None, bytearray()
+        while True:
+            try:
+                event = self.h11.next_event()
+            except h11.RemoteProtocolError:  # closed before the end of the body
+                return head, bytes(body), False
+            if event is h11.NEED_DATA:
+                try:
+                    data = await loop.sock_recv(self.sock, 65_536)
+                except ConnectionResetError:
+                    data = b""
+                self.h11.receive_data(data)
+            elif isinstance(event, h11.Response):
+                head = event
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                return head, bytes(body), True
+            else:
+                return head, bytes(body), False
+
+
+class RelayRig:
+    """A relay between a Lambda pair and a viewer pair, its response head already sent."""
+
+    def __init__(
+        self,
+        decoder: ChunkedDecoder | LengthDecoder,
+        *,
+        pipes: PipePool | None = None,
+        idle_timeout: float = 5.0,
+        send_timeout: float = 5.0,
+        viewer_buffer: int | None = None,
+    ) -> None:
+        self.lambda_sock, callback_sock = socket_pair()
+        viewer_sock, sink_sock = socket_pair(viewer_buffer)
+        self.viewer = Viewer(viewer_sock)
+        self.source = daemon_side(callback_sock)
+        self.sink = daemon_side(sink_sock)
+        self.sink.h11.receive_data(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        self.sink.h11.next_event()
+        self.pipes = pipes
+        self.relay = BodyRelay(
+            self.source,
+            self.sink,
+            decoder,
+            idle_timeout,
+            pipes,
+            splice_min=1,
+            send_timeout=send_timeout,
+        )
+
+    async def start(self, length: int | None = None) -> None:
+        headers = [] if length is None else [(b"content-length", b"%d" % length)]
+        await self.sink.send(h11.Response(status_code=200, headers=headers))
+
+    async def lambda_sends(self, data: bytes) -> None:
+        await asyncio.get_running_loop().sock_sendall(self.lambda_sock, data)
+
+    def close(self) -> None:
+        self.relay.close()
+        for conn in (self.source, self.sink):
+            conn.close()
+        self.lambda_sock.close()
+        self.viewer.sock.close()
+
+
+async def eventually(condition: Callable[[], bool], what: str) -> None:
+    """Wait, yielding to the loop, until `condition()` holds (the relay's own state changes)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + BOUND / 2
+    while not condition():
+        assert loop.time() < deadline, f"never happened: {what}"
+        await asyncio.sleep(0.001)
+
+
+@pytest.mark.parametrize("path", ["copy", "splice"])
+def test_relay_reframes_a_chunked_callback_body_as_the_viewers_chunked_response(path):
+    async def scenario():
+        pipes = PipePool(2) if path == "splice" else None
+        rig = RelayRig(ChunkedDecoder(), pipes=pipes)
+        chunks = [b"<html>", b"x" * 300_000, b"", b"tail"]
+        try:
+            await rig.start()
+            sending = asyncio.create_task(rig.lambda_sends(chunked(*[c for c in chunks if c])))
+            relaying = asyncio.create_task(rig.relay.relay(b""))
+            head, body, complete = await rig.viewer.response()
+            await asyncio.gather(sending, relaying)
+        finally:
+            rig.close()
+        assert head.status_code == 200 and (b"transfer-encoding", b"chunked") in head.headers
+        assert complete and body == b"".join(chunks)
+        # What had already been read when a run began is copied; the rest of it is spliced.
+        assert rig.relay.copied + rig.relay.spliced == len(body)
+        assert (rig.relay.spliced > 0) == (path == "splice")
+        if pipes is not None:  # the pipe went back to the pool empty, ready for reuse
+            assert pipes.open == 1 and len(pipes.idle) == 1
+
+    run(scenario)
+
+
+def test_relay_hands_the_first_bytes_on_before_the_rest_of_a_content_length_body():
+    async def scenario():
+        rest = b"r" * 200_000
+        rig = RelayRig(LengthDecoder(len(rest)), pipes=PipePool(1))
+        try:
+            await rig.start(length=5 + len(rest))
+            sending = asyncio.create_task(rig.lambda_sends(rest))
+            relaying = asyncio.create_task(rig.relay.relay(b"first"))
+            head, body, complete = await rig.viewer.response()
+            await asyncio.gather(sending, relaying)
+        finally:
+            rig.close()
+        assert (b"content-length", b"%d" % (5 + len(rest))) in head.headers
+        assert complete and body == b"first" + rest
+
+    run(scenario)
+
+
+def test_a_viewer_that_stops_reading_stops_the_relay_reading_the_lambda():
+    async def scenario():
+        total = 4 << 20
+        rig = RelayRig(LengthDecoder(total), viewer_buffer=16_384, send_timeout=BOUND)
+        try:
+            await rig.start(length=total)
+            sending = asyncio.create_task(rig.lambda_sends(b"b" * total))
+            relaying = asyncio.create_task(rig.relay.relay(b""))
+            await eventually(lambda: rig.relay.viewer_wait_since is not None, "relay waits")
+            # Blocked on the viewer, the relay reads nothing more: what it has moved is bounded
+            # by the viewer's socket buffers, and the Lambda cannot finish sending.
+            moved = rig.relay.copied
+            assert moved < total // 4
+            assert not sending.done()
+            _, body, complete = await rig.viewer.response()  # the viewer reads again
+            await asyncio.gather(sending, relaying)
+        finally:
+            rig.close()
+        assert complete and len(body) == total and rig.relay.copied == total
+
+    run(scenario)
+
+
+def test_a_viewer_that_takes_nothing_for_send_timeout_is_aborted_as_stalled():
+    async def scenario():
+        total = 4 << 20
+        rig = RelayRig(LengthDecoder(total), viewer_buffer=16_384, send_timeout=0.2)
+        try:
+            await rig.start(length=total)
+            sending = asyncio.create_task(rig.lambda_sends(b"s" * total))
+            with pytest.raises(StreamAborted) as aborted:
+                await rig.relay.relay(b"")
+            sending.cancel()
+        finally:
+            rig.close()
+        assert aborted.value.kind is Outcome.VIEWER_STALLED
+
+    run(scenario)
+
+
+def test_a_viewer_that_hangs_up_mid_body_aborts_the_relay_as_a_viewer_abort():
+    async def scenario():
+        rig = RelayRig(ChunkedDecoder())
+        try:
+            await rig.start()
+            await rig.lambda_sends(b"5\r\nhello\r\n")
+            relaying = asyncio.create_task(rig.relay.relay(b""))
+            await eventually(lambda: rig.relay.copied == 5, "first chunk relayed")
+            rig.relay.viewer_gone()  # what the ViewerWatch calls when the viewer hangs up
+            with pytest.raises(StreamAborted) as aborted:
+                await relaying
+        finally:
+            rig.close()
+        assert aborted.value.kind is Outcome.VIEWER_ABORT
+
+    run(scenario)
+
+
+def test_writing_to_a_viewer_that_closed_aborts_as_a_viewer_abort():
+    async def scenario():
+        rig = RelayRig(LengthDecoder(1 << 20))
+        try:
+            await rig.start(length=1 << 20)
+            rig.viewer.sock.close()
+            sending = asyncio.create_task(rig.lambda_sends(b"v" * (1 << 20)))
+            with pytest.raises(StreamAborted) as aborted:
+                await rig.relay.relay(b"")
+            sending.cancel()
+        finally:
+            rig.close()
+        assert aborted.value.kind is Outcome.VIEWER_ABORT
+
+    run(scenario)
+
+
+@pytest.mark.parametrize(
+    ("wire", "message", "salvaged"),
+    [
+        (b"5\r\nhel", "closed the callback early", b"hel"),
+        (b"zz\r\nhello\r\n", "bad callback framing", b""),
+        (b"5\r\nhelloXX\r\n", "bad callback framing", b"hello"),
+    ],
+)
+def test_a_lambda_that_breaks_off_or_misframes_aborts_as_a_lambda_abort(wire, message, salvaged):
+    async def scenario():
+        rig = RelayRig(ChunkedDecoder())
+        try:
+            await rig.start()
+            await rig.lambda_sends(wire)
+            rig.lambda_sock.shutdown(socket.SHUT_WR)
+            with pytest.raises(StreamAborted) as aborted:
+                await rig.relay.relay(b"")
+            rig.relay.salvage()  # what the cycle does: the viewer keeps what was valid
+            rig.sink.close()
+            head, body, complete = await rig.viewer.response()
+        finally:
+            rig.close()
+        assert aborted.value.kind is Outcome.LAMBDA_ABORT and message in str(aborted.value)
+        assert head.status_code == 200 and not complete  # unterminated: known incomplete
+        assert body == salvaged
+
+    run(scenario)
+
+
+def test_a_lambda_silent_past_idle_timeout_aborts_as_idle_and_close_cancels_the_timer():
+    async def scenario():
+        rig = RelayRig(ChunkedDecoder(), idle_timeout=0.1)
+        try:
+            await rig.start()
+            with pytest.raises(StreamAborted) as aborted:
+                await rig.relay.relay(b"")
+            rig.relay.close()
+            assert rig.relay._timer.cancelled()
+            assert not rig.relay.reading
+        finally:
+            rig.close()
+        assert aborted.value.kind is Outcome.IDLE
+
+    run(scenario)
+
+
+# -- a whole request, in-process ------------------------------------------------------------
+
+
+class CallingBackInvoker:
+    """Stands in for the render: on invoke, it sends the event's callback, over a socket pair
+    served by a real CallbackConnection, with the given body (a prelude-less 200 response)."""
+
+    def __init__(
+        self, state_box: list[ServerState], body: bytes, content_type: bytes = b"text/plain"
+    ) -> None:
+        self.state_box = state_box
+        self.body = body
+        self.content_type = content_type
+        self.answer: asyncio.Future[bytes] | None = None
+        self.tasks: list[asyncio.Task[None]] = []
+        self.events: list[dict] = []
+
+    async def invoke(self, payload: bytes) -> None:
+        event = json.loads(payload)
+        self.events.append(event)
+        callback = event["sssrd"]
+        path = callback["callbackUrl"].split("/", 3)[3]
+        lambda_sock, daemon_sock = socket_pair()
+        served = CallbackConnection(self.state_box[0], daemon_side(daemon_sock))
+        self.tasks.append(asyncio.create_task(served.run()))
+        request = (
+            b"POST /%s HTTP/1.1\r\nhost: sssrd\r\nauthorization: Bearer %s\r\n"
+            b"content-type: %s\r\ncontent-length: %d\r\n\r\n%s"
+            % (
+                path.encode(),
+                callback["token"].encode(),
+                self.content_type,
+                len(self.body),
+                self.body,
+            )
+        )
+        loop = asyncio.get_running_loop()
+        self.answer = loop.create_future()
+        self.tasks.append(asyncio.create_task(self.read_answer(lambda_sock, request)))
+
+    async def read_answer(self, sock: socket.socket, request: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.sock_sendall(sock, request)
+        answer = bytearray()
+        while data := await loop.sock_recv(sock, 65_536):
+            answer += data
+        sock.close()
+        self.answer.set_result(bytes(answer))
+
+    def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+
+
+def fresh_state(invoker: CallingBackInvoker, box: list[ServerState]) -> ServerState:
+    # The invoker is this module's; the setting only has to pass validation.
+    defaults = {"callback_url": CALLBACK_BASE, "invoker": "lambda", "function": "render"}
+    settings = load_settings(None, environ={}, defaults=defaults)
+    state = ServerState(
+        settings=settings,
+        loop=asyncio.get_running_loop(),
+        pending=PendingRegistry(settings.max_pending),
+        invoker=invoker,
+        pipes=PipePool(4),
+        tally=Tally(),
+        callback_base=CALLBACK_BASE,
+    )
+    box.append(state)
+    return state
+
+
+def sample(state: ServerState, name: str, **labels: str) -> float | None:
+    return state.tally.metrics.registry.get_sample_value(name, labels)
+
+
+def test_a_request_cycle_streams_the_callback_to_the_viewer_and_answers_the_lambda(capsys):
+    async def scenario():
+        box: list[ServerState] = []
+        invoker = CallingBackInvoker(box, b"rendered in-process")
+        state = fresh_state(invoker, box)
+        viewer_sock, daemon_sock = socket_pair()
+        viewer = Viewer(viewer_sock)
+        serving = asyncio.create_task(ViewerConnection(state, daemon_side(daemon_sock)).run())
+        try:
+            await asyncio.get_running_loop().sock_sendall(
+                viewer_sock, b"GET /page?q=1 HTTP/1.1\r\nhost: example.test\r\n\r\n"
+            )
+            head, body, complete = await viewer.response()
+            answer = await invoker.answer
+        finally:
+            viewer_sock.close()
+            await serving
+            invoker.close()
+        assert head.status_code == 200 and complete and body == b"rendered in-process"
+        assert answer.startswith(b"HTTP/1.1 200 ") and b'"bytes": 19' in answer
+        assert invoker.events[0]["rawPath"] == "/page"
+        assert sample(state, "sssrd_requests_total", code="2xx", outcome="ok") == 1
+        assert state.tally.cycles_in_flight == 0 and state.tally.streams_in_flight == 0
+        assert len(state.pending) == 0
+
+    run(scenario)
+    access = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(line["path"], line["status"], line["outcome"]) for line in access] == [
+        ("/page", 200, "ok")
+    ]
+
+
+def test_prelude_headers_that_sssrd_drops_are_named_in_a_debug_line(caplog):
+    prelude = json.dumps({"statusCode": 201, "headers": {"Connection": "close", "x-a": "1"}})
+    rendered = prelude.encode() + b"\0" * 8 + b"body"
+
+    async def scenario():
+        box: list[ServerState] = []
+        invoker = CallingBackInvoker(box, rendered, PRELUDE_CONTENT_TYPE)
+        state = fresh_state(invoker, box)
+        viewer_sock, daemon_sock = socket_pair()
+        viewer = Viewer(viewer_sock)
+        serving = asyncio.create_task(ViewerConnection(state, daemon_side(daemon_sock)).run())
+        try:
+            await asyncio.get_running_loop().sock_sendall(
+                viewer_sock, b"GET / HTTP/1.1\r\nhost: example.test\r\n\r\n"
+            )
+            head, body, complete = await viewer.response()
+            await invoker.answer
+        finally:
+            viewer_sock.close()
+            await serving
+            invoker.close()
+        assert head.status_code == 201 and (b"x-a", b"1") in head.headers
+        assert (b"connection", b"close") not in head.headers
+        assert complete and body == b"body"
+
+    with caplog.at_level(logging.DEBUG, logger="sssrd"):
+        run(scenario)
+    [line] = [record for record in caplog.records if "headers of the render dropped" in record.msg]
+    assert line.headers == ["connection"] and len(line.request_id) == 32
+
+
+def test_a_viewer_gone_while_waiting_for_its_callback_is_one_viewer_abort(capsys):
+    async def scenario():
+        box: list[ServerState] = []
+        invoker = NeverCallsBack()
+        state = fresh_state(invoker, box)
+        viewer_sock, daemon_sock = socket_pair()
+        serving = asyncio.create_task(ViewerConnection(state, daemon_side(daemon_sock)).run())
+        await asyncio.get_running_loop().sock_sendall(
+            viewer_sock, b"GET / HTTP/1.1\r\nhost: example.test\r\n\r\n"
+        )
+        await invoker.invoked.wait()
+        viewer_sock.close()
+        await serving
+        assert sample(state, "sssrd_requests_total", code="4xx", outcome="viewer_abort") == 1
+        assert sample(state, "sssrd_aborts_total", side="viewer") == 1
+        assert len(state.pending) == 0 and state.tally.cycles_in_flight == 0
+
+    run(scenario)
+    access = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(line["status"], line["outcome"]) for line in access] == [(499, "viewer_abort")]
+
+
+class NeverCallsBack:
+    def __init__(self) -> None:
+        self.invoked = asyncio.Event()
+
+    async def invoke(self, payload: bytes) -> None:
+        self.invoked.set()
+
+    def close(self) -> None:
+        pass
