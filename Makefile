@@ -18,8 +18,8 @@ demo: venv
 	$(BIN)/sssrd dev
 
 lint: venv
-	$(BIN)/ruff check sssrd tests bench
-	$(BIN)/ruff format --check sssrd tests bench
+	$(BIN)/ruff check sssrd tests bench tools
+	$(BIN)/ruff format --check sssrd tests bench tools
 
 # Debian packages the tests need (tests/system-packages.txt): installed as root, else named.
 system-packages:
@@ -37,6 +37,12 @@ NPM_CI := npm ci --prefer-offline --no-audit --no-fund --loglevel=error
 npm-packages: node/node_modules/.package-lock.json examples/react-ssr/node_modules/.package-lock.json
 %/node_modules/.package-lock.json: %/package-lock.json %/package.json
 	cd $* && $(NPM_CI)
+
+# packaging/sssrd.toml and docs/settings.md, generated from the Settings table in sssrd/config.py
+# (tests/test_config.py fails while they are stale).
+.PHONY: settings-docs
+settings-docs: venv
+	$(BIN)/python tools/settings_docs.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info
