@@ -184,6 +184,24 @@ def test_deb_is_named_for_version_and_keeps_config_as_conffile(deb: Path):
     assert listing.split() == [CONFIG]
 
 
+def test_units_and_man_page_point_at_documentation_the_deb_installs(deb: Path):
+    listing = subprocess.run(
+        [tool("dpkg-deb"), "--contents", str(deb)], capture_output=True, text=True, check=True
+    ).stdout
+    installed = {line.split()[-1].removeprefix(".") for line in listing.splitlines()}
+    pointed_at = set()
+    for unit in (UNIT, *SOCKET_UNITS):
+        documentation = re.search(r"^Documentation=(.+)$", (PACKAGING / unit).read_text(), re.M)
+        assert documentation, unit
+        pointed_at |= {url.removeprefix("file://") for url in documentation.group(1).split()}
+    man_page = (PACKAGING / "deb" / "sssrd.8").read_text()
+    pointed_at |= set(re.findall(r"^\.IR? (/usr/share/doc/\S+?)(?: \.)?$", man_page, re.M))
+    assert "man:sssrd(8)" in pointed_at and "/usr/share/man/man8/sssrd.8.gz" in installed
+    documents = pointed_at - {"man:sssrd(8)"}
+    assert "/usr/share/doc/sssrd/docs/settings.md" in documents
+    assert documents <= installed, documents - installed
+
+
 def test_install_enables_the_service_without_starting_it(installed: nspawn.Container):
     assert installed.systemctl("is-enabled", UNIT, check=False) == "enabled"
     assert installed.systemctl("is-active", UNIT, check=False) == "inactive"
