@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint venv clean system-packages
+.PHONY: demo test check lint venv clean system-packages
 
 $(BIN)/sssrd: pyproject.toml
 	bash tests/ensure-system-packages python3-venv
@@ -24,6 +24,11 @@ lint: venv
 # Debian packages the tests need (tests/system-packages.txt): installed as root, else named.
 system-packages:
 	bash tests/ensure-system-packages tests/system-packages.txt
+
+# The edit-test loop: lint and the tests that start no subprocess (no daemon, system tool,
+# browser or container; markers in pyproject.toml). Needs only the virtualenv.
+check: lint
+	$(BIN)/pytest -q -m "not (daemon or system_tools or browser or container)"
 
 test: system-packages lint npm-packages
 	SSSRD_PYTHON=$(BIN)/python node --test node/test/*.test.mjs

@@ -22,6 +22,8 @@ from test_lifecycle import sssrd_command
 from sssrd.testing.fake_imds import FakeIMDS
 from sssrd.testing.fake_lambda import FakeLambda
 
+pytestmark = pytest.mark.daemon
+
 CLIENTS = ["lean", "boto3"]
 
 

@@ -25,7 +25,7 @@ import nspawn
 import pytest
 from system_tools import require, tool
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.timeout(600), pytest.mark.system_tools]  # container: see conftest
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGING = REPO / "packaging"
