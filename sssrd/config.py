@@ -18,6 +18,7 @@ import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -209,7 +210,7 @@ class Field:
     default: Any  # as a user would write it; parsed like any other layer
     help: str  # one line: `--help` and `sssrd check-config`
     doc: str  # Markdown: the shipped config's comment and docs/settings.md
-    section: str
+    section: Section
     reloadable: bool  # SIGHUP changes it in place; the rest are built once at startup
 
 
@@ -219,7 +220,7 @@ def setting(
     help: str,
     doc: str,
     *,
-    section: str,
+    section: Section,
     reloadable: bool = False,
 ) -> Any:
     """A Settings field that carries its own Field (named once the class exists)."""
@@ -227,8 +228,15 @@ def setting(
     return dataclasses.field(metadata={"setting": {**spec, "reloadable": reloadable}})
 
 
-LISTENERS, RENDERING, LAMBDA = "Listeners", "Rendering", "Lambda invoker"
-LIMITS, TIMEOUTS, TRAFFIC = "Limits", "Timeouts", "Body path, proxies and logging"
+class Section(StrEnum):
+    """Where a setting is shown in the shipped config and the reference, in this order."""
+
+    LISTENERS = "Listeners"
+    RENDERING = "Rendering"
+    LAMBDA = "Lambda invoker"
+    LIMITS = "Limits"
+    TIMEOUTS = "Timeouts"
+    TRAFFIC = "Body path, proxies and logging"
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,7 +248,7 @@ class Settings:
         "0.0.0.0:8080",
         "viewer listener (the ALB target), HOST:PORT",
         "Viewer listener: the ALB's target. `GET /healthz` here is the ALB health check.",
-        section=LISTENERS,
+        section=Section.LISTENERS,
     )
     callback_listen: Address = setting(
         parse_address,
@@ -248,7 +256,7 @@ class Settings:
         "callback listener, HOST:PORT",
         "Callback listener: where Lambdas POST their responses. Allow it only from the "
         "Lambda's security group.",
-        section=LISTENERS,
+        section=Section.LISTENERS,
     )
     callback_url: str = setting(
         parse_callback_url,
@@ -258,14 +266,14 @@ class Settings:
         "The callback base URL the Lambda is told to use; it must reach *this* instance, never "
         'the ALB. `""` derives it from `callback_listen`, which must then name a specific '
         'address; `"auto"` asks EC2\'s instance metadata (IMDSv2) for the private IPv4.',
-        section=LISTENERS,
+        section=Section.LISTENERS,
     )
     admin_listen: Address | None = setting(
         parse_optional_address,
         "127.0.0.1:9090",
         "metrics/health; 'off'",
         'Admin listener: `/metrics` (Prometheus) and `/healthz`; `"off"` disables it.',
-        section=LISTENERS,
+        section=Section.LISTENERS,
     )
     backlog: int = setting(
         parse_positive_int,
@@ -273,7 +281,7 @@ class Settings:
         "listen backlog of each listener",
         "Listen backlog of each listener; the kernel caps it at `net.core.somaxconn` (the usual "
         "511 overflowed under a 1,000-connection load).",
-        section=LISTENERS,
+        section=Section.LISTENERS,
     )
     invoker: str = setting(
         parse_choice("local", "lambda"),
@@ -281,21 +289,21 @@ class Settings:
         "how renders are started",
         'How renders start: `"lambda"` (an asynchronous Lambda invoke) or `"local"` (a '
         "Python handler run in-process on worker threads, for development).",
-        section=RENDERING,
+        section=Section.RENDERING,
     )
     handler: str = setting(
         parse_handler,
         "sssrd.demo:handler",
         "local invoker: module:function",
         "Local invoker: the handler, as `module:function`.",
-        section=RENDERING,
+        section=Section.RENDERING,
     )
     local_workers: int = setting(
         parse_positive_int,
         64,
         "local invoker: concurrent handler threads",
         "Local invoker: how many handlers run at once (more queue up).",
-        section=RENDERING,
+        section=Section.RENDERING,
     )
     compat: str = setting(
         parse_choice("", "lambda-streaming"),
@@ -305,7 +313,7 @@ class Settings:
         '`{"origin", "url", "requestId"}` and the callback a POST to the callback listener\'s '
         "root with `x-request-id` / `x-status-code`. It carries **no token**: leave it off "
         "unless you need it.",
-        section=RENDERING,
+        section=Section.RENDERING,
     )
     function: str = setting(
         parse_string,
@@ -314,14 +322,14 @@ class Settings:
         "The render function: a name, partial or full ARN (required with the Lambda invoker). "
         "The instance role needs `lambda:InvokeFunction` on exactly that function (or alias) "
         "ARN.",
-        section=LAMBDA,
+        section=Section.LAMBDA,
     )
     qualifier: str = setting(
         parse_string,
         "",
         "lambda invoker: alias or version ('' for unqualified)",
         'An alias or version of `function` (`""` for unqualified).',
-        section=LAMBDA,
+        section=Section.LAMBDA,
     )
     region: str = setting(
         parse_string,
@@ -330,14 +338,14 @@ class Settings:
         'The AWS region; `""` tries `AWS_REGION`, `AWS_DEFAULT_REGION` or the AWS profile, '
         "then the instance metadata (IMDSv2, see `imds_endpoint`). Credentials always come from "
         "boto3's chain (on EC2, the instance profile).",
-        section=LAMBDA,
+        section=Section.LAMBDA,
     )
     endpoint_url: str = setting(
         parse_optional_url,
         "",
         "lambda invoker: Invoke API endpoint ('' uses boto3's, incl. AWS_ENDPOINT_URL_LAMBDA)",
         'The Invoke API endpoint; `""` uses boto3\'s (`AWS_ENDPOINT_URL_LAMBDA` works).',
-        section=LAMBDA,
+        section=Section.LAMBDA,
     )
     invoke_client: str = setting(
         parse_choice("lean", "boto3"),
@@ -347,14 +355,14 @@ class Settings:
         '`"lean"` signs each invoke with botocore and sends it on sssrd\'s own keep-alive '
         'client (a quarter of boto3\'s CPU per invoke, `bench/RESULTS.md`); `"boto3"` calls '
         "boto3's `invoke()` on a thread pool.",
-        section=LAMBDA,
+        section=Section.LAMBDA,
     )
     invoke_timeout: float = setting(
         parse_positive_float,
         5.0,
         "seconds one invoke attempt may take",
         "One invoke attempt's time limit.",
-        section=LAMBDA,
+        section=Section.LAMBDA,
     )
     invoke_retries: int = setting(
         parse_retries,
@@ -362,14 +370,14 @@ class Settings:
         "extra attempts after a connection failure or a 5xx (never after 429/4xx)",
         "Extra attempts (0 to 5) after a connection failure, a 5xx or an attempt over "
         "`invoke_timeout`; never after a throttle (429) or another 4xx.",
-        section=LAMBDA,
+        section=Section.LAMBDA,
     )
     invoke_connections: int = setting(
         parse_positive_int,
         64,
         "lean invoke client: most connections open to the Invoke API",
         'Most connections open to the Invoke API (with `invoke_client = "boto3"`, its threads).',
-        section=LAMBDA,
+        section=Section.LAMBDA,
     )
     imds_endpoint: str = setting(
         parse_optional_url,
@@ -379,7 +387,7 @@ class Settings:
         'Where `callback_url = "auto"` asks for the instance\'s private IPv4, and an unset '
         '`region` for the instance\'s region; `""` uses `AWS_EC2_METADATA_SERVICE_ENDPOINT`, '
         "else `http://169.254.169.254`.",
-        section=LAMBDA,
+        section=Section.LAMBDA,
     )
     max_pending: int = setting(
         parse_positive_int,
@@ -387,7 +395,7 @@ class Settings:
         "requests waiting or streaming; over: 503",
         "Requests waiting for or streaming a callback; more are shed with 503 at once, with no "
         "invoke.",
-        section=LIMITS,
+        section=Section.LIMITS,
         reloadable=True,
     )
     max_head_bytes: int = setting(
@@ -395,7 +403,7 @@ class Settings:
         16_384,
         "request head size limit; over: 431",
         "Request head size limit, on every listener (431 beyond).",
-        section=LIMITS,
+        section=Section.LIMITS,
         reloadable=True,
     )
     max_body_bytes: int = setting(
@@ -403,7 +411,7 @@ class Settings:
         1_048_576,
         "request body size limit; over: 413",
         "Request body size limit (413 beyond); at most `max_event_bytes`.",
-        section=LIMITS,
+        section=Section.LIMITS,
         reloadable=True,
     )
     max_event_bytes: int = setting(
@@ -412,7 +420,7 @@ class Settings:
         "invoke payload limit; over: 413",
         "The whole invoke payload's limit, after base64 (413 beyond, before any invoke). "
         "Lambda's asynchronous invoke limit is 1 MB.",
-        section=LIMITS,
+        section=Section.LIMITS,
         reloadable=True,
     )
     max_prelude_bytes: int = setting(
@@ -420,7 +428,7 @@ class Settings:
         65_536,
         "callback prelude size limit",
         "Largest JSON prelude a callback may send before its 8 NUL bytes.",
-        section=LIMITS,
+        section=Section.LIMITS,
         reloadable=True,
     )
     head_timeout: float = setting(
@@ -428,7 +436,7 @@ class Settings:
         10.0,
         "seconds to receive a whole request head",
         "A whole request head must arrive within this (slowloris guard; 408 otherwise).",
-        section=TIMEOUTS,
+        section=Section.TIMEOUTS,
         reloadable=True,
     )
     callback_timeout: float = setting(
@@ -436,7 +444,7 @@ class Settings:
         30.0,
         "seconds from request to callback",
         "The Lambda must call back within this of the request (504 otherwise).",
-        section=TIMEOUTS,
+        section=Section.TIMEOUTS,
         reloadable=True,
     )
     idle_timeout: float = setting(
@@ -445,7 +453,7 @@ class Settings:
         "longest gap between callback body bytes",
         "Longest silence between callback body bytes before the stream is cut. Only the "
         "Lambda's silence counts: time spent waiting for a slow viewer to take bytes does not.",
-        section=TIMEOUTS,
+        section=Section.TIMEOUTS,
         reloadable=True,
     )
     send_timeout: float = setting(
@@ -454,7 +462,7 @@ class Settings:
         "longest a viewer may take no response byte",
         "Longest a viewer may take none of the response's bytes before it is cut as a viewer "
         "abort; the Lambda's callback is then told 410 and closed, so the render stops.",
-        section=TIMEOUTS,
+        section=Section.TIMEOUTS,
         reloadable=True,
     )
     keepalive_timeout: float = setting(
@@ -463,7 +471,7 @@ class Settings:
         "idle viewer connection lifetime; keep above the ALB's idle timeout (60 s)",
         "Idle keep-alive viewer connections close after this. Keep it above the ALB's idle "
         "timeout (60 s by default) so the ALB never reuses a connection sssrd is closing.",
-        section=TIMEOUTS,
+        section=Section.TIMEOUTS,
         reloadable=True,
     )
     drain_timeout: float = setting(
@@ -472,7 +480,7 @@ class Settings:
         "seconds in-flight streams get on SIGTERM",
         "On SIGTERM, in-flight streams get this long to finish (keep the unit's "
         "`TimeoutStopSec` above it).",
-        section=TIMEOUTS,
+        section=Section.TIMEOUTS,
         reloadable=True,
     )
     body_path: str = setting(
@@ -483,7 +491,7 @@ class Settings:
         'How body bytes move from callback to viewer: `"auto"` moves large chunks with '
         "`splice(2)` (no copy through Python) and copies small ones (cheaper for them); "
         '`"splice"` or `"copy"` force one path.',
-        section=TRAFFIC,
+        section=Section.TRAFFIC,
         reloadable=True,
     )
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = setting(
@@ -494,7 +502,7 @@ class Settings:
         "CIDRs whose `X-Forwarded-For` is believed, as a list or a comma-separated string: the "
         "ALB's subnets (and CloudFront's ranges if the viewer's own address matters). The "
         "client address in logs and in the event's `sourceIp` is then the last untrusted hop.",
-        section=TRAFFIC,
+        section=Section.TRAFFIC,
         reloadable=True,
     )
     log_level: str = setting(
@@ -503,7 +511,7 @@ class Settings:
         "lowest level of lifecycle/error log lines (access lines are always written)",
         "Lowest level of lifecycle and error lines: `debug`, `info`, `warning`, `error`. "
         "Access lines (one JSON line per request) are always written.",
-        section=TRAFFIC,
+        section=Section.TRAFFIC,
         reloadable=True,
     )
 

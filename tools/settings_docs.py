@@ -14,7 +14,7 @@ import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from sssrd.config import FIELDS, Field, toml_literal
+from sssrd.config import FIELDS, Field, Section, toml_literal
 
 ROOT = Path(__file__).resolve().parents[1]
 WIDTH = 96
@@ -51,12 +51,10 @@ value and names the setting in the `reloaded` log line's `needs_restart`.
 """
 
 
-def sections() -> Iterator[tuple[str, list[Field]]]:
-    """The fields grouped by section, sections and fields in declaration order."""
-    grouped: dict[str, list[Field]] = {}
-    for field in FIELDS:
-        grouped.setdefault(field.section, []).append(field)
-    yield from grouped.items()
+def sections() -> Iterator[tuple[Section, list[Field]]]:
+    """The fields grouped by section, in Section's order; fields in declaration order."""
+    for section in Section:
+        yield section, [field for field in FIELDS if field.section is section]
 
 
 def shipped_config() -> str:
