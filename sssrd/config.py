@@ -201,6 +201,17 @@ def parse_string(value: Any) -> str:
     return text(value, "text in quotes")
 
 
+class Section(StrEnum):
+    """Where a setting is shown in the shipped config and the reference, in this order."""
+
+    LISTENERS = "Listeners"
+    RENDERING = "Rendering"
+    LAMBDA = "Lambda invoker"
+    LIMITS = "Limits"
+    TIMEOUTS = "Timeouts"
+    TRAFFIC = "Body path, proxies and logging"
+
+
 @dataclass(frozen=True, slots=True)
 class Field:
     """One setting: how to parse it, its default, and the texts that document it."""
@@ -228,20 +239,13 @@ def setting(
     return dataclasses.field(metadata={"setting": {**spec, "reloadable": reloadable}})
 
 
-class Section(StrEnum):
-    """Where a setting is shown in the shipped config and the reference, in this order."""
-
-    LISTENERS = "Listeners"
-    RENDERING = "Rendering"
-    LAMBDA = "Lambda invoker"
-    LIMITS = "Limits"
-    TIMEOUTS = "Timeouts"
-    TRAFFIC = "Body path, proxies and logging"
-
-
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """The effective settings, one typed attribute each; the class body is the settings table."""
+    """The effective settings, one typed attribute each; the class body is the settings table.
+
+    Each `= setting(...)` is a dataclasses.field holding that setting's Field, not a default
+    value: every attribute is required, so build Settings with load_settings().
+    """
 
     listen: Address = setting(
         parse_address,
