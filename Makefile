@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint venv clean system-packages
+.PHONY: demo test check lint venv clean system-packages
 
 $(BIN)/sssrd: pyproject.toml
 	bash tests/ensure-system-packages python3-venv
@@ -18,13 +18,18 @@ demo: venv
 	$(BIN)/sssrd dev
 
 lint: venv
-	$(BIN)/ruff check sssrd tests bench cdk
-	$(BIN)/ruff format --check sssrd tests bench cdk
+	$(BIN)/ruff check sssrd tests bench cdk tools
+	$(BIN)/ruff format --check sssrd tests bench cdk tools
 	$(BIN)/mypy
 
 # Debian packages the tests need (tests/system-packages.txt): installed as root, else named.
 system-packages:
 	bash tests/ensure-system-packages tests/system-packages.txt
+
+# The edit-test loop: lint and the tests that start no subprocess (no daemon, system tool,
+# browser or container; markers in pyproject.toml). Needs only the virtualenv.
+check: lint
+	$(BIN)/pytest -q -m "not (daemon or system_tools or browser or container)"
 
 test: system-packages lint npm-packages
 	SSSRD_PYTHON=$(BIN)/python node --test node/test/*.test.mjs
@@ -38,6 +43,12 @@ NPM_CI := npm ci --prefer-offline --no-audit --no-fund --loglevel=error
 npm-packages: node/node_modules/.package-lock.json examples/react-ssr/node_modules/.package-lock.json
 %/node_modules/.package-lock.json: %/package-lock.json %/package.json
 	cd $* && $(NPM_CI)
+
+# packaging/sssrd.toml and docs/settings.md, generated from the Settings table in sssrd/config.py
+# (tests/test_config.py fails while they are stale).
+.PHONY: settings-docs
+settings-docs: venv
+	$(BIN)/python tools/settings_docs.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

@@ -107,13 +107,14 @@ def find(rows: Sequence[Row], **match: Any) -> Row | None:
 
 
 def pick(results: Results, scenario: str, key: str, **match: Any) -> float | None:
-    """The figure, None when the scenario did not run, NaN when it ran and broke."""
+    """The figure; None when it was not measured (the scenario, or the peer a ratio or
+    difference is taken against, did not run), NaN when it ran and broke."""
     row = find(results.get(scenario, []), **match)
     if row is None:
         return None
     if row.get("ok") is False or row.get("broken_streams"):
         return float("nan")
-    return float("nan") if row.get(key) is None else float(row[key])
+    return None if row.get(key) is None else float(row[key])
 
 
 def ratio(

@@ -332,7 +332,10 @@ def add_ratios(rows: list[Row], key: str, by: tuple[str, ...]) -> None:
         group = [other for other in rows if all(other[k] == row[k] for k in by)]
         for reference in ("direct", "haproxy"):
             base = next((other[key] for other in group if other["peer"] == reference), None)
-            row[f"vs_{reference}"] = row[key] / base if base and not math.isnan(base) else None
+            if base is None:  # the reference did not run: no ratio, and no verdict on it
+                row[f"vs_{reference}"] = None
+            else:  # it ran: a broken reference gives a broken ratio, never a missing one
+                row[f"vs_{reference}"] = row[key] / base if base and not math.isnan(base) else NAN
 
 
 # -- chunk latency ------------------------------------------------------------------------------

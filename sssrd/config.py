@@ -1,9 +1,11 @@
 """The daemon's settings: one frozen object built from defaults, a TOML file, env and flags.
 
-Every setting is declared once in FIELDS (name, parser, default, help). The same table drives the
-TOML keys, the `SSSRD_<NAME>` environment variables, the `--<name>` CLI flags and the reference in
-`sssrd check-config`, so the four can never drift apart. Precedence: flags > env > file > defaults.
-A bad value raises ConfigError naming the key and where the value came from.
+Every setting is declared once, as a field of Settings carrying its Field (parser, default, help,
+documentation, section, whether SIGHUP may change it); FIELDS lists them. That one table drives
+the TOML keys, the `SSSRD_<NAME>` environment variables, the `--<name>` CLI flags, what a reload
+applies, `sssrd check-config`, and the generated packaging/sssrd.toml and docs/settings.md
+(tools/settings_docs.py), so none of them can drift apart. Precedence: flags > env > file >
+defaults. A bad value raises ConfigError naming the key and where the value came from.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -198,150 +201,323 @@ def parse_string(value: Any) -> str:
     return text(value, "text in quotes")
 
 
+class Section(StrEnum):
+    """Where a setting is shown in the shipped config and the reference, in this order."""
+
+    LISTENERS = "Listeners"
+    RENDERING = "Rendering"
+    LAMBDA = "Lambda invoker"
+    LIMITS = "Limits"
+    TIMEOUTS = "Timeouts"
+    TRAFFIC = "Body path, proxies and logging"
+
+
 @dataclass(frozen=True, slots=True)
 class Field:
+    """One setting: how to parse it, its default, and the texts that document it."""
+
     name: str
     parse: Callable[[Any], Any]
-    default: Any
-    help: str
+    default: Any  # as a user would write it; parsed like any other layer
+    help: str  # one line: `--help` and `sssrd check-config`
+    doc: str  # Markdown: the shipped config's comment and docs/settings.md
+    section: Section
+    reloadable: bool  # SIGHUP changes it in place; the rest are built once at startup
 
 
-FIELDS: tuple[Field, ...] = (
-    Field("listen", parse_address, "0.0.0.0:8080", "viewer listener (the ALB target), HOST:PORT"),
-    Field("callback_listen", parse_address, "0.0.0.0:8081", "callback listener, HOST:PORT"),
-    Field(
-        "callback_url",
-        parse_callback_url,
-        "",
-        "callback base URL advertised to the Lambda; '' derives it from callback_listen "
-        "(which must then name a specific address); 'auto' asks EC2's IMDSv2",
-    ),
-    Field("admin_listen", parse_optional_address, "127.0.0.1:9090", "metrics/health; 'off'"),
-    Field("invoker", parse_choice("local", "lambda"), "lambda", "how renders are started"),
-    Field("handler", parse_handler, "sssrd.demo:handler", "local invoker: module:function"),
-    Field("local_workers", parse_positive_int, 64, "local invoker: concurrent handler threads"),
-    Field("function", parse_string, "", "lambda invoker: function name, partial or full ARN"),
-    Field("qualifier", parse_string, "", "lambda invoker: alias or version ('' for unqualified)"),
-    Field(
-        "region",
-        parse_string,
-        "",
-        "lambda invoker: AWS region ('' tries AWS_REGION, AWS_DEFAULT_REGION/profile, IMDSv2)",
-    ),
-    Field(
-        "endpoint_url",
-        parse_optional_url,
-        "",
-        "lambda invoker: Invoke API endpoint ('' uses boto3's, incl. AWS_ENDPOINT_URL_LAMBDA)",
-    ),
-    Field(
-        "invoke_client",
-        parse_choice("lean", "boto3"),
-        "lean",
-        "lambda invoker: 'lean' signs with botocore and sends on sssrd's own pooled HTTP "
-        "client; 'boto3' calls boto3's invoke() on a thread pool",
-    ),
-    Field("invoke_timeout", parse_positive_float, 5.0, "seconds one invoke attempt may take"),
-    Field(
-        "invoke_retries",
-        parse_retries,
-        1,
-        "extra attempts after a connection failure or a 5xx (never after 429/4xx)",
-    ),
-    Field(
-        "invoke_connections",
-        parse_positive_int,
-        64,
-        "lean invoke client: most connections open to the Invoke API",
-    ),
-    Field(
-        "imds_endpoint",
-        parse_optional_url,
-        "",
-        "EC2 instance metadata endpoint for callback_url 'auto' and the region ('' uses "
-        "AWS_EC2_METADATA_SERVICE_ENDPOINT, else http://169.254.169.254)",
-    ),
-    Field(
-        "compat",
-        parse_choice("", "lambda-streaming"),
-        "",
-        "'lambda-streaming' speaks the seed proof of concept's protocol (NO callback token)",
-    ),
-    Field("max_pending", parse_positive_int, 10_000, "requests waiting or streaming; over: 503"),
-    Field("max_head_bytes", parse_positive_int, 16_384, "request head size limit; over: 431"),
-    Field("max_body_bytes", parse_positive_int, 1_048_576, "request body size limit; over: 413"),
-    Field("max_event_bytes", parse_positive_int, 1_048_576, "invoke payload limit; over: 413"),
-    Field("max_prelude_bytes", parse_positive_int, 65_536, "callback prelude size limit"),
-    Field("head_timeout", parse_positive_float, 10.0, "seconds to receive a whole request head"),
-    Field("callback_timeout", parse_positive_float, 30.0, "seconds from request to callback"),
-    Field("idle_timeout", parse_positive_float, 30.0, "longest gap between callback body bytes"),
-    Field("send_timeout", parse_positive_float, 60.0, "longest a viewer may take no response byte"),
-    Field(
-        "keepalive_timeout",
-        parse_positive_float,
-        75.0,
-        "idle viewer connection lifetime; keep above the ALB's idle timeout (60 s)",
-    ),
-    Field("drain_timeout", parse_positive_float, 30.0, "seconds in-flight streams get on SIGTERM"),
-    Field("backlog", parse_positive_int, 4096, "listen backlog of each listener"),
-    Field(
-        "body_path",
-        parse_choice("auto", "splice", "copy"),
-        "auto",
-        "how body bytes move: 'auto' splices large chunks and copies small ones; "
-        "'splice'/'copy' force one (benchmarks, debugging)",
-    ),
-    Field(
-        "trusted_proxies",
-        parse_networks,
-        "",
-        "CIDRs whose X-Forwarded-For is believed (the ALB's subnets; CloudFront's ranges if "
-        "the viewer's own address matters); the client address is then the last untrusted hop",
-    ),
-    Field(
-        "log_level",
-        parse_choice("debug", "info", "warning", "error"),
-        "info",
-        "lowest level of lifecycle/error log lines (access lines are always written)",
-    ),
-)
-FIELDS_BY_NAME = {field.name: field for field in FIELDS}
+def setting(
+    parse: Callable[[Any], Any],
+    default: Any,
+    help: str,
+    doc: str,
+    *,
+    section: Section,
+    reloadable: bool = False,
+) -> Any:
+    """A Settings field that carries its own Field (named once the class exists)."""
+    spec = {"parse": parse, "default": default, "help": help, "doc": doc, "section": section}
+    return dataclasses.field(metadata={"setting": {**spec, "reloadable": reloadable}})
 
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    listen: Address
-    callback_listen: Address
-    callback_url: str
-    admin_listen: Address | None
-    invoker: str
-    handler: str
-    local_workers: int
-    function: str
-    qualifier: str
-    region: str
-    endpoint_url: str
-    invoke_client: str
-    invoke_timeout: float
-    invoke_retries: int
-    invoke_connections: int
-    imds_endpoint: str
-    compat: str
-    max_pending: int
-    max_head_bytes: int
-    max_body_bytes: int
-    max_event_bytes: int
-    max_prelude_bytes: int
-    head_timeout: float
-    callback_timeout: float
-    idle_timeout: float
-    send_timeout: float
-    keepalive_timeout: float
-    drain_timeout: float
-    backlog: int
-    body_path: str
-    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
-    log_level: str
+    """The effective settings, one typed attribute each; the class body is the settings table.
+
+    Each `= setting(...)` is a dataclasses.field holding that setting's Field, not a default
+    value: every attribute is required, so build Settings with load_settings().
+    """
+
+    listen: Address = setting(
+        parse_address,
+        "0.0.0.0:8080",
+        "viewer listener (the ALB target), HOST:PORT",
+        "Viewer listener: the ALB's target. `GET /healthz` here is the ALB health check.",
+        section=Section.LISTENERS,
+    )
+    callback_listen: Address = setting(
+        parse_address,
+        "0.0.0.0:8081",
+        "callback listener, HOST:PORT",
+        "Callback listener: where Lambdas POST their responses. Allow it only from the "
+        "Lambda's security group.",
+        section=Section.LISTENERS,
+    )
+    callback_url: str = setting(
+        parse_callback_url,
+        "",
+        "callback base URL advertised to the Lambda; '' derives it from callback_listen "
+        "(which must then name a specific address); 'auto' asks EC2's IMDSv2",
+        "The callback base URL the Lambda is told to use; it must reach *this* instance, never "
+        'the ALB. `""` derives it from `callback_listen`, which must then name a specific '
+        'address; `"auto"` asks EC2\'s instance metadata (IMDSv2) for the private IPv4.',
+        section=Section.LISTENERS,
+    )
+    admin_listen: Address | None = setting(
+        parse_optional_address,
+        "127.0.0.1:9090",
+        "metrics/health; 'off'",
+        'Admin listener: `/metrics` (Prometheus) and `/healthz`; `"off"` disables it.',
+        section=Section.LISTENERS,
+    )
+    backlog: int = setting(
+        parse_positive_int,
+        4096,
+        "listen backlog of each listener",
+        "Listen backlog of each listener; the kernel caps it at `net.core.somaxconn` (the usual "
+        "511 overflowed under a 1,000-connection load).",
+        section=Section.LISTENERS,
+    )
+    invoker: str = setting(
+        parse_choice("local", "lambda"),
+        "lambda",
+        "how renders are started",
+        'How renders start: `"lambda"` (an asynchronous Lambda invoke) or `"local"` (a '
+        "Python handler run in-process on worker threads, for development).",
+        section=Section.RENDERING,
+    )
+    handler: str = setting(
+        parse_handler,
+        "sssrd.demo:handler",
+        "local invoker: module:function",
+        "Local invoker: the handler, as `module:function`.",
+        section=Section.RENDERING,
+    )
+    local_workers: int = setting(
+        parse_positive_int,
+        64,
+        "local invoker: concurrent handler threads",
+        "Local invoker: how many handlers run at once (more queue up).",
+        section=Section.RENDERING,
+    )
+    compat: str = setting(
+        parse_choice("", "lambda-streaming"),
+        "",
+        "'lambda-streaming' speaks the seed proof of concept's protocol (NO callback token)",
+        '`"lambda-streaming"` speaks the original proof of concept\'s protocol: the event is '
+        '`{"origin", "url", "requestId"}` and the callback a POST to the callback listener\'s '
+        "root with `x-request-id` / `x-status-code`. It carries **no token**: leave it off "
+        "unless you need it.",
+        section=Section.RENDERING,
+    )
+    function: str = setting(
+        parse_string,
+        "",
+        "lambda invoker: function name, partial or full ARN",
+        "The render function: a name, partial or full ARN (required with the Lambda invoker). "
+        "The instance role needs `lambda:InvokeFunction` on exactly that function (or alias) "
+        "ARN.",
+        section=Section.LAMBDA,
+    )
+    qualifier: str = setting(
+        parse_string,
+        "",
+        "lambda invoker: alias or version ('' for unqualified)",
+        'An alias or version of `function` (`""` for unqualified).',
+        section=Section.LAMBDA,
+    )
+    region: str = setting(
+        parse_string,
+        "",
+        "lambda invoker: AWS region ('' tries AWS_REGION, AWS_DEFAULT_REGION/profile, IMDSv2)",
+        'The AWS region; `""` tries `AWS_REGION`, `AWS_DEFAULT_REGION` or the AWS profile, '
+        "then the instance metadata (IMDSv2, see `imds_endpoint`). Credentials always come from "
+        "boto3's chain (on EC2, the instance profile).",
+        section=Section.LAMBDA,
+    )
+    endpoint_url: str = setting(
+        parse_optional_url,
+        "",
+        "lambda invoker: Invoke API endpoint ('' uses boto3's, incl. AWS_ENDPOINT_URL_LAMBDA)",
+        'The Invoke API endpoint; `""` uses boto3\'s (`AWS_ENDPOINT_URL_LAMBDA` works).',
+        section=Section.LAMBDA,
+    )
+    invoke_client: str = setting(
+        parse_choice("lean", "boto3"),
+        "lean",
+        "lambda invoker: 'lean' signs with botocore and sends on sssrd's own pooled HTTP "
+        "client; 'boto3' calls boto3's invoke() on a thread pool",
+        '`"lean"` signs each invoke with botocore and sends it on sssrd\'s own keep-alive '
+        'client (a quarter of boto3\'s CPU per invoke, `bench/RESULTS.md`); `"boto3"` calls '
+        "boto3's `invoke()` on a thread pool.",
+        section=Section.LAMBDA,
+    )
+    invoke_timeout: float = setting(
+        parse_positive_float,
+        5.0,
+        "seconds one invoke attempt may take",
+        "One invoke attempt's time limit.",
+        section=Section.LAMBDA,
+    )
+    invoke_retries: int = setting(
+        parse_retries,
+        1,
+        "extra attempts after a connection failure or a 5xx (never after 429/4xx)",
+        "Extra attempts (0 to 5) after a connection failure, a 5xx or an attempt over "
+        "`invoke_timeout`; never after a throttle (429) or another 4xx.",
+        section=Section.LAMBDA,
+    )
+    invoke_connections: int = setting(
+        parse_positive_int,
+        64,
+        "lean invoke client: most connections open to the Invoke API",
+        'Most connections open to the Invoke API (with `invoke_client = "boto3"`, its threads).',
+        section=Section.LAMBDA,
+    )
+    imds_endpoint: str = setting(
+        parse_optional_url,
+        "",
+        "EC2 instance metadata endpoint for callback_url 'auto' and the region ('' uses "
+        "AWS_EC2_METADATA_SERVICE_ENDPOINT, else http://169.254.169.254)",
+        'Where `callback_url = "auto"` asks for the instance\'s private IPv4, and an unset '
+        '`region` for the instance\'s region; `""` uses `AWS_EC2_METADATA_SERVICE_ENDPOINT`, '
+        "else `http://169.254.169.254`.",
+        section=Section.LAMBDA,
+    )
+    max_pending: int = setting(
+        parse_positive_int,
+        10_000,
+        "requests waiting or streaming; over: 503",
+        "Requests waiting for or streaming a callback; more are shed with 503 at once, with no "
+        "invoke.",
+        section=Section.LIMITS,
+        reloadable=True,
+    )
+    max_head_bytes: int = setting(
+        parse_positive_int,
+        16_384,
+        "request head size limit; over: 431",
+        "Request head size limit, on every listener (431 beyond).",
+        section=Section.LIMITS,
+        reloadable=True,
+    )
+    max_body_bytes: int = setting(
+        parse_positive_int,
+        1_048_576,
+        "request body size limit; over: 413",
+        "Request body size limit (413 beyond); at most `max_event_bytes`.",
+        section=Section.LIMITS,
+        reloadable=True,
+    )
+    max_event_bytes: int = setting(
+        parse_positive_int,
+        1_048_576,
+        "invoke payload limit; over: 413",
+        "The whole invoke payload's limit, after base64 (413 beyond, before any invoke). "
+        "Lambda's asynchronous invoke limit is 1 MB.",
+        section=Section.LIMITS,
+        reloadable=True,
+    )
+    max_prelude_bytes: int = setting(
+        parse_positive_int,
+        65_536,
+        "callback prelude size limit",
+        "Largest JSON prelude a callback may send before its 8 NUL bytes.",
+        section=Section.LIMITS,
+        reloadable=True,
+    )
+    head_timeout: float = setting(
+        parse_positive_float,
+        10.0,
+        "seconds to receive a whole request head",
+        "A whole request head must arrive within this (slowloris guard; 408 otherwise).",
+        section=Section.TIMEOUTS,
+        reloadable=True,
+    )
+    callback_timeout: float = setting(
+        parse_positive_float,
+        30.0,
+        "seconds from request to callback",
+        "The Lambda must call back within this of the request (504 otherwise).",
+        section=Section.TIMEOUTS,
+        reloadable=True,
+    )
+    idle_timeout: float = setting(
+        parse_positive_float,
+        30.0,
+        "longest gap between callback body bytes",
+        "Longest silence between callback body bytes before the stream is cut. Only the "
+        "Lambda's silence counts: time spent waiting for a slow viewer to take bytes does not.",
+        section=Section.TIMEOUTS,
+        reloadable=True,
+    )
+    send_timeout: float = setting(
+        parse_positive_float,
+        60.0,
+        "longest a viewer may take no response byte",
+        "Longest a viewer may take none of the response's bytes before it is cut as a viewer "
+        "abort; the Lambda's callback is then told 410 and closed, so the render stops.",
+        section=Section.TIMEOUTS,
+        reloadable=True,
+    )
+    keepalive_timeout: float = setting(
+        parse_positive_float,
+        75.0,
+        "idle viewer connection lifetime; keep above the ALB's idle timeout (60 s)",
+        "Idle keep-alive viewer connections close after this. Keep it above the ALB's idle "
+        "timeout (60 s by default) so the ALB never reuses a connection sssrd is closing.",
+        section=Section.TIMEOUTS,
+        reloadable=True,
+    )
+    drain_timeout: float = setting(
+        parse_positive_float,
+        30.0,
+        "seconds in-flight streams get on SIGTERM",
+        "On SIGTERM, in-flight streams get this long to finish (keep the unit's "
+        "`TimeoutStopSec` above it).",
+        section=Section.TIMEOUTS,
+        reloadable=True,
+    )
+    body_path: str = setting(
+        parse_choice("auto", "splice", "copy"),
+        "auto",
+        "how body bytes move: 'auto' splices large chunks and copies small ones; "
+        "'splice'/'copy' force one (benchmarks, debugging)",
+        'How body bytes move from callback to viewer: `"auto"` moves large chunks with '
+        "`splice(2)` (no copy through Python) and copies small ones (cheaper for them); "
+        '`"splice"` or `"copy"` force one path.',
+        section=Section.TRAFFIC,
+        reloadable=True,
+    )
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = setting(
+        parse_networks,
+        "",
+        "CIDRs whose X-Forwarded-For is believed (the ALB's subnets; CloudFront's ranges if "
+        "the viewer's own address matters); the client address is then the last untrusted hop",
+        "CIDRs whose `X-Forwarded-For` is believed, as a list or a comma-separated string: the "
+        "ALB's subnets (and CloudFront's ranges if the viewer's own address matters). The "
+        "client address in logs and in the event's `sourceIp` is then the last untrusted hop.",
+        section=Section.TRAFFIC,
+        reloadable=True,
+    )
+    log_level: str = setting(
+        parse_choice("debug", "info", "warning", "error"),
+        "info",
+        "lowest level of lifecycle/error log lines (access lines are always written)",
+        "Lowest level of lifecycle and error lines: `debug`, `info`, `warning`, `error`. "
+        "Access lines (one JSON line per request) are always written.",
+        section=Section.TRAFFIC,
+        reloadable=True,
+    )
 
     def as_toml(self) -> str:
         """The effective settings as TOML, each key with its help text."""
@@ -359,7 +535,10 @@ class Settings:
         return "\n".join(lines) + "\n"
 
 
-assert tuple(f.name for f in dataclasses.fields(Settings)) == tuple(f.name for f in FIELDS)
+FIELDS: tuple[Field, ...] = tuple(
+    Field(name=field.name, **field.metadata["setting"]) for field in dataclasses.fields(Settings)
+)
+FIELDS_BY_NAME = {field.name: field for field in FIELDS}
 
 
 def read_toml(path: str) -> dict[str, Any]:
@@ -453,32 +632,10 @@ def check_consistency(settings: Settings) -> None:
         )
 
 
-# Settings read afresh on every use, so SIGHUP can change them in place. The rest (listeners,
-# the advertised URL, the invoker and its target) are built once at startup.
-RELOADABLE = frozenset(
-    {
-        "max_pending",
-        "max_head_bytes",
-        "max_body_bytes",
-        "max_event_bytes",
-        "max_prelude_bytes",
-        "head_timeout",
-        "callback_timeout",
-        "idle_timeout",
-        "send_timeout",
-        "keepalive_timeout",
-        "drain_timeout",
-        "body_path",
-        "trusted_proxies",
-        "log_level",
-    }
-)
-
-
 def merge_reload(current: Settings, loaded: Settings) -> tuple[Settings, list[str], list[str]]:
     """The settings to run with after a reload, the names changed, and those needing a restart."""
     changed = [f.name for f in FIELDS if getattr(current, f.name) != getattr(loaded, f.name)]
-    applied = [name for name in changed if name in RELOADABLE]
-    refused = [name for name in changed if name not in RELOADABLE]
+    applied = [name for name in changed if FIELDS_BY_NAME[name].reloadable]
+    refused = [name for name in changed if not FIELDS_BY_NAME[name].reloadable]
     merged = dataclasses.replace(current, **{name: getattr(loaded, name) for name in applied})
     return merged, applied, refused

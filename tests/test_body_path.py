@@ -9,6 +9,8 @@ import pytest
 from harness import Viewer, daemon, header
 from scenarios import pattern
 
+pytestmark = pytest.mark.daemon
+
 MiB = 1 << 20
 
 

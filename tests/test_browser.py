@@ -19,6 +19,8 @@ from browser import FIRST_CONTENTFUL_PAINT, Browser, Page, share_of_colour
 from harness import ROOT, Daemon, daemon
 from node_lambda import CREDENTIALS, HeldData, NodeLambda
 
+pytestmark = [pytest.mark.browser, pytest.mark.daemon, pytest.mark.system_tools]
+
 REACT_EXAMPLE = ROOT / "examples" / "react-ssr"
 DEMO_ACCENT = (0xD9, 0x48, 0x0F)
 REACT_HEADER = (0x1C, 0x7E, 0xD6)

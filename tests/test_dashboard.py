@@ -129,6 +129,7 @@ def test_sssrd_metrics_on_the_dashboard_are_exported_or_recorded(dashboard):
                 assert name in available, f"{title}: {name}"
 
 
+@pytest.mark.system_tools
 def test_every_query_parses_with_its_variables_substituted(dashboard, tmp_path):
     executable = shutil.which("promtool")
     if executable is None:

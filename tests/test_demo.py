@@ -126,6 +126,7 @@ def test_demo_answers_paths_with_a_dot_with_404_without_rendering():
     assert result == {"requestId": "req-1", "lines": 0, "viewerGone": False}
 
 
+@pytest.mark.daemon
 def test_favicon_through_the_daemon_costs_no_render(conductor):
     with daemon(conductor, "--handler=sssrd.demo:handler") as sssrd:
         status, headers, body = http_get(sssrd.viewer, "/favicon.ico")

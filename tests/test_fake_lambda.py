@@ -275,6 +275,7 @@ def test_many_concurrent_invokes_are_all_recorded_and_run(fake):
     assert fake.wait_for_handler_runs(200, timeout=30) == 200
 
 
+@pytest.mark.daemon
 def test_env_lets_a_subprocess_invoke_with_plain_boto3(fake, tmp_path):
     env = {
         **fake.env(),
@@ -289,6 +290,7 @@ def test_env_lets_a_subprocess_invoke_with_plain_boto3(fake, tmp_path):
     assert fake.wait_for_invocations(1)[0].event == [42]
 
 
+@pytest.mark.daemon
 def test_command_line_serves_a_handler_module_and_prints_the_endpoint(tmp_path):
     (tmp_path / "cli_handler.py").write_text("def handler(event, context):\n    return event\n")
     process = subprocess.Popen(

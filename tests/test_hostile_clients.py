@@ -19,6 +19,8 @@ import pytest
 from harness import WAIT, Viewer, daemon, exchange, header, reset, wait_for
 from scenarios import pattern
 
+pytestmark = pytest.mark.daemon
+
 MiB = 1 << 20
 
 

@@ -37,7 +37,7 @@ import offline_apt
 import pytest
 from system_tools import require, tool
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.timeout(600), pytest.mark.container, pytest.mark.system_tools]
 
 REPO = Path(__file__).resolve().parent.parent
 AMI = REPO / "ami"

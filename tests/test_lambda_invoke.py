@@ -22,6 +22,8 @@ from test_lifecycle import sssrd_command
 from sssrd.testing.fake_imds import FakeIMDS
 from sssrd.testing.fake_lambda import FakeLambda
 
+pytestmark = pytest.mark.daemon
+
 CLIENTS = ["lean", "boto3"]
 
 
@@ -383,7 +385,7 @@ def test_example_lambda_zip_works_unchanged_under_the_fake(conductor, tmp_path, 
         assert fake.handler_failures == []
 
 
-def test_example_build_writes_where_the_readme_says(tmp_path):
+def test_example_build_writes_where_the_docs_say(tmp_path):
     """Run in a copy of the tree, so the default output lands outside the work tree."""
     shutil.copytree(ROOT / "examples" / "lambda", tmp_path / "examples" / "lambda")
     shutil.copytree(ROOT / "sssrd" / "callback", tmp_path / "sssrd" / "callback")
@@ -396,4 +398,7 @@ def test_example_build_writes_where_the_readme_says(tmp_path):
     )
     written = Path(built.stdout.strip()).relative_to(tmp_path)
     assert (tmp_path / written).is_file()
-    assert f"`examples/lambda/build.sh` makes `{written}`" in (ROOT / "README.md").read_text()
+    assert (
+        f"`examples/lambda/build.sh` makes `{written}`"
+        in (ROOT / "docs" / "operations.md").read_text()
+    )

@@ -11,6 +11,8 @@ import sys
 import pytest
 from harness import ROOT, WAIT, Viewer, daemon, http_get
 
+pytestmark = pytest.mark.daemon
+
 
 def sssrd_command(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("SSSRD_")}

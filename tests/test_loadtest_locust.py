@@ -10,7 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from harness import ROOT, Daemon
+
+pytestmark = pytest.mark.daemon  # sssrd dev and a Locust master with two workers
 
 LOCUSTFILE = ROOT / "sssrd" / "loadtest" / "locustfile.py"
 LOCUST = [str(Path(sys.executable).with_name("locust")), "-f", str(LOCUSTFILE)]

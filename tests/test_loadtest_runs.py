@@ -26,6 +26,9 @@ from loadtest_peers import ROOT, Edge, Misbehaving, loadtest_argv, run_loadtest
 
 from sssrd.loadtest.response import ErrorKind
 
+# The daemon, misbehaving servers, HAProxy as the TLS edge and Chromium for the HTML report.
+pytestmark = [pytest.mark.daemon, pytest.mark.system_tools, pytest.mark.browser]
+
 SCHEMA = ROOT / "docs" / "loadtest-report.schema.json"
 STREAM = "/?lines=2&delay_ms=20"  # the demo page: a first screen, 2 paced lines, the end
 

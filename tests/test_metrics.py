@@ -246,6 +246,7 @@ def promtool(*arguments: str, stdin: bytes | None = None) -> subprocess.Complete
     )
 
 
+@pytest.mark.system_tools
 def test_promtool_finds_no_problems_in_the_exposition():
     metrics = Metrics()
     metrics.request_done(200, "ok")
@@ -255,17 +256,20 @@ def test_promtool_finds_no_problems_in_the_exposition():
     assert result.stdout + result.stderr == b""
 
 
+@pytest.mark.system_tools
 def test_alert_and_recording_rules_are_valid():
     result = promtool("check", "rules", "rules.yml", "alerts.yml")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.system_tools
 def test_example_prometheus_config_with_its_rules_is_valid():
     result = promtool("check", "config", "scrape.yml")
     assert result.returncode == 0, result.stdout + result.stderr
     assert b"2 rule files found" in result.stdout
 
 
+@pytest.mark.system_tools
 def test_alert_rule_unit_tests_pass():
     result = promtool("test", "rules", "alerts_test.yml")
     assert result.returncode == 0, result.stdout + result.stderr

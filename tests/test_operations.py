@@ -12,8 +12,11 @@ import socket
 import sys
 import time
 
+import pytest
 from harness import WAIT, Viewer, daemon, header, http_get
 from prometheus_client.parser import text_string_to_metric_families
+
+pytestmark = pytest.mark.daemon
 
 
 def samples(text: str) -> dict[tuple[str, tuple], float]:

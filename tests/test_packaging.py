@@ -25,7 +25,7 @@ import nspawn
 import pytest
 from system_tools import require, tool
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.timeout(600), pytest.mark.system_tools]  # container: see conftest
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGING = REPO / "packaging"
@@ -167,6 +167,23 @@ def test_deb_is_named_for_version_and_keeps_config_as_conffile(deb: Path):
         ["tar", "-xO", "./conffiles"], input=conffiles, capture_output=True, check=True
     ).stdout.decode()
     assert listing.split() == [CONFIG]
+
+
+def test_units_and_man_page_point_at_documentation_the_deb_installs(deb: Path):
+    listing = subprocess.run(
+        [tool("dpkg-deb"), "--contents", str(deb)], capture_output=True, text=True, check=True
+    ).stdout
+    installed = {line.split()[-1].removeprefix(".") for line in listing.splitlines()}
+    pointed_at = set()
+    for unit in (UNIT, *SOCKET_UNITS):
+        documentation = re.search(r"^Documentation=(.+)$", (PACKAGING / unit).read_text(), re.M)
+        assert documentation, unit
+        pointed_at |= {url.removeprefix("file://") for url in documentation.group(1).split()}
+    man_page = (PACKAGING / "deb" / "sssrd.8").read_text()
+    pointed_at |= set(re.findall(r"^\.IR? (/usr/share/doc/\S+?)(?: \.)?$", man_page, re.M))
+    assert "/usr/share/man/man8/sssrd.8.gz" in installed
+    assert "/usr/share/doc/sssrd/docs/settings.md" in pointed_at
+    assert pointed_at <= installed, pointed_at - installed
 
 
 def test_install_enables_the_service_without_starting_it(installed: nspawn.Container):

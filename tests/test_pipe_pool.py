@@ -27,6 +27,7 @@ def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+@pytest.mark.daemon
 @pytest.mark.parametrize("path", ["splice", "copy"])
 def test_abort_storm_leaks_no_file_descriptors(conductor, path):
     with daemon(conductor, f"--body-path={path}") as sssrd:

@@ -52,6 +52,8 @@ from promql import (
     substitute,
 )
 
+pytestmark = [pytest.mark.daemon, pytest.mark.system_tools]
+
 T = TypeVar("T")
 
 OK_REQUESTS = 440  # enough that the ratio alerts' traffic floor (1 request/s over 5 m) is met

@@ -22,7 +22,10 @@ from harness import (
 )
 from system_tools import tool
 
+pytestmark = pytest.mark.daemon
 
+
+@pytest.mark.system_tools
 def test_curl_shows_each_chunk_as_the_lambda_writes_it(sssrd, conductor):
     """The README's promise: `curl -N` prints each chunk when the Lambda writes it."""
     url = f"http://{sssrd.viewer[0]}:{sssrd.viewer[1]}/?scenario=stepped&tag=curl&steps=2"

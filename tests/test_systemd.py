@@ -311,6 +311,7 @@ def name_answered_by(address, family=socket.AF_INET):
         return client.recv(100).decode()
 
 
+@pytest.mark.daemon
 def test_activated_sockets_are_adopted_by_name_and_accept_connections(tmp_path):
     viewer, callback, admin = tcp_listener(), tcp_listener(), unix_listener(tmp_path / "admin")
     addresses = [viewer.getsockname(), callback.getsockname(), admin.getsockname()]
@@ -337,6 +338,7 @@ def test_activated_sockets_are_adopted_by_name_and_accept_connections(tmp_path):
         child.wait()
 
 
+@pytest.mark.daemon
 def test_activated_sockets_without_names_are_all_unknown_and_share_one_name():
     first, second = tcp_listener(), tcp_listener()
     addresses = [first.getsockname(), second.getsockname()]
@@ -356,6 +358,7 @@ def test_activated_sockets_without_names_are_all_unknown_and_share_one_name():
         child.wait()
 
 
+@pytest.mark.daemon
 def test_a_passed_descriptor_that_is_not_a_socket_is_a_clear_error():
     read_end, write_end = os.pipe()
     try:

@@ -9,8 +9,11 @@ import socket
 import subprocess
 
 import h11
+import pytest
 from harness import WAIT, Viewer, daemon, header, http_get
 from system_tools import tool
+
+pytestmark = pytest.mark.daemon
 
 
 def test_keep_alive_serves_several_renders_on_one_connection(sssrd):
@@ -151,6 +154,7 @@ def test_idle_keep_alive_connection_is_closed_after_its_timeout(conductor):
         assert viewer.sock.recv(1) == b""  # the server closed the idle connection
 
 
+@pytest.mark.system_tools
 def test_listeners_use_a_large_backlog(sssrd):
     listing = subprocess.run(
         [tool("ss"), "-ltnH", f"sport = :{sssrd.viewer[1]}"],

@@ -27,6 +27,16 @@ from aws_cdk import assertions  # noqa: E402
 from sssrd_cdk.stack import SssrdStack, build_app  # noqa: E402
 
 ACCOUNT, REGION = "123456789012", "eu-west-1"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """aws-cdk-lib runs its jsii kernel in a Node.js subprocess, so every test here needs
+    node (and `make check`, which runs no subprocess, leaves them out)."""
+    for item in items:
+        if CDK_DIR in item.path.parents:
+            item.add_marker(pytest.mark.system_tools)
+
+
 AMI = "ami-0123456789abcdef0"
 LOOKUP_VPC = "vpc-0a1b2c3d4e5f60718"
 VIEWER_CERT = f"arn:aws:acm:us-east-1:{ACCOUNT}:certificate/0f0e0d0c-0000-4000-8000-000000000000"

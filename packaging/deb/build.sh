@@ -65,6 +65,8 @@ ln -s "$prefix/bin/sssrd" "$stage/usr/sbin/sssrd"
 doc="$stage/usr/share/doc/sssrd"
 install -D -m 644 "$here/copyright" "$doc/copyright"
 install -m 644 "$repo/README.md" "$doc/README.md"
+# docs/ keeps its place beside the README, so the README's links work; the units point into it.
+install -D -m 644 -t "$doc/docs" "$repo"/docs/*.md
 install -D -m 644 "$here/lintian-overrides" "$stage/usr/share/lintian/overrides/sssrd"
 install -d "$stage/usr/share/man/man8"
 gzip -9n < "$here/sssrd.8" > "$stage/usr/share/man/man8/sssrd.8.gz"
