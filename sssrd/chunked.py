@@ -67,11 +67,6 @@ class BodyDecoder:
     def _payload_done(self) -> None:
         pass
 
-    @property
-    def in_payload(self) -> bool:
-        """True while the next bytes on the wire are payload of a known length."""
-        return self.payload_left > 0
-
 
 class LengthDecoder(BodyDecoder):
     """A Content-Length body: exactly `length` payload bytes."""

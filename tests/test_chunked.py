@@ -81,7 +81,7 @@ def decode(pieces: Iterable[bytes], decoder: BodyDecoder | None = None) -> Decod
     ended = event is END
     if ended:
         assert decoder.next_event() is END  # and stays ended
-        assert not decoder.in_payload
+        assert decoder.payload_left == 0
     unused = decoder.unused if ended and isinstance(decoder, ChunkedDecoder) else b""
     return Decoded(bytes(payload), ended, False, unused)
 
@@ -237,7 +237,6 @@ def test_sixteen_hex_digit_size_is_taken_at_face_value_without_overflow():
     decoder.receive(b"FFFFffffFFFFffff\r\nab")
     assert decoder.next_event() == b"ab"
     assert decoder.payload_left == 2**64 - 3
-    assert decoder.in_payload
 
 
 def test_size_line_of_exactly_max_size_line_bytes_is_accepted():
@@ -274,8 +273,7 @@ def test_splicing_payload_runs_accounts_for_every_byte_and_reaches_end(
         event = drain(decoder, delivered)
         if event is END:
             break
-        assert decoder.in_payload == (decoder.payload_left > 0)
-        if decoder.buffered == 0 and decoder.in_payload and data.draw(st.booleans()):
+        if decoder.buffered == 0 and decoder.payload_left > 0 and data.draw(st.booleans()):
             count = data.draw(st.integers(1, decoder.payload_left))
             decoder.skip_payload(count)
             delivered += body.wire[at : at + count]
@@ -298,7 +296,7 @@ def test_skip_beyond_the_current_chunk_is_refused_and_changes_nothing():
     assert decoder.payload_left == 5
     decoder.skip_payload(2)
     decoder.skip_payload(3)
-    assert not decoder.in_payload
+    assert decoder.payload_left == 0
     decoder.receive(b"\r\n0\r\n\r\n")
     assert decoder.next_event() is END
 
@@ -554,7 +552,7 @@ def test_zero_length_body_ends_at_once_and_leaves_extra_bytes_alone():
     decoder.receive(NEXT_REQUEST)
     assert decoder.next_event() is END
     assert decoder.buffered == len(NEXT_REQUEST)
-    assert not decoder.in_payload
+    assert decoder.payload_left == 0
 
 
 def test_length_body_can_be_spliced_then_copied():
