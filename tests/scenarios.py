@@ -258,6 +258,21 @@ def reused_callback(event: dict, conductor: Conductor, query: dict) -> None:
     conductor.report("answered", statuses=statuses, closed=True)
 
 
+def kept_alive_answer(event: dict, conductor: Conductor, query: dict) -> None:
+    """A chunked callback asking for keep-alive, ended when the test says; reports the answer."""
+    headers = {"transfer-encoding": "chunked", "connection": "keep-alive"}
+    conn = raw_callback(event, {**bearer(event), **headers, "content-type": "text/plain"})
+    conn.send(b"5\r\nfirst\r\n")
+    conductor.wait("finish")
+    conn.send(b"0\r\n\r\n")
+    response = conn.getresponse()
+    response.read()
+    conn.close()
+    conductor.report(
+        "answered", status=response.status, connection=response.getheader("connection")
+    )
+
+
 def bad_prelude(event: dict, conductor: Conductor, query: dict) -> None:
     kinds = {
         "crlf": {"statusCode": 200, "headers": {"x-evil": "a\r\nset-cookie: stolen=1"}},

@@ -3,6 +3,8 @@ last delivered one, and every request on it still stands on its own token."""
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 from harness import Viewer, daemon
 
@@ -47,3 +49,20 @@ def test_a_forged_token_on_a_reused_callback_connection_is_refused_and_closes_it
     answered = conductor.report(tag, "answered")
     assert answered["statuses"] == [200, 401] and answered["closed"]
     assert sssrd.metric("sssrd_callbacks_rejected_total", reason="bad_token") >= 1
+
+
+@pytest.mark.parametrize("draining", [False, True], ids=["serving", "draining"])
+def test_a_delivered_callback_keeps_its_connection_unless_sssrd_is_draining(conductor, draining):
+    tag = f"kept-alive-{draining}"
+    with daemon(conductor) as sssrd:
+        viewer = Viewer(sssrd.viewer)
+        viewer.send("GET", f"/?scenario=kept_alive_answer&tag={tag}")
+        assert viewer.head().status_code == 200
+        if draining:
+            sssrd.signal(signal.SIGTERM)
+            sssrd.wait_line(lambda line: line.get("message") == "draining")
+        conductor.release(f"{tag}:finish")
+        assert viewer.body() == b"first"
+        answered = conductor.report(tag, "answered")
+        assert answered["status"] == 200
+        assert answered["connection"] == ("close" if draining else None)
