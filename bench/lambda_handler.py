@@ -7,12 +7,19 @@ lambda-streaming proof of concept ({"origin", "url", "requestId"}: the proof of 
 and sssrd with `compat = "lambda-streaming"`) gets that protocol's callback instead: a POST to
 the origin's root with `x-request-id` and `x-status-code`. Raw sockets rather than
 sssrd.callback keep the fake's CPU per request small, so the fake is less likely the bottleneck.
+Like a warm Lambda with sssrd.callback (or the Node helper's keep-alive agent), each worker
+thread keeps its sssrd callback connection open for its next render when the answer allows it.
+The seed protocol's callbacks (the proof of concept, sssrd-compat) keep one connection each:
+the proof of concept's proxy failed every request at C=200 when its callback connections were
+reused (bench run of 2026-12-01, 23:18Z).
 """
 
 from __future__ import annotations
 
 import json
+import select
 import socket
+import threading
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import SplitResult, urlsplit
@@ -33,6 +40,7 @@ class Callback:
     head: list[bytes]
     workload: Workload
     prelude: bytes = b""
+    keep_alive: bool = False
 
 
 def handler(event: dict[str, Any], context: object) -> None:
@@ -49,7 +57,7 @@ def sssrd_callback(event: dict[str, Any]) -> Callback:
         b"Content-Type: %s\r\n" % PRELUDE_CONTENT_TYPE,
         framing_header(workload, len(PRELUDE)),
     ]
-    return Callback(url, head, workload, PRELUDE)
+    return Callback(url, head, workload, PRELUDE, keep_alive=True)
 
 
 def seed_callback(event: dict[str, Any]) -> Callback:
@@ -65,14 +73,49 @@ def seed_callback(event: dict[str, Any]) -> Callback:
     return Callback(urlsplit(event["origin"]), head, workload)
 
 
+# Per worker thread: (host, port) -> the connection its last callback left open.
+_kept = threading.local()
+
+
 def post(callback: Callback) -> None:
     url = callback.url
-    head = b"".join([callback.head[0], b"Host: %s\r\n" % url.netloc.encode(), *callback.head[1:]])
+    head = b"".join(
+        [
+            callback.head[0],
+            b"Host: %s\r\n" % url.netloc.encode(),
+            b"Connection: keep-alive\r\n" if callback.keep_alive else b"",
+            *callback.head[1:],
+        ]
+    )
+    address = (url.hostname or "", url.port or 80)
+    sock = kept_connection(address)
     try:
-        with socket.create_connection((url.hostname, url.port), timeout=60) as sock:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.sendall(head + b"\r\n")
-            write_body(sock, callback.workload, callback.prelude)
-            read_answer(sock)
+        sock.sendall(head + b"\r\n")
+        write_body(sock, callback.workload, callback.prelude)
+        answer = read_answer(sock)
     except OSError:
-        return  # the viewer left and sssrd closed the callback: stop, as a render would
+        sock.close()  # the viewer left and the peer closed the callback: stop, as a render would
+        return
+    answer_head = answer.partition(b"\r\n\r\n")[0].lower()
+    if callback.keep_alive and answer_head and b"connection: close" not in answer_head:
+        connections(address).append(sock)
+    else:
+        sock.close()
+
+
+def connections(address: tuple[str, int]) -> list[socket.socket]:
+    kept: dict[tuple[str, int], list[socket.socket]] = _kept.__dict__.setdefault("by_address", {})
+    return kept.setdefault(address, [])
+
+
+def kept_connection(address: tuple[str, int]) -> socket.socket:
+    """The connection kept open to `address` if the peer has not closed it since, else a new one."""
+    idle = connections(address)
+    while idle:
+        sock = idle.pop()
+        if not select.select([sock], [], [], 0)[0]:  # readable while idle: closed by the peer
+            return sock
+        sock.close()
+    sock = socket.create_connection(address, timeout=60)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock

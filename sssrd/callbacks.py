@@ -3,7 +3,11 @@
 Per connection: read a request head (bounded, timed), check route and token, claim the pending
 entry once, and hand the connection to the waiting viewer's cycle as a ClaimedCallback. The
 viewer side moves the body (pipe.py) and reports back a StreamEnd; this side answers the Lambda
-with it: 200 and a JSON summary when delivered, an error otherwise. Every head is answered: one
+with it: 200 and a JSON summary when delivered, an error otherwise. A delivered callback that
+asked for it (`Connection: keep-alive`, as the helpers send) keeps its connection for the
+Lambda's next callback (its decoder knows where the body ended); every other answer closes it,
+so only a Lambda whose last callback was accepted reuses a connection, and each request on it
+still needs its own token. Every head is answered: one
 refused before routing gets its status (400, 408, 431) at once; one refused after parsing still
 goes through route and token, so that its own viewer learns at once (502) rather than at the
 deadline.
@@ -57,15 +61,17 @@ class ClaimedCallback:
     chunked: bool
     finished: asyncio.Future[StreamEnd] = field(repr=False)
     refusal: BadHead | None = None  # the head was refused: the viewer gets 502, no body is read
+    body: BodyDecoder | None = field(default=None, repr=False)
 
     def decoder(self) -> BodyDecoder:
         """A decoder for the body, holding what h11 already read past the request head.
 
         The body is read by sssrd's own decoder, not h11, so that payload runs can be spliced;
-        h11 therefore never sees its end, and the answer to the callback closes the connection.
+        h11 therefore never sees its end: once delivered, the decoder says where it was.
         """
         decoder = ChunkedDecoder() if self.chunked else LengthDecoder(self.content_length or 0)
         decoder.receive(self.conn.h11.trailing_data[0])
+        self.body = decoder
         return decoder
 
     def finish(self, outcome: StreamEnd) -> None:
@@ -100,8 +106,8 @@ def answer_now(conn: Connection, status: int, body: dict[str, Any]) -> None:
 
 
 class CallbackConnection(ServedConnection):
-    """Serves one callback per connection: every answer closes it (the body is read by
-    sssrd's own decoder, so h11 never sees its end and could not start another cycle)."""
+    """Serves callbacks: after a delivered one that asked for keep-alive the connection waits
+    for the next, after any other answer it closes."""
 
     async def refuse_head(self, bad: BadHead) -> None:
         self.state.tally.callback_rejected(Rejected.MALFORMED)
@@ -112,7 +118,8 @@ class CallbackConnection(ServedConnection):
         await self.conn.send_quietly(canned_response(bad.status, body, b"application/json"))
 
     async def handle(self, request: h11.Request, refusal: BadHead | None = None) -> None:
-        """Serve one callback (its head refused, if `refusal`); the connection then ends."""
+        """Serve one callback (its head refused, if `refusal`); only a delivered one that asked
+        for keep-alive, answered without `Connection: close`, leaves the connection open."""
         compat = self.settings.compat == "lambda-streaming"
         if request.target.startswith(CALLBACK_PREFIX):
             request_id = request.target[len(CALLBACK_PREFIX) :].decode("ascii", "replace")
@@ -140,8 +147,10 @@ class CallbackConnection(ServedConnection):
         outcome = await stream.finished
         if outcome.kind is Outcome.DELIVERED:
             summary = {"requestId": request_id, "bytes": outcome.body_bytes}
-            await self.reply(request, 200, summary)
-            self.conn.close()  # the body was read to its end: nothing to linger for
+            if stream.body is not None:  # always, once delivered: the body was read to its end
+                self.conn.body_ended_elsewhere(stream.body.unused)
+            keep = asks_keep_alive(request.headers) and not self.state.draining
+            await self.reply(request, 200, summary, close=not keep)
         elif outcome.kind is Outcome.BAD_CALLBACK:
             await self.reply(request, outcome.status, {"error": outcome.message})
         # Other ends: finish() has already answered and closed.
@@ -185,14 +194,15 @@ class CallbackConnection(ServedConnection):
         status: int,
         body: dict[str, Any],
         extra: list[tuple[bytes, bytes]] | None = None,
+        close: bool = True,
     ) -> None:
-        """Answer the Lambda and close (the answer says so); a Lambda that hung up cannot be
-        answered, and nothing else depends on it."""
+        """Answer the Lambda, by default closing (the answer says so); a Lambda that hung up
+        cannot be answered, and nothing else depends on it."""
         if self.conn.closed or self.conn.h11.our_state is not h11.SEND_RESPONSE:
             return
         content = [(b"content-type", b"application/json"), *(extra or [])]
         events = complete_response(
-            status, json.dumps(body).encode(), content, request.method == b"HEAD", close=True
+            status, json.dumps(body).encode(), content, request.method == b"HEAD", close=close
         )
         try:
             await self.conn.send(*events)
@@ -205,3 +215,10 @@ def bearer_token(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
     if value is None or value[:7].lower() != b"bearer ":
         return None
     return value[7:].strip().decode("ascii", "replace")
+
+
+def asks_keep_alive(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """Whether the Lambda asked to keep the connection: an explicit opt-in, since a Lambda
+    written when every answer closed may read its answer until the connection ends."""
+    value = first_header(headers, b"connection") or b""
+    return b"keep-alive" in (token.strip().lower() for token in value.split(b","))

@@ -67,6 +67,17 @@ class BodyDecoder:
     def _payload_done(self) -> None:
         pass
 
+    @property
+    def ended(self) -> bool:
+        """True once the whole body has been decoded."""
+        raise NotImplementedError
+
+    @property
+    def unused(self) -> bytes:
+        """Bytes received after the end of the body (the next request on a kept-alive
+        connection, or garbage); nothing until the body has ended."""
+        return bytes(self._buffer[self._start :]) if self.ended else b""
+
 
 class LengthDecoder(BodyDecoder):
     """A Content-Length body: exactly `length` payload bytes."""
@@ -74,6 +85,10 @@ class LengthDecoder(BodyDecoder):
     def __init__(self, length: int) -> None:
         super().__init__()
         self.payload_left = self.chunk_size = length
+
+    @property
+    def ended(self) -> bool:
+        return not self.payload_left
 
     def next_event(self) -> object:
         if not self.payload_left:
@@ -168,9 +183,8 @@ class ChunkedDecoder(BodyDecoder):
             self._state = PAYLOAD_CRLF
 
     @property
-    def unused(self) -> bytes:
-        """Bytes received after the end of the body (a pipelined request, or garbage)."""
-        return bytes(self._buffer[self._start :]) if self._state == DONE else b""
+    def ended(self) -> bool:
+        return self._state == DONE
 
 
 class FramingCheck:

@@ -160,7 +160,18 @@ def _expire(future: asyncio.Future[None]) -> None:
 class Connection:
     """Drives one socket and its h11.Connection; the owner decides when to close it."""
 
-    __slots__ = ("closed", "deadline", "fd", "fresh", "h11", "loop", "peer", "send_timeout", "sock")
+    __slots__ = (
+        "body_read_elsewhere",
+        "closed",
+        "deadline",
+        "fd",
+        "fresh",
+        "h11",
+        "loop",
+        "peer",
+        "send_timeout",
+        "sock",
+    )
 
     def __init__(
         self, loop: asyncio.AbstractEventLoop, sock: socket.socket, h11_conn: h11.Connection
@@ -176,6 +187,8 @@ class Connection:
         # syscall per use, and this is the per-request path.
         self.deadline: float | None = None
         self.send_timeout: float | None = None  # longest send_all waits for the peer to take bytes
+        # Set by body_ended_elsewhere: what was read past a body h11 never saw.
+        self.body_read_elsewhere: bytes | None = None
         try:
             self.peer: str = sock.getpeername()[0]
         except (OSError, IndexError, TypeError):
@@ -278,10 +291,25 @@ class Connection:
             self.h11.receive_data(data)
         return cast(Incoming, event)  # not NEED_DATA: mypy cannot narrow h11's sentinels
 
+    def body_ended_elsewhere(self, unused: bytes) -> None:
+        """The request's body was read to its end by another decoder (h11 never saw it), which
+        read `unused` past it: the next cycle, if our answer allows one, starts from there."""
+        self.body_read_elsewhere = unused
+
     def next_cycle(self) -> bool:
         """Start the next request/response cycle if both sides finished this one cleanly."""
         if self.closed or self.h11.our_state is not h11.DONE:
             return False
+        unused, self.body_read_elsewhere = self.body_read_elsewhere, None
+        if unused is not None:
+            # h11 still waits for the body it never saw and keeps its place private: a fresh
+            # parser takes over at the byte after the body, with the same limits.
+            self.h11 = h11.Connection(
+                h11.SERVER, max_incomplete_event_size=INCOMPLETE_EVENT_CEILING
+            )
+            if unused:  # b"" would tell h11 that the peer closed
+                self.h11.receive_data(unused)
+            return True
         if self.h11.their_state is not h11.DONE:
             return False
         self.h11.start_next_cycle()
@@ -337,6 +365,8 @@ class Connection:
 
     def peer_may_be_sending(self) -> bool:
         """True unless the peer's last message was read whole and nothing more is buffered."""
+        if self.body_read_elsewhere is not None:
+            return bool(self.body_read_elsewhere)  # the body was read whole: only what followed
         state = self.h11.their_state
         if state not in (h11.IDLE, h11.DONE, h11.MUST_CLOSE, h11.CLOSED):
             return True  # a body we did not read, or a message h11 refused halfway

@@ -343,6 +343,10 @@ class BodyRelay:
                     buffers[0] = memoryview(buffers[0])[sent:]
                     sent = 0
 
+    def hold(self, data: bytes) -> None:
+        """Bytes for the viewer (the response head) that leave with the relay's next write."""
+        self.framing += data
+
     def take_output(self) -> list[bytes]:
         """Held-back framing, then the copied payload framed by h11, in wire order."""
         buffers = [self.framing] if self.framing else []

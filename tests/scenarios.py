@@ -12,6 +12,7 @@ import http.client
 import inspect
 import json
 import os
+import re
 import socket
 from typing import Any
 from urllib.parse import urlsplit
@@ -225,6 +226,51 @@ def intruders(event: dict, conductor: Conductor, query: dict) -> None:
         conductor.report("statuses", **statuses)
         out.write("chunk two\n")
     conductor.report("done", summary=out.summary)
+
+
+def reused_callback(event: dict, conductor: Conductor, query: dict) -> None:
+    """Delivers its body, then sends a forged callback on the same kept-alive connection (after
+    reading the answer, or `pipelined` in the same write); reports every status and whether
+    sssrd then closed the connection."""
+    url = urlsplit(event["sssrd"]["callbackUrl"])
+    body = b"delivered"
+    head = (
+        b"POST %s HTTP/1.1\r\nhost: x\r\nconnection: keep-alive\r\ncontent-type: text/plain\r\n"
+        % (url.path.encode())
+    )
+    first = head + b"authorization: Bearer %s\r\ncontent-length: %d\r\n\r\n%s" % (
+        event["sssrd"]["token"].encode(),
+        len(body),
+        body,
+    )
+    forged = head + b"authorization: Bearer forged\r\ncontent-length: 1\r\n\r\nx"
+    with socket.create_connection((url.hostname, url.port), timeout=30) as sock:
+        if query.get("pipelined") == "1":
+            sock.sendall(first + forged)
+        else:
+            sock.sendall(first)
+            answer = sock.recv(65536)  # one short answer, sent in one write
+            sock.sendall(forged)
+        received = b"" if query.get("pipelined") == "1" else answer
+        while piece := sock.recv(65536):  # ends only if sssrd closes
+            received += piece
+    statuses = [int(status) for status in re.findall(rb"HTTP/1\.1 (\d{3})", received)]
+    conductor.report("answered", statuses=statuses, closed=True)
+
+
+def kept_alive_answer(event: dict, conductor: Conductor, query: dict) -> None:
+    """A chunked callback asking for keep-alive, ended when the test says; reports the answer."""
+    headers = {"transfer-encoding": "chunked", "connection": "keep-alive"}
+    conn = raw_callback(event, {**bearer(event), **headers, "content-type": "text/plain"})
+    conn.send(b"5\r\nfirst\r\n")
+    conductor.wait("finish")
+    conn.send(b"0\r\n\r\n")
+    response = conn.getresponse()
+    response.read()
+    conn.close()
+    conductor.report(
+        "answered", status=response.status, connection=response.getheader("connection")
+    )
 
 
 def bad_prelude(event: dict, conductor: Conductor, query: dict) -> None:

@@ -2,6 +2,7 @@
 
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
+import http from 'node:http';
 import net from 'node:net';
 import { finished } from 'node:stream/promises';
 import { after, before, test } from 'node:test';
@@ -82,6 +83,27 @@ test('respond() sends a whole response with a Content-Length', async () => {
   assert.deepEqual(await viewer.rest(), { body: '<p>hello</p>', ended: 'complete' });
   const { result } = await within(settled, 'the handler');
   assert.deepEqual(result, { requestId: head.headers['x-request-id'], bytes: 12 });
+});
+
+test("a warm Lambda's callbacks reuse one kept-alive connection", async () => {
+  // The helper's own kind of agent (keep-alive), counting the connections it opens.
+  const agent = new http.Agent({ keepAlive: true });
+  let opened = 0;
+  const open = agent.createConnection.bind(agent);
+  agent.createConnection = (...args) => {
+    opened += 1;
+    return open(...args);
+  };
+  for (const number of [1, 2, 3]) {
+    const settled = sssrd.route(`/warm${number}`, (event) => respond(event, `render ${number}`, {}, { agent }));
+    const viewer = new Viewer(sssrd, `/warm${number}`);
+    assert.equal((await viewer.head).statusCode, 200);
+    assert.deepEqual(await viewer.rest(), { body: `render ${number}`, ended: 'complete' });
+    const { error } = await within(settled, 'the handler');
+    assert.equal(error, undefined);
+  }
+  agent.destroy();
+  assert.equal(opened, 1);
 });
 
 test('a refused callback is CallbackRejected with its status, and the real one still works', async () => {

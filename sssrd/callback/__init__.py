@@ -3,6 +3,10 @@
 Each stream is one POST with chunked framing in AWS's prelude format (JSON prelude, 8 NUL bytes,
 body). sssrd sends nothing before the body ends unless it is ending the stream, so every write
 first polls the socket: anything readable means the viewer left or the callback was refused.
+In a Lambda runtime, a callback that sssrd accepted leaves its connection open: it waits in a
+small per-host pool for the next render of this warm Lambda (no connect, no handshake); one that
+sssrd closed meanwhile is seen by the same poll and dropped before use. Elsewhere (sssrd's local
+invoker runs handlers inside the daemon itself) every callback closes its connection.
 
     from sssrd import callback
 
@@ -22,9 +26,11 @@ from __future__ import annotations
 import http.client
 import io
 import json
+import os
 import select
 import socket
 import ssl
+import threading
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any, NoReturn, cast
@@ -45,6 +51,12 @@ DEFAULT_TIMEOUT = 30.0
 _LAST_CHUNK = b"0\r\n\r\n"
 _ANSWER_EXCERPT = 200
 _PROBE_SIZE = 65536
+# Idle connections kept per (scheme, host, port): a Lambda environment renders one request at a
+# time, so one is enough there; a few cover a process that runs handlers on threads.
+POOL_SIZE = 2
+# Set by every Lambda runtime. Without it there is no warm environment to keep connections for:
+# a handler run by sssrd's local invoker would pool connections from the daemon to itself.
+_IN_LAMBDA_RUNTIME = "AWS_LAMBDA_RUNTIME_API"
 
 
 class CallbackError(Exception):
@@ -69,6 +81,7 @@ class CallbackStream:
 
     def __init__(self, connection: http.client.HTTPConnection, where: str) -> None:
         self._connection = connection
+        self._reusable = False  # set once sssrd accepted the stream and kept the connection
         self._sock: socket.socket = connection.sock
         self._where = where
         self._failure: CallbackError | None = None
@@ -108,7 +121,8 @@ class CallbackStream:
         self._check_open()
         self._send(_LAST_CHUNK)
         try:
-            answer = _read_answer(self._sock, b"", self._where)
+            answer = _read_answer(self._connection, b"", self._where)
+            self._reusable = answer is not None and answer[0] < 400 and answer[2]
         finally:
             self._end()
         if answer is None or answer[0] >= 400:
@@ -142,7 +156,9 @@ class CallbackStream:
     def _fail_with_answer(self, already_read: bytes) -> NoReturn:
         """sssrd ended the stream: read why, then fail this and every later call with it."""
         try:
-            error = _error_for(_read_answer(self._sock, already_read, self._where), self._where)
+            error = _error_for(
+                _read_answer(self._connection, already_read, self._where), self._where
+            )
         except CallbackError as timed_out:
             error = timed_out
         self._fail_with(error)
@@ -154,7 +170,7 @@ class CallbackStream:
 
     def _end(self) -> None:
         self._finished = True
-        self._connection.close()
+        _release(self._connection, self._reusable)
 
 
 def open_stream(
@@ -208,10 +224,12 @@ def respond(
     except OSError as exc:
         connection.close()
         raise CallbackError(f"sending the callback to sssrd at {where} failed: {exc}") from exc
+    reusable = False
     try:
-        answer = _read_answer(connection.sock, b"", where)
+        answer = _read_answer(connection, b"", where)
+        reusable = answer is not None and answer[0] < 400 and answer[2]
     finally:
-        connection.close()
+        _release(connection, reusable)
     if answer is None or answer[0] >= 400:
         raise _error_for(answer, where)
     return _parse_summary(answer[1])
@@ -230,9 +248,53 @@ def _callback_target(event: Mapping[str, Any]) -> tuple[SplitResult, str]:
     return url, token
 
 
+_idle: dict[tuple[str, str, int | None], list[http.client.HTTPConnection]] = {}
+_idle_lock = threading.Lock()
+
+
+def _pool_key(connection: http.client.HTTPConnection) -> tuple[str, str, int | None]:
+    scheme = "https" if isinstance(connection, http.client.HTTPSConnection) else "http"
+    return scheme, connection.host, connection.port
+
+
+def _release(connection: http.client.HTTPConnection, reusable: bool) -> None:
+    """Keep a connection sssrd left open for the next callback, or close it."""
+    if reusable and connection.sock is not None and _IN_LAMBDA_RUNTIME in os.environ:
+        with _idle_lock:
+            idle = _idle.setdefault(_pool_key(connection), [])
+            if len(idle) < POOL_SIZE:
+                idle.append(connection)
+                return
+    connection.close()
+
+
+def _reuse(
+    url: SplitResult, timeout: float, ssl_context: ssl.SSLContext | None
+) -> http.client.HTTPConnection | None:
+    """An idle connection to this sssrd that is still open, or None. A TLS one is reused only
+    when no other context was asked for (its context cannot be compared)."""
+    if ssl_context is not None:
+        return None
+    host = url.hostname or ""
+    port = url.port or (443 if url.scheme == "https" else 80)
+    while True:
+        with _idle_lock:
+            idle = _idle.get((url.scheme, host, port))
+            if not idle:
+                return None
+            connection = idle.pop()
+        if connection.sock is not None and _probe_for_end(connection.sock) is None:
+            connection.sock.settimeout(timeout)
+            return connection
+        connection.close()  # sssrd closed it while it was idle (keepalive_timeout, a reload)
+
+
 def _connect(
     url: SplitResult, timeout: float, ssl_context: ssl.SSLContext | None
 ) -> http.client.HTTPConnection:
+    reused = _reuse(url, timeout, ssl_context)
+    if reused is not None:
+        return reused
     connection: http.client.HTTPConnection
     host = url.hostname or ""  # never empty: _callback_target refused such a URL
     if url.scheme == "https":
@@ -262,6 +324,7 @@ def _put_headers(
         raise CallbackError("sssrd.token in the event is not a valid header value") from None
     connection.putheader("Content-Type", PRELUDE_CONTENT_TYPE)
     connection.putheader("User-Agent", "sssrd-callback/1")
+    connection.putheader("Connection", "keep-alive")  # sssrd keeps it only when asked
     for name, value in framing.items():
         connection.putheader(name, value)
 
@@ -320,29 +383,37 @@ class _Replay(io.RawIOBase):
 
 
 def _read_answer(
-    sock: socket.socket | None, already_read: bytes, where: str
-) -> tuple[int, bytes] | None:
-    """sssrd's answer as (status, body), or None if it hung up without a readable one."""
-    if sock is None:
+    connection: http.client.HTTPConnection, already_read: bytes, where: str
+) -> tuple[int, bytes, bool] | None:
+    """sssrd's answer as (status, body, whether the connection stays open), or None if it hung
+    up without a readable one. Without bytes already read, http.client reads it, so that the
+    connection knows its request is over and can carry the next one."""
+    if connection.sock is None:
         return None
-    # HTTPResponse only calls makefile() on what it is given.
-    replay = cast(socket.socket, _Replay(already_read, sock))
-    response = http.client.HTTPResponse(replay, method="POST")
+    response: http.client.HTTPResponse | None = None
     try:
-        response.begin()
-        return response.status, response.read()
+        if already_read:
+            # HTTPResponse only calls makefile() on what it is given.
+            replay = cast(socket.socket, _Replay(already_read, connection.sock))
+            response = http.client.HTTPResponse(replay, method="POST")
+            response.begin()
+        else:
+            response = connection.getresponse()
+        body = response.read()
+        return response.status, body, not already_read and not response.will_close
     except TimeoutError:
         raise CallbackError(f"timed out waiting for the answer of sssrd at {where}") from None
     except (http.client.HTTPException, OSError):
         return None
     finally:
-        response.close()
+        if response is not None:
+            response.close()
 
 
-def _error_for(answer: tuple[int, bytes] | None, where: str) -> CallbackError:
+def _error_for(answer: tuple[int, bytes, bool] | None, where: str) -> CallbackError:
     if answer is None:
         return ViewerGone(f"sssrd at {where} closed the callback stream (the viewer left)")
-    status, body = answer
+    status, body, _open = answer
     excerpt = body[:_ANSWER_EXCERPT].decode("utf-8", "replace")
     if status == 410:
         return ViewerGone(f"sssrd at {where} ended the callback stream: 410 {excerpt}")

@@ -4,7 +4,8 @@ Everything is resolved once, at startup, and any gap stops startup with one line
 setting: the region (setting, AWS_REGION, then botocore's AWS_DEFAULT_REGION/profile, then
 IMDSv2 on EC2), and through botocore the endpoint (including AWS_ENDPOINT_URL_LAMBDA) and the
 credentials with their refresh. The lean invoker then signs each invoke
-with botocore's SigV4 signer and sends it on sssrd's own keep-alive pool on the event loop; the
+with botocore's SigV4 signer (its signing key derived once a day, not per invoke) and sends it on
+sssrd's own keep-alive pool on the event loop; the
 boto3 invoker calls boto3's invoke() on a thread pool. Both share `classify` (what the viewer
 gets) and the retry rule: at most `invoke_retries` more attempts, only after a connection
 failure or a 5xx, never after a throttle or another 4xx (a retry storm would deepen a throttle).
@@ -13,6 +14,8 @@ failure or a 5xx, never after a throttle or another 4xx (a retry storm would dee
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import logging
 import os
@@ -27,7 +30,7 @@ import botocore.session
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.config import Config
-from botocore.credentials import Credentials
+from botocore.credentials import Credentials, ReadOnlyCredentials
 from botocore.exceptions import BotoCoreError, ClientError, ProfileNotFound
 
 from sssrd import ec2
@@ -181,6 +184,29 @@ class Retryable(Exception):
         self.error = error
 
 
+class DailyKeySigV4Auth(SigV4Auth):
+    """botocore's SigV4 signer, deriving the signing key once per UTC day instead of per request.
+
+    The key (four chained HMACs) depends only on the secret, the date, the region and the
+    service; a signer holds one frozen credential set, and a refresh builds a new signer. Only
+    `signature` is replaced: botocore still builds the canonical request and the string to sign.
+    """
+
+    def __init__(self, credentials: ReadOnlyCredentials, service: str, region: str) -> None:
+        super().__init__(credentials, service, region)
+        self.key_scope = (region, service, "aws4_request")
+        self.day_key: tuple[str, bytes] | None = None
+
+    def signature(self, string_to_sign: str, request: AWSRequest) -> str:
+        day = request.context["timestamp"][0:8]
+        if self.day_key is None or self.day_key[0] != day:
+            key = f"AWS4{self.credentials.secret_key}".encode()
+            for part in (day, *self.key_scope):
+                key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+            self.day_key = (day, key)
+        return hmac.new(self.day_key[1], string_to_sign.encode(), hashlib.sha256).hexdigest()
+
+
 class LeanInvoker:
     """Signs with botocore, sends on sssrd's own pooled HTTP/1.1 client."""
 
@@ -188,7 +214,7 @@ class LeanInvoker:
         self.target, self.credentials = resolve_target(settings)
         # Built once per credential refresh, not per invoke: it holds a frozen copy.
         frozen = self.credentials.get_frozen_credentials()
-        self.signer = SigV4Auth(frozen, "lambda", self.target.region)
+        self.signer = DailyKeySigV4Auth(frozen, "lambda", self.target.region)
         self.url = self.target.endpoint_url.rstrip("/") + self.target.path
         self.pool = Pool(
             self.target.endpoint_url, settings.invoke_connections, settings.invoke_timeout
@@ -236,7 +262,7 @@ class LeanInvoker:
             await asyncio.sleep(CREDENTIAL_REFRESH_INTERVAL)
             try:
                 frozen = await loop.run_in_executor(None, self.credentials.get_frozen_credentials)
-                self.signer = SigV4Auth(frozen, "lambda", self.target.region)
+                self.signer = DailyKeySigV4Auth(frozen, "lambda", self.target.region)
             except Exception:
                 log.exception("AWS credential refresh failed; keeping the previous credentials")
 
