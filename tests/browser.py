@@ -28,6 +28,8 @@ from websockets.sync.client import ClientConnection, connect
 CHROMIUM = "/usr/bin/chromium"
 LIFETIME_S = 120  # Chromium is killed after this, whatever happens to the test process
 WAIT = 15.0
+# Chromium's cold start: a few seconds idle, much longer on a loaded 2-core machine (seen > 15 s).
+STARTUP_WAIT = 60.0
 FLAGS = (
     "--headless=new",
     "--no-sandbox",  # as root
@@ -96,7 +98,7 @@ class Browser:
 
         reader = threading.Thread(target=scan, daemon=True)
         reader.start()
-        reader.join(WAIT)
+        reader.join(STARTUP_WAIT)
         assert found, f"Chromium printed no DevTools URL: {''.join(lines)[-2000:]}"
         return found[0]
 
