@@ -75,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("daemon", nargs=argparse.REMAINDER)
     fds = parser.parse_args(sys.argv[1:] if argv is None else argv)
     daemon = build_parser().parse_args(fds.daemon)
-    logs.configure(worker_settings(settings_from(daemon)).log_level)
+    logs.configure(worker_settings(settings_from(daemon)).log_level, fields={"worker": fds.index})
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(serve(fds.index, fds, daemon))
     return 0
