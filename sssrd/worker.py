@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import uvloop
 
 from sssrd import logs
-from sssrd.channel import ChannelNotifier, encode, read_message
+from sssrd.channel import ChannelError, ChannelNotifier, encode, read_message
 from sssrd.cli import build_parser, settings_from
 from sssrd.config import Settings
 from sssrd.invokers import make_invoker
@@ -60,11 +60,14 @@ async def serve(index: int, fds: argparse.Namespace, daemon: argparse.Namespace)
 async def answer(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server
 ) -> None:
-    """Answer the supervisor's requests until it goes away; then drain."""
-    while (message := await read_message(reader)) is not None:
-        if "metrics" in message:
-            text = server.tally.metrics.text().decode()
-            writer.write(encode({"metrics": text}))
+    """Answer the supervisor's requests until it goes away (or breaks the framing); then drain."""
+    try:
+        while (message := await read_message(reader)) is not None:
+            if "metrics" in message:
+                text = server.tally.metrics.text().decode()
+                writer.write(encode({"metrics": text}))
+    except ChannelError:
+        server.log.exception("supervisor channel broken; draining")
     server.stop()
 
 
