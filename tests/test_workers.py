@@ -230,3 +230,14 @@ def test_socket_activation_with_one_viewer_and_a_callback_socket_per_worker(cond
     finally:
         for sock in listeners:
             sock.close()
+
+
+def test_one_worker_is_the_single_process_of_before(conductor):
+    with daemon(conductor, "--workers=1") as sssrd:
+        head, body = Viewer(sssrd.viewer).get("/?scenario=environment&tag=single")
+        assert (head.status_code, body) == (200, b"ok")
+        assert conductor.report("single", "environ")["pid"] == sssrd.process.pid
+        children = f"/proc/{sssrd.process.pid}/task/{sssrd.process.pid}/children"
+        with open(children) as listed:
+            assert listed.read().split() == []  # no supervisor, no workers
+        assert not any(line.get("message") == "worker listening" for line in sssrd.lines)
