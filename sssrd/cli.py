@@ -83,9 +83,11 @@ async def run_daemon(
     settings: Settings, arguments: argparse.Namespace, argv: Sequence[str]
 ) -> None:
     notifier = Notifier.from_environment()
+    invoker = make_invoker(settings)  # a bad region, credentials or ARN fail here, in one line
     if settings.workers > 1:
         from sssrd.workers import Supervisor
 
+        invoker.close()  # each worker builds its own; this one only proved it can be built
         supervisor = Supervisor(
             settings,
             argv,
@@ -96,7 +98,6 @@ async def run_daemon(
         await supervisor.start()
         await supervisor.wait_stopped()
         return
-    invoker = make_invoker(settings)
     server = Server(
         settings,
         invoker,

@@ -79,8 +79,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     fds = parser.parse_args(sys.argv[1:] if argv is None else argv)
     daemon = build_parser().parse_args(fds.daemon)
     logs.configure(worker_settings(settings_from(daemon)).log_level, fields={"worker": fds.index})
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(serve(fds.index, fds, daemon))
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(serve(fds.index, fds, daemon))
+    except (OSError, ValueError) as exc:  # the supervisor logs the exit; this says why
+        print(f"sssrd: worker {fds.index} cannot start: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
