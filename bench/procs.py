@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
+from typing import Literal
 
 REPO = Path(__file__).resolve().parents[1]
 # The team's copy of the proof of concept's proxy; --poc points elsewhere (a checkout of the
@@ -107,11 +108,13 @@ def wait_for_line(path: Path, pattern: str, process: subprocess.Popen, what: str
 
 @dataclass
 class Process:
-    """A started process; `measured` names the pids whose CPU counts as this peer's."""
+    """A started process; `measured` says whose CPU counts as this peer's: the process itself,
+    its children only (nginx's workers, not the idle master), or both (sssrd's supervisor and
+    workers)."""
 
     name: str
     popen: subprocess.Popen
-    measured_children: bool = False
+    measured: Literal["self", "children", "tree"] = "self"
     port: int = 0
 
     @property
@@ -119,7 +122,10 @@ class Process:
         return self.popen.pid
 
     def measured_pids(self) -> list[int]:
-        return child_pids(self.pid) if self.measured_children else [self.pid]
+        if self.measured == "self":
+            return [self.pid]
+        children = child_pids(self.pid)
+        return children if self.measured == "children" else [self.pid, *children]
 
     def cpu(self) -> float:
         return sum(cpu_seconds(pid) for pid in self.measured_pids())
@@ -217,6 +223,7 @@ def start_sssrd(
         argv += [f"--{key.replace('_', '-')}", str(value)]
     env = {**os.environ, **fake.env}
     process = spawn(stack, name, argv, workdir / f"{name}.log", env=env)
+    process.measured = "tree"  # with workers > 1, the supervisor and every worker
     line = wait_for_line(workdir / f"{name}.log", "sssrd listening", process.popen, name)
     ready = json.loads(line)
     return Sssrd(
@@ -297,7 +304,7 @@ def start_nginx(
     )
     argv = ["nginx", "-c", str(config), "-e", str(workdir / "nginx-error.log")]
     process = spawn(stack, "nginx", argv, workdir / "nginx.log")
-    process.measured_children = True
+    process.measured = "children"
     wait_for_port(port, process.popen, "nginx", workdir / "nginx-error.log")
     process.port = port
     return process

@@ -151,6 +151,13 @@ TARGETS = (
         "x poc",
     ),
     Target(
+        "requests/s scaling, workers 2 vs 1 (same run) at C=200 >= 1.4x",
+        "— (issue 15)",
+        lambda r: ratio(r, "rendezvous", "req_per_s", "sssrd-w2", "sssrd-w1", clients=200),
+        lambda v: v >= 1.4,
+        "x w1",
+    ),
+    Target(
         "no failed requests at C=1000",
         "",
         lambda r: pick(r, "rendezvous", "failed", peer="sssrd", clients=1000),

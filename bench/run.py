@@ -6,10 +6,12 @@
 
 Peers (bulk, latency): sssrd (body_path auto), sssrd-splice, sssrd-copy (forced), direct (the
 client talks to the origin itself), haproxy and nginx (Debian's, in front of the same origin).
-Peers (rendezvous, held): sssrd, sssrd-compat (the proof of concept's protocol) and poc, the
-lambda-streaming proof of concept's Node.js proxy (`--poc DIR`, default ../shared/peers/…),
-all invoking the same fake. The fake Lambda and the origin are separate processes, so their
-CPU is never counted as a peer's.
+Peers (rendezvous, held): sssrd (`workers = auto`), sssrd-w1 and sssrd-w2 (`workers` 1 and
+2), sssrd-compat (the proof of concept's protocol) and poc, the lambda-streaming proof of
+concept's Node.js proxy (`--poc DIR`, default ../shared/peers/…), all invoking the same fake.
+The fake Lambda and the origin are separate processes, so their CPU is never counted as a
+peer's; a peer's own CPU is all of its processes' (nginx's workers, sssrd's supervisor and
+workers).
 """
 
 from __future__ import annotations
@@ -50,9 +52,12 @@ PEERS = (
     "nginx",
     "sssrd-compat",
     "poc",
+    "sssrd-w1",
+    "sssrd-w2",
 )
-RENDEZVOUS_PEERS = ("sssrd", "sssrd-compat", "poc")
+RENDEZVOUS_PEERS = ("sssrd", "sssrd-compat", "poc", "sssrd-w1", "sssrd-w2")
 BODY_PEERS = tuple(peer for peer in PEERS if peer not in RENDEZVOUS_PEERS[1:])
+WORKER_PEERS = {"sssrd-w1": "1", "sssrd-w2": "2"}  # workers 2 vs 1 in the same run
 BODY_PATHS = {"sssrd": "auto", "sssrd-splice": "splice", "sssrd-copy": "copy"}
 PROXIES = {"haproxy": start_haproxy, "haproxy-64k": start_haproxy, "nginx": start_nginx}
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -125,7 +130,10 @@ def start_peers(
 ) -> list[scenarios.Peer]:
     peers = []
     for name in names:
-        if name in BODY_PATHS or name == "sssrd-compat":
+        if name in WORKER_PEERS:
+            sssrd = start_sssrd(stack, workdir, name, fake, workers=WORKER_PEERS[name])
+            peers.append(scenarios.Peer(name, sssrd.viewer, sssrd.process, sssrd))
+        elif name in BODY_PATHS or name == "sssrd-compat":
             sssrd = (
                 start_sssrd_compat(stack, workdir, fake)
                 if name == "sssrd-compat"

@@ -28,6 +28,14 @@ class AdminConnection(ServedConnection):
             conn.deadline = None
         await self.answer(request)
 
+    async def exposition(self, accept_encoding: str) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+        """The /metrics body and its headers: this process's metrics."""
+        return self.state.tally.metrics.exposition(accept_encoding)
+
+    def trouble(self) -> str:
+        """Why /healthz says 503 ("" when healthy)."""
+        return "draining" if self.state.draining else ""
+
     async def answer(self, request: h11.Request) -> None:
         path = request.target.split(b"?", 1)[0]
         headers: list[tuple[bytes, bytes]]
@@ -35,11 +43,12 @@ class AdminConnection(ServedConnection):
             status, body, headers = 405, b"method not allowed\n", [(b"allow", b"GET, HEAD")]
         elif path == b"/metrics":
             encoding = (first_header(request.headers, b"accept-encoding") or b"").decode("latin-1")
-            body, headers = self.state.tally.metrics.exposition(encoding)
+            body, headers = await self.exposition(encoding)
             status = 200
         elif path == b"/healthz":
-            status = 503 if self.state.draining else 200
-            body, headers = (b"draining\n" if status == 503 else b"ok\n"), []
+            trouble = self.trouble()
+            status = 503 if trouble else 200
+            body, headers = f"{trouble or 'ok'}\n".encode(), []
         else:
             status, body, headers = 404, b"not found\n", []
         if not any(name.lower() == b"content-type" for name, _ in headers):

@@ -35,6 +35,7 @@ DEV_DEFAULTS = {
     "admin_listen": "127.0.0.1:9090",
     "invoker": "local",
     "handler": "sssrd.demo:handler",
+    "workers": 1,
 }
 EXIT_CONFIG = 2
 EXIT_STARTUP = 1
@@ -78,9 +79,25 @@ def settings_from(arguments: argparse.Namespace) -> Settings:
     return load_settings(config_path(arguments), flags=flags, defaults=defaults)
 
 
-async def run_daemon(settings: Settings, arguments: argparse.Namespace) -> None:
+async def run_daemon(
+    settings: Settings, arguments: argparse.Namespace, argv: Sequence[str]
+) -> None:
     notifier = Notifier.from_environment()
-    invoker = make_invoker(settings)
+    invoker = make_invoker(settings)  # a bad region, credentials or ARN fail here, in one line
+    if settings.workers > 1:
+        from sssrd.workers import Supervisor
+
+        invoker.close()  # each worker builds its own; this one only proved it can be built
+        supervisor = Supervisor(
+            settings,
+            argv,
+            inherited=listen_fds(),
+            notifier=notifier,
+            reload_settings=lambda: settings_from(arguments),
+        )
+        await supervisor.start()
+        await supervisor.wait_stopped()
+        return
     server = Server(
         settings,
         invoker,
@@ -124,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(settings.log_level)
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(run_daemon(settings, arguments))
+            runner.run(run_daemon(settings, arguments, argv))
     except (OSError, ValueError) as exc:
         print(f"sssrd: cannot start: {exc}", file=sys.stderr)
         return EXIT_STARTUP

@@ -188,6 +188,17 @@ def parse_networks(value: Any) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Ne
     return tuple(networks)
 
 
+def parse_workers(value: Any) -> int:
+    """ "auto" (one per CPU this process may run on) or a positive whole number."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return len(os.sched_getaffinity(0))
+    expected = 'a positive whole number or "auto"'
+    number = parse_whole_number(value, expected)
+    if number <= 0:
+        raise ValueError(f"expected {expected}, got {number}")
+    return number
+
+
 def parse_handler(value: Any) -> str:
     expected = "module:function such as sssrd.demo:handler"
     spec = text(value, expected)
@@ -277,6 +288,18 @@ class Settings:
         "127.0.0.1:9090",
         "metrics/health; 'off'",
         'Admin listener: `/metrics` (Prometheus) and `/healthz`; `"off"` disables it.',
+        section=Section.LISTENERS,
+    )
+    workers: int = setting(
+        parse_workers,
+        "auto",
+        "worker processes; 'auto' = one per usable CPU, 1 = a single process",
+        'Worker processes, each with its own event loop: `"auto"` runs one per CPU the daemon '
+        "may use (`sched_getaffinity`), `1` a single process. With more than one, a supervisor "
+        "holds the listeners: every worker accepts viewers on the one viewer socket, worker *i* "
+        "owns the callback port `callback_listen` + *i* (and advertises it), and the admin "
+        "listener serves the whole daemon's metrics. `max_pending` and `local_workers` apply "
+        "per worker.",
         section=Section.LISTENERS,
     )
     backlog: int = setting(

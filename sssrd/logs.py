@@ -29,11 +29,16 @@ class JsonFormatter(logging.Formatter):
 
     RESERVED = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
+    def __init__(self, fields: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.fields = fields or {}  # on every line of this process (a worker's index)
+
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
             "time": utc_timestamp(record.created),
             "level": record.levelname.lower(),
             "message": record.getMessage(),
+            **self.fields,
         }
         for key, value in vars(record).items():
             if key not in self.RESERVED:
@@ -43,15 +48,18 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str, separators=COMPACT)
 
 
-def configure(level: str, stream: TextIO | None = None) -> None:
-    """Send the "sssrd" logger's records to stdout as JSON at `level` (re-callable on reload)."""
+def configure(
+    level: str, stream: TextIO | None = None, fields: dict[str, Any] | None = None
+) -> None:
+    """Send the "sssrd" logger's records to stdout as JSON at `level` (re-callable on reload),
+    each line carrying `fields` too."""
     stream = stream or sys.stdout
     if hasattr(stream, "reconfigure"):
         stream.reconfigure(line_buffering=True)
     for handler in list(log.handlers):
         log.removeHandler(handler)
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonFormatter())
+    handler.setFormatter(JsonFormatter(fields))
     log.addHandler(handler)
     set_level(level)
     log.propagate = False

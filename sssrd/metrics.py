@@ -9,7 +9,9 @@ The daemon serves exposition() from its own event loop; no exporter thread is st
 from __future__ import annotations
 
 import gzip
+import operator
 import platform
+from collections.abc import Callable, Iterable
 from typing import Literal, TypeVar, get_args
 
 from prometheus_client import (
@@ -20,8 +22,11 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.gc_collector import GCCollector
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
 
 from sssrd import __version__
 from sssrd.outcomes import REQUEST_OUTCOMES, Outcome, Rejected
@@ -34,6 +39,7 @@ __all__ = [
     "OUTCOMES",
     "REJECT_REASONS",
     "TIMEOUT_KINDS",
+    "MergedCollector",
     "Metrics",
     "TimeoutKind",
 ]
@@ -230,14 +236,85 @@ class Metrics:
 
     def exposition(self, accept_encoding: str | None) -> tuple[bytes, list[tuple[bytes, bytes]]]:
         """The /metrics response body and its content headers, gzipped if the client allows."""
-        body = generate_latest(self.registry)
-        headers = [(b"Content-Type", CONTENT_TYPE.encode())]
-        if accepts_gzip(accept_encoding):
-            # Level 6: most of level 9's saving at a fraction of its CPU on the event loop.
-            body = gzip.compress(body, compresslevel=6, mtime=0)
-            headers.append((b"Content-Encoding", b"gzip"))
-        headers.append((b"Vary", b"Accept-Encoding"))
-        return body, headers
+        return exposition_response(self.text(), accept_encoding)
+
+    def text(self) -> bytes:
+        """This registry in the text format (what a worker sends its supervisor)."""
+        return generate_latest(self.registry)
+
+
+def exposition_response(
+    body: bytes, accept_encoding: str | None
+) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """A /metrics body and its content headers, gzipped if the client allows."""
+    headers = [(b"Content-Type", CONTENT_TYPE.encode())]
+    if accepts_gzip(accept_encoding):
+        # Level 6: most of level 9's saving at a fraction of its CPU on the event loop.
+        body = gzip.compress(body, compresslevel=6, mtime=0)
+        headers.append((b"Content-Encoding", b"gzip"))
+    headers.append((b"Vary", b"Accept-Encoding"))
+    return body, headers
+
+
+# How samples of several processes combine into the daemon's: everything adds up (counters,
+# histograms, in-flight gauges, fds, memory, CPU, and the limits, so that ratios such as
+# open/max fds or pending/limit stay the daemon-wide share), except what is a fact about the
+# build (max: it is 1 in every process) and the moments things started (min: the oldest).
+SAME_IN_EVERY_PROCESS = frozenset({"sssrd_build_info", "python_info"})
+EARLIEST = frozenset({"process_start_time_seconds"})
+
+
+class MergedCollector(Collector):
+    """Several processes' expositions as one: samples with the same name and labels combined."""
+
+    def __init__(self, expositions: Iterable[str]) -> None:
+        self.families = merge_families(expositions)
+
+    def collect(self) -> Iterable[Metric]:
+        return self.families
+
+    def value(self, sample_name: str, **labels: str) -> float:
+        """One merged sample (0 if absent): the supervisor's STATUS= totals."""
+        for family in self.families:
+            for sample in family.samples:
+                if sample.name == sample_name and sample.labels == labels:
+                    return sample.value
+        return 0.0
+
+    def text(self) -> bytes:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(self)
+        return generate_latest(registry)
+
+
+def merge_families(expositions: Iterable[str]) -> list[Metric]:
+    merged: dict[str, Metric] = {}
+    values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+    for exposition in expositions:
+        for family in text_string_to_metric_families(exposition):
+            if family.name not in merged:
+                merged[family.name] = Metric(family.name, family.documentation, family.type)
+                values[family.name] = {}
+            into = values[family.name]
+            for sample in family.samples:
+                key = (sample.name, tuple(sorted(sample.labels.items())))
+                if key in into:
+                    combine = _combiner(family.name, sample.name)
+                    into[key] = combine(into[key], sample.value)
+                else:
+                    into[key] = sample.value
+    for name, family in merged.items():
+        for (sample_name, labels), value in values[name].items():
+            family.add_sample(sample_name, dict(labels), value)
+    return list(merged.values())
+
+
+def _combiner(family_name: str, sample_name: str) -> Callable[[float, float], float]:
+    if family_name in SAME_IN_EVERY_PROCESS:
+        return max
+    if family_name in EARLIEST or sample_name.endswith("_created"):
+        return min
+    return operator.add
 
 
 def _children(metric: MetricT, label: str, values: tuple[str, ...]) -> dict[str, MetricT]:

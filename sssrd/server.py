@@ -13,9 +13,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
 import signal
 import socket
 from collections.abc import Awaitable, Callable
+from urllib.parse import urlsplit, urlunsplit
 
 import h11
 
@@ -25,34 +27,28 @@ from sssrd.callbacks import CallbackConnection
 from sssrd.config import Address, ConfigError, Settings, merge_reload
 from sssrd.connection import INCOMPLETE_EVENT_CEILING, Connection
 from sssrd.invokers import Invoker
+from sssrd.listeners import ACCEPT_ERROR_PAUSE, bind_named
 from sssrd.pending import PendingRegistry
 from sssrd.pipe import PipePool
 from sssrd.served import ServedConnection
 from sssrd.state import ServerState
-from sssrd.systemd import Notifier, watchdog_interval
+from sssrd.systemd import STATUS_INTERVAL, Notifier, watchdog_interval
 from sssrd.tally import Tally
 from sssrd.viewer import ViewerConnection
 
-STATUS_INTERVAL = 5.0
 # 64 KiB pipes: 1,024 of them are the 64 MiB of pipe pages a non-root user may hold; streams
 # beyond that copy instead of splicing.
 MAX_PIPES = 1024
-ACCEPT_ERROR_PAUSE = 0.1
 Handler = type[ServedConnection]
 
 
-def bind_listener(address: Address, backlog: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((address.host, address.port))
-        sock.listen(backlog)
-    except OSError:
-        sock.close()
-        raise
-    sock.setblocking(False)
-    return sock
+def shift_port(url: str, offset: int) -> str:
+    """`url` with its port (explicit or the scheme's default) moved up by `offset`."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    return urlunsplit(parts._replace(netloc=f"{host}:{port + offset}"))
 
 
 class Server:
@@ -66,7 +62,10 @@ class Server:
         inherited: dict[str, list[socket.socket]] | None = None,
         notifier: Notifier | None = None,
         reload_settings: Callable[[], Settings] | None = None,
+        worker_index: int | None = None,
     ) -> None:
+        """`worker_index` makes this one of several workers (workers.py): its callback base
+        names its own port, and it says "worker listening" rather than "sssrd listening"."""
         self.loop = asyncio.get_running_loop()
         self.state = ServerState(
             settings=settings,
@@ -81,6 +80,7 @@ class Server:
         self.inherited = inherited or {}
         self.notifier = notifier or Notifier(None)
         self.reload_settings = reload_settings
+        self.worker_index = worker_index
         self.log = logs.log
         self.listeners: dict[str, socket.socket] = {}
         self.accept_tasks: dict[str, asyncio.Task[None]] = {}
@@ -124,20 +124,28 @@ class Server:
         self.notifier.ready(self.status_text())
         self.schedule_status()
         self.schedule_watchdog(watchdog_interval())
+        facts: dict[str, object] = {name: self.address_of(name) for name in self.listeners}
+        facts["callback_url"] = self.state.callback_base
+        if self.worker_index is not None:
+            facts |= {"worker": self.worker_index, "pid": os.getpid()}
         self.log.info(
-            "sssrd listening",
-            extra={name: self.address_of(name) for name in self.listeners}
-            | {"callback_url": self.state.callback_base},
+            "sssrd listening" if self.worker_index is None else "worker listening", extra=facts
         )
 
     async def advertised_callback_base(self) -> str:
-        """The configured base; or derived from the bound callback port (so port 0 works)."""
+        """The configured base; or derived from the bound callback port (so port 0 works).
+
+        Worker i of several owns callback port `callback_listen` + i: an explicit base names
+        worker 0's port, so worker i advertises that port + i.
+        """
         configured = self.settings.callback_url
         port = self.listeners["callback"].getsockname()[1]
         if configured == "auto":
             endpoint = ec2.imds_endpoint(self.settings.imds_endpoint)
             address = await self.loop.run_in_executor(None, ec2.private_ipv4, endpoint)
             return f"http://{address}:{port}"
+        if configured and self.worker_index:
+            return shift_port(configured, self.worker_index)
         return configured or f"http://{self.address_of('callback')}"
 
     def listener_socket(self, name: str, address: Address | None) -> socket.socket | None:
@@ -148,12 +156,7 @@ class Server:
             return sock
         if address is None:
             return None
-        try:
-            return bind_listener(address, self.settings.backlog)
-        except OSError as exc:
-            raise OSError(
-                exc.errno, f"cannot listen on {address} ({name}): {exc.strerror}"
-            ) from None
+        return bind_named(name, address, self.settings.backlog)
 
     def address_of(self, name: str) -> str:
         host, port = self.listeners[name].getsockname()[:2]

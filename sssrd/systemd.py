@@ -15,9 +15,10 @@ import socket
 import time
 from collections.abc import MutableMapping
 
-__all__ = ["SD_LISTEN_FDS_START", "Notifier", "listen_fds", "watchdog_interval"]
+__all__ = ["SD_LISTEN_FDS_START", "STATUS_INTERVAL", "Notifier", "listen_fds", "watchdog_interval"]
 
 SD_LISTEN_FDS_START = 3
+STATUS_INTERVAL = 5.0  # seconds between STATUS= updates while serving
 UNKNOWN_FD_NAME = "unknown"
 
 log = logging.getLogger("sssrd")

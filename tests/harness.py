@@ -132,6 +132,7 @@ class Daemon:
             "--admin-listen=127.0.0.1:0",
             "--invoker=local",
             "--handler=scenarios:handler",
+            "--workers=1",  # today's single process unless a test passes --workers=N
             *args,
         ]
         environ = {k: v for k, v in os.environ.items() if not k.startswith("SSSRD_")}

@@ -52,7 +52,8 @@ def handler(event: dict, context: Any) -> None:
         return
     conductor = Conductor(query.get("tag", scenario))
     try:
-        conductor.report("invoked", request_id=event["requestContext"]["requestId"])
+        request_id = event["requestContext"]["requestId"]
+        conductor.report("invoked", request_id=request_id, pid=os.getpid())
         SCENARIOS[scenario](event, conductor, query)
     finally:
         conductor.close()  # the daemon's fd count is checked after abort storms
@@ -271,6 +272,16 @@ def kept_alive_answer(event: dict, conductor: Conductor, query: dict) -> None:
     conductor.report(
         "answered", status=response.status, connection=response.getheader("connection")
     )
+
+
+def misdirected(event: dict, conductor: Conductor, query: dict) -> None:
+    """With several workers: the right token sent to another worker's callback port first."""
+    url = urlsplit(event["sssrd"]["callbackUrl"])
+    other = next(port for port in map(int, query["ports"].split(",")) if port != url.port)
+    wrong = url._replace(netloc=f"{url.hostname}:{other}").geturl()
+    status = post(event, b"stolen", {**bearer(event), "content-type": "text/plain"}, url=wrong)
+    conductor.report("misdirected", status=status, own=url.port, other=other)
+    callback.respond(event, "the real body")
 
 
 def bad_prelude(event: dict, conductor: Conductor, query: dict) -> None:

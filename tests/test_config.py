@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import sys
 
@@ -20,6 +21,7 @@ from sssrd.config import (
 )
 
 sys.path.insert(0, str(ROOT))  # tools/ is not an installed package
+from sssrd.server import shift_port
 from tools import settings_docs
 
 # Below every source, so each one tested can override any of these.
@@ -221,3 +223,23 @@ def test_unreadable_config_files_are_one_line_errors(tmp_path, content, message)
     assert str(error.value).startswith(f"config file {config}: {message}")
     with pytest.raises(ConfigError, match=r"Is a directory$"):
         load_settings(str(tmp_path), environ={}, flags={})
+
+
+def test_workers_auto_is_the_usable_cpus_and_a_count_must_be_positive():
+    auto = load_settings(environ={}, defaults=LOCAL)
+    assert auto.workers == len(os.sched_getaffinity(0))
+    assert load_settings(environ={"SSSRD_WORKERS": "3"}, defaults=LOCAL).workers == 3
+    with pytest.raises(ConfigError, match="workers: expected a positive whole number"):
+        load_settings(environ={}, defaults=LOCAL, flags={"workers": "0"})
+
+
+@pytest.mark.parametrize(
+    ("base", "offset", "shifted"),
+    [
+        ("http://10.0.1.23:8081", 1, "http://10.0.1.23:8082"),
+        ("https://callbacks.internal", 2, "https://callbacks.internal:445"),
+        ("http://[fd00::5]:8081/prefix", 3, "http://[fd00::5]:8084/prefix"),
+    ],
+)
+def test_an_explicit_callback_base_names_each_workers_own_port(base, offset, shifted):
+    assert shift_port(base, offset) == shifted

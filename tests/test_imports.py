@@ -79,5 +79,6 @@ def test_the_circle_finder_finds_a_circle():
 
 
 def test_only_the_cli_imports_the_server():
+    """The CLI, and the entry point of a worker process (its own command line)."""
     importers = {name for name, imported in import_graph().items() if "sssrd.server" in imported}
-    assert importers == {"sssrd.cli"}
+    assert importers == {"sssrd.cli", "sssrd.worker"}

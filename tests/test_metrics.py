@@ -22,9 +22,11 @@ from sssrd.metrics import (
     OUTCOMES,
     REJECT_REASONS,
     TIMEOUT_KINDS,
+    MergedCollector,
     Metrics,
     accepts_gzip,
 )
+from sssrd.outcomes import Outcome
 
 
 def scrape(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -298,3 +300,48 @@ def test_recorded_series_are_named_level_metric_operations():
         assert re.fullmatch(r"(instance|job)(_[a-z]+)*", level), name
         assert metric.startswith("sssrd_") and not metric.endswith("_total"), name
         assert re.fullmatch(r"(ratio_)?rate5m", operations), name
+
+
+def merged_samples(*expositions: bytes) -> dict[tuple[str, tuple], float]:
+    text = MergedCollector([e.decode() for e in expositions]).text().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_merged_workers_sum_what_adds_up_and_keep_every_label():
+    """A supervisor's /metrics: two workers' counters, histograms, gauges and limits summed."""
+    first, second = Metrics(), Metrics()
+    first.request_done(200, Outcome.OK)
+    second.request_done(200, Outcome.OK)
+    second.request_done(503, Outcome.SHED)
+    first.callback_wait.observe(0.02)
+    second.callback_wait.observe(0.02)
+    first.streams_in_flight.set(2)
+    second.streams_in_flight.set(1)
+    first.pending_limit.set(10)
+    second.pending_limit.set(10)
+    found = merged_samples(first.text(), second.text())
+    assert found[("sssrd_requests_total", (("code", "2xx"), ("outcome", "ok")))] == 2
+    assert found[("sssrd_requests_total", (("code", "5xx"), ("outcome", "shed")))] == 1
+    assert found[("sssrd_requests_total", (("code", "4xx"), ("outcome", "ok")))] == 0
+    assert found[("sssrd_callback_wait_seconds_bucket", (("le", "0.025"),))] == 2
+    assert found[("sssrd_callback_wait_seconds_count", ())] == 2
+    assert found[("sssrd_streams_in_flight", ())] == 3
+    assert found[("sssrd_pending_limit", ())] == 20
+    limit = merged_samples(first.text())[("process_max_fds", ())]
+    assert found[("process_max_fds", ())] == 2 * limit  # limits add up too: open/max stays a share
+
+
+def test_merged_workers_keep_facts_about_the_build_and_the_oldest_start():
+    first, second = Metrics(), Metrics()
+    found = merged_samples(first.text(), second.text())
+    build = (("python", platform.python_version()), ("version", sssrd.__version__))
+    assert found[("sssrd_build_info", build)] == 1
+    own = [merged_samples(m.text()) for m in (first, second)]
+    for name in ("process_start_time_seconds", "sssrd_requests_created"):
+        key = next(key for key in found if key[0] == name)
+        assert found[key] == min(samples[key] for samples in own)
+    assert MergedCollector([first.text().decode()]).value("sssrd_pending_limit") == 0

@@ -35,6 +35,7 @@ CONFIG = "/etc/sssrd/sssrd.toml"
 MAX_EXPOSURE = 2.0
 HTTP_TIMEOUT = 30
 DRAIN_TIMEOUT = 20.0  # well above the 4 s stream the stop test holds open
+WORKERS = 2  # the packaged daemon runs as a supervisor and workers, callback ports p and p + 1
 
 
 @dataclass(frozen=True)
@@ -80,11 +81,20 @@ def daemon(installed: nspawn.Container) -> Daemon:
 
 
 def free_ports(count: int) -> list[int]:
-    sockets = [socket.create_server(("127.0.0.1", 0)) for _ in range(count)]
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
+    """Viewer, callback and admin ports free now; the callback's next WORKERS - 1 ports too."""
+    for _ in range(100):  # bounded: a run of free ports is found within a few tries
+        sockets = [socket.create_server(("127.0.0.1", 0)) for _ in range(count)]
+        ports = [sock.getsockname()[1] for sock in sockets]
+        try:
+            for offset in range(1, WORKERS):
+                sockets.append(socket.create_server(("127.0.0.1", ports[1] + offset)))
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+        return ports
+    raise AssertionError("no run of free callback ports")
 
 
 def daemon_config(ports: Ports) -> str:
@@ -96,6 +106,7 @@ def daemon_config(ports: Ports) -> str:
         'invoker = "local"\n'
         'handler = "sssrd.demo:handler"\n'
         f"drain_timeout = {DRAIN_TIMEOUT}\n"
+        f"workers = {WORKERS}\n"
     )
 
 
@@ -211,9 +222,21 @@ def test_started_daemon_serves_health_a_streamed_demo_page_and_metrics(daemon: D
     assert b"Line 3 of 3" in page
     assert page.rstrip().endswith(b"</html>")
 
+    for _ in range(4):  # a few more, so that (most likely) both workers render one
+        assert get(daemon.ports.viewer, "/?lines=1&delay_ms=0")[0] == 200
     status, _, metrics = get(daemon.ports.admin, "/metrics")
     assert status == 200
-    assert b"sssrd_requests_total" in metrics
+    assert 'sssrd_requests_total{code="2xx",outcome="ok"} 5.0' in metrics.decode()
+
+    listening = [
+        json.loads(line)
+        for line in journal(daemon.container).splitlines()
+        if "sssrd listening" in line
+    ]
+    assert listening[-1]["workers"] == WORKERS
+    assert listening[-1]["callback_urls"] == [
+        f"http://127.0.0.1:{daemon.ports.callback + i}" for i in range(WORKERS)
+    ]
 
 
 def test_access_log_reaches_the_journal_as_json(daemon: Daemon):

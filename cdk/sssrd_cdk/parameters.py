@@ -40,6 +40,7 @@ STACK_OWNED_SETTINGS = frozenset(
         "local_workers",
         "imds_endpoint",
         "compat",
+        "workers",
     }
 )
 ALIAS_NAME = "live"
@@ -90,6 +91,10 @@ class PortRange:
 
     def __str__(self) -> str:
         return str(self.first) if self.first == self.last else f"{self.first}-{self.last}"
+
+    @property
+    def count(self) -> int:
+        return self.last - self.first + 1
 
 
 def parse_int(low: int, high: int) -> Callable[[Any], int]:
@@ -161,8 +166,11 @@ class FleetParameters:
     reserved_concurrency: int | None = None
     log_retention_days: int = 30
     prometheus: bool = False
+    # One port per sssrd worker: two for the default instance type's two vCPUs.
     callback_ports: PortRange = field(
-        default_factory=lambda: PortRange.parse(default_port("callback_listen"))
+        default_factory=lambda: PortRange.parse(
+            f"{default_port('callback_listen')}-{int(default_port('callback_listen')) + 1}"
+        )
     )
     target_connections_per_instance: int = 2000
     origin_secret_generation: int = 1
@@ -258,6 +266,8 @@ class FleetParameters:
             "region": self.region,
             "callback_url": "auto",
             "callback_listen": f"0.0.0.0:{self.callback_ports.first}",
+            # Worker i listens on the first port + i: exactly the range the Lambda may reach.
+            "workers": self.callback_ports.count,
         }
         if self.prometheus:
             settings["admin_listen"] = f"0.0.0.0:{default_port('admin_listen')}"

@@ -36,7 +36,7 @@ def test_command_line_strings_parse_like_cdk_json_values():
 def test_defaults_need_only_the_ami():
     chosen = parameters()
     assert (chosen.min_capacity, chosen.max_capacity, chosen.desired_capacity) == (2, 6, None)
-    assert chosen.callback_ports == PortRange(8081, 8081)  # sssrd's callback_listen default
+    assert chosen.callback_ports == PortRange(8081, 8082)  # a worker per vCPU of a c7i.large
     assert parameters(ami="/sssrd/ami").ami_is_ssm_parameter
 
 
@@ -150,6 +150,7 @@ def test_user_data_is_the_ami_contract_and_sssrd_accepts_its_config(tmp_path):
         "region": REGION,
         "callback_url": "auto",
         "callback_listen": "0.0.0.0:8081",
+        "workers": 2,
         "admin_listen": "0.0.0.0:9090",
         "drain_timeout": 45,
         "trusted_proxies": ["10.0.0.0/8"],

@@ -89,7 +89,7 @@ def test_instances_admit_the_alb_the_lambda_and_prometheus_on_their_ports_only(d
             peers |= {(prometheus, 9090, 9090), (prometheus, 9100, 9100)}
         return {(instances, peer, low, high) for peer, low, high in peers}
 
-    for synth, (first, last) in ((default, (8081, 8081)), (full, (8081, 8084))):
+    for synth, (first, last) in ((default, (8081, 8082)), (full, (8081, 8084))):
         instances = json.dumps(group_id(synth, synth.stack.network.instances))
         ingress = {
             rule_view(r) for r in rules(synth, "ingress") if json.dumps(r["GroupId"]) == instances
@@ -258,6 +258,7 @@ def test_the_callback_port_parameter_drives_both_user_data_and_security_group(fu
     _, settings = user_data(full)
     first = full.stack.parameters.callback_ports.first
     assert settings["callback_listen"] == f"0.0.0.0:{first}"
+    assert settings["workers"] == full.stack.parameters.callback_ports.count  # port + i each
     render = json.dumps(group_id(full, full.stack.network.render))
     (callback,) = [
         r for r in rules(full, "ingress") if json.dumps(r.get("SourceSecurityGroupId")) == render

@@ -1,0 +1,243 @@
+"""`workers = 2`: one daemon of several processes, as viewers, Lambdas, Prometheus and systemd
+see it. Every test drives the real supervisor and its real workers over real sockets."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import signal
+import socket
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import h11
+import pytest
+from harness import WAIT, Conductor, Daemon, Viewer, daemon, http_get, wait_for
+from test_operations import notices_until, receive
+
+from sssrd import __version__
+
+pytestmark = pytest.mark.daemon
+
+WORKERS = ("--workers=2",)
+MAX_TRIES = 40  # bounded: the kernel picks the worker that accepts, so we try until both did
+
+
+def worker_pids(sssrd: Daemon) -> dict[int, int]:
+    """Worker index → pid of its latest process, from the "worker listening" lines."""
+    pids = {}
+    for line in list(sssrd.lines):
+        if line.get("message") == "worker listening":
+            pids[line["worker"]] = line["pid"]
+    return pids
+
+
+@pytest.fixture
+def workers2(conductor):
+    with daemon(conductor, *WORKERS) as sssrd:
+        yield sssrd
+
+
+def spread_requests(sssrd: Daemon, conductor: Conductor, tag: str) -> dict[int, int]:
+    """Concurrent requests on fresh connections until both workers have served; pid → count."""
+    served: dict[int, int] = {}
+    with ThreadPoolExecutor(4) as pool:
+        for batch in range(MAX_TRIES // 4):
+            tags = [f"{tag}{batch}-{n}" for n in range(4)]
+            for head, body in pool.map(
+                lambda tag: Viewer(sssrd.viewer).get(f"/?scenario=environment&tag={tag}"), tags
+            ):
+                assert (head.status_code, body) == (200, b"ok")
+            for tag in tags:
+                pid = conductor.report(tag, "environ")["pid"]
+                served[pid] = served.get(pid, 0) + 1
+            if len(served) == 2:
+                break
+    return served
+
+
+def test_requests_spread_over_both_workers_and_metrics_sum_them(conductor, workers2):
+    sssrd = workers2
+    listening = sssrd.wait_line(lambda line: line.get("message") == "sssrd listening")
+    assert listening["workers"] == 2 and len(set(listening["callback_urls"])) == 2
+    served = spread_requests(sssrd, conductor, "spread1-")
+    assert set(served) == set(worker_pids(sssrd).values())  # each answered through its own port
+    requests = sum(served.values())
+    wait_for(
+        lambda: sum(line.get("type") == "access" for line in list(sssrd.lines)) == requests,
+        what=f"{requests} access lines",
+    )
+    assert sssrd.metric("sssrd_requests_total", code="2xx", outcome="ok") == requests
+    assert sssrd.metric("sssrd_pending_limit") == 2 * 10_000  # each worker's limit, summed
+    build = {"version": __version__, "python": platform.python_version()}
+    assert sssrd.metric("sssrd_build_info", **build) == 1  # the same in every process: not summed
+    assert http_get(sssrd.admin, "/healthz")[::2] == (200, b"ok\n")
+
+
+def test_a_callback_sent_to_the_other_workers_port_is_refused_and_the_stream_unharmed(
+    conductor, workers2
+):
+    sssrd = workers2
+    ports = ",".join(url.rsplit(":", 1)[1] for url in listening_of(sssrd)["callback_urls"])
+    head, body = Viewer(sssrd.viewer).get(f"/?scenario=misdirected&tag=wrong&ports={ports}")
+    report = conductor.report("wrong", "misdirected")
+    assert report["status"] == 401  # the other worker's secret does not know this token
+    assert (head.status_code, body) == (200, b"the real body")
+    assert sssrd.metric("sssrd_callbacks_rejected_total", reason="bad_token") == 1
+
+
+def listening_of(sssrd: Daemon) -> dict[str, Any]:
+    return sssrd.wait_line(lambda line: line.get("message") == "sssrd listening")
+
+
+def streams_in_both_workers(sssrd: Daemon, conductor: Conductor, tag: str) -> dict[int, Viewer]:
+    """One held stream (first chunk read) in each worker: pid → its viewer."""
+    held: dict[int, Viewer] = {}
+    for attempt in range(MAX_TRIES):
+        if len(held) == 2:
+            break
+        name = f"{tag}{attempt}"
+        viewer = Viewer(sssrd.viewer)
+        viewer.send("GET", f"/?scenario=stepped&tag={name}&steps=2")
+        pid = conductor.report(name, "invoked")["pid"]
+        conductor.release(f"{name}:step0")
+        assert viewer.chunk_after_head() == b"chunk 0\n"
+        if pid in held:
+            conductor.release(f"{name}:step1")
+            assert viewer.chunk() == b"chunk 1\n"
+            viewer.close()
+        else:
+            held[pid] = viewer
+            viewer.tag = name  # type: ignore[attr-defined]
+    assert len(held) == 2, "the kernel never handed a connection to the second worker"
+    return held
+
+
+def test_a_killed_worker_is_replaced_and_the_other_workers_stream_continues(conductor, workers2):
+    sssrd = workers2
+    before = listening_of(sssrd)["callback_urls"]
+    held = streams_in_both_workers(sssrd, conductor, "kill")
+    victim, survivor = list(held)
+    index = next(i for i, pid in worker_pids(sssrd).items() if pid == victim)
+    os.kill(victim, signal.SIGKILL)
+    with pytest.raises((h11.RemoteProtocolError, ConnectionResetError)):  # truncated
+        held[victim].chunk()
+    sssrd.wait_line(lambda line: line.get("message") == "worker exited; starting a replacement")
+    conductor.release(f"{held[survivor].tag}:step1")  # type: ignore[attr-defined]
+    assert held[survivor].chunk() == b"chunk 1\n"
+    assert held[survivor].chunk() is None  # complete
+    replaced = sssrd.wait_line(lambda line: line.get("message") == "worker replaced")
+    assert replaced["worker"] == index and replaced["callback_url"] == before[index]
+    assert worker_pids(sssrd)[index] == replaced["pid"] != victim
+    served = spread_requests(sssrd, conductor, "spread2-")
+    assert set(served) == {survivor, replaced["pid"]}
+
+
+def test_sigterm_drains_every_worker(conductor, workers2):
+    sssrd = workers2
+    held = streams_in_both_workers(sssrd, conductor, "drain")
+    sssrd.signal(signal.SIGTERM)
+    sssrd.wait_line(lambda line: line.get("message") == "draining" and "in_flight" in line)
+    assert http_get(sssrd.admin, "/healthz")[::2] == (503, b"draining\n")
+    for viewer in held.values():
+        conductor.release(f"{viewer.tag}:step1")  # type: ignore[attr-defined]
+        assert viewer.chunk() == b"chunk 1\n"
+        assert viewer.chunk() is None
+    assert sssrd.wait_exit() == 0
+    stops = [line for line in sssrd.lines if line.get("message") == "stopped"]
+    assert [line.get("abandoned") for line in stops] == [0, 0, None]  # two workers, then all
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(sssrd.viewer, timeout=WAIT)
+
+
+def test_systemd_hears_one_daemon_ready_reload_and_stop(conductor, tmp_path):
+    config = tmp_path / "sssrd.toml"
+    config.write_text("")
+    address = str(tmp_path / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(address)
+        notify.settimeout(WAIT)
+        env = {"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "2000000"}
+        with daemon(conductor, *WORKERS, f"--config={config}", **env) as sssrd:
+            ready = receive(notify)  # nothing before READY: no worker speaks to systemd
+            assert ready["READY"] == "1" and "2/2 workers" in ready["STATUS"]
+            assert len(worker_pids(sssrd)) == 2
+            assert notices_until(notify, "WATCHDOG")["WATCHDOG"] == "1"
+
+            config.write_text("max_pending = 7\n")
+            seen = len(sssrd.lines)
+            sssrd.signal(signal.SIGHUP)
+            assert notices_until(notify, "RELOADING")["RELOADING"] == "1"
+            assert notices_until(notify, "READY")["READY"] == "1"
+            reloaded = [line for line in sssrd.lines[seen:] if line.get("message") == "reloaded"]
+            assert sorted(line["worker"] for line in reloaded) == [0, 1]
+            assert all(line["applied"] == ["max_pending"] for line in reloaded)
+            assert sssrd.metric("sssrd_pending_limit") == 14
+
+            pid = worker_pids(sssrd)[1]
+            os.kill(pid, signal.SIGSTOP)  # wedged: alive, silent
+            wedged = sssrd.wait_line(
+                lambda line: line.get("message", "").startswith("worker wedged")
+            )
+            assert wedged["worker"] == 1 and wedged["pid"] == pid
+            assert (
+                sssrd.wait_line(lambda line: line.get("message") == "worker replaced")["worker"]
+                == 1
+            )
+            assert notices_until(notify, "WATCHDOG")["WATCHDOG"] == "1"  # the daemon lives on
+
+            sssrd.signal(signal.SIGTERM)
+            assert notices_until(notify, "STOPPING")["STOPPING"] == "1"
+            assert sssrd.wait_exit() == 0
+
+
+# Moves the fds named on its command line to 3, 4, ... and execs the daemon after "--", as
+# systemd would start it with LISTEN_FDS / LISTEN_FDNAMES.
+ADOPT = """
+import os, sys
+names, rest = sys.argv[1], sys.argv[2:]
+split = rest.index("--")
+fds, command = [int(fd) for fd in rest[:split]], rest[split + 1 :]
+high = [os.dup(fd) + 100 for fd in fds]
+for fd, target in zip(fds, high):
+    os.dup2(fd, target)
+for offset, fd in enumerate(high):
+    os.dup2(fd, 3 + offset)
+    os.close(fd)
+os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS=str(len(fds)), LISTEN_FDNAMES=names)
+os.execv(command[0], command)
+"""
+
+
+def test_socket_activation_with_one_viewer_and_a_callback_socket_per_worker(conductor):
+    listeners = [socket.create_server(("127.0.0.1", 0)) for _ in range(4)]
+    ports = [sock.getsockname()[1] for sock in listeners]
+    fds = tuple(sock.fileno() for sock in listeners)
+    for fd in fds:
+        os.set_inheritable(fd, True)
+    try:
+        names = "viewer:callback:callback:admin"
+        wrapper = [sys.executable, "-c", ADOPT, names, *map(str, fds), "--"]
+        with daemon(conductor, *WORKERS, wrapper=wrapper, pass_fds=fds) as sssrd:
+            listening = listening_of(sssrd)
+            assert [sssrd.viewer[1], sssrd.admin[1]] == [ports[0], ports[3]]
+            assert listening["callback_urls"] == [f"http://127.0.0.1:{p}" for p in ports[1:3]]
+            assert len(spread_requests(sssrd, conductor, "spread3-")) == 2
+            head, body = Viewer(("127.0.0.1", ports[0])).get("/?scenario=echo&tag=activated")
+            assert head.status_code == 200 and json.loads(body)["rawPath"] == "/"
+    finally:
+        for sock in listeners:
+            sock.close()
+
+
+def test_one_worker_is_the_single_process_of_before(conductor):
+    with daemon(conductor, "--workers=1") as sssrd:
+        head, body = Viewer(sssrd.viewer).get("/?scenario=environment&tag=single")
+        assert (head.status_code, body) == (200, b"ok")
+        assert conductor.report("single", "environ")["pid"] == sssrd.process.pid
+        children = f"/proc/{sssrd.process.pid}/task/{sssrd.process.pid}/children"
+        with open(children) as listed:
+            assert listed.read().split() == []  # no supervisor, no workers
+        assert not any(line.get("message") == "worker listening" for line in sssrd.lines)
