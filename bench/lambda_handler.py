@@ -108,12 +108,19 @@ def connections(address: tuple[str, int]) -> list[socket.socket]:
     return kept.setdefault(address, [])
 
 
+def readable_now(sock: socket.socket) -> bool:
+    """poll(), not select(): the fake runs hundreds of handlers, so fds pass select's 1,024."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
+
+
 def kept_connection(address: tuple[str, int]) -> socket.socket:
     """The connection kept open to `address` if the peer has not closed it since, else a new one."""
     idle = connections(address)
     while idle:
         sock = idle.pop()
-        if not select.select([sock], [], [], 0)[0]:  # readable while idle: closed by the peer
+        if not readable_now(sock):  # readable while idle: closed by the peer
             return sock
         sock.close()
     sock = socket.create_connection(address, timeout=60)
