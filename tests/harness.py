@@ -264,6 +264,40 @@ class Daemon:
         return self.process.poll() is None
 
 
+# Moves the fds named on its command line to 3, 4, ... and execs the daemon after "--", as
+# systemd would start it with LISTEN_FDS / LISTEN_FDNAMES.
+ADOPT = """
+import os, sys
+names, rest = sys.argv[1], sys.argv[2:]
+split = rest.index("--")
+fds, command = [int(fd) for fd in rest[:split]], rest[split + 1 :]
+high = [os.dup(fd) + 100 for fd in fds]
+for fd, target in zip(fds, high):
+    os.dup2(fd, target)
+for offset, fd in enumerate(high):
+    os.dup2(fd, 3 + offset)
+    os.close(fd)
+os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS=str(len(fds)), LISTEN_FDNAMES=names)
+os.execv(command[0], command)
+"""
+
+
+@contextlib.contextmanager
+def socket_activation(*names: str) -> Iterator[tuple[list[int], dict[str, Any]]]:
+    """One listening socket per name, handed to the daemon as systemd would: yields their
+    ports and the daemon() options (wrapper, pass_fds) that pass them."""
+    listeners = [socket.create_server(("127.0.0.1", 0)) for _ in names]
+    try:
+        fds = tuple(sock.fileno() for sock in listeners)
+        for fd in fds:
+            os.set_inheritable(fd, True)
+        wrapper = [sys.executable, "-c", ADOPT, ":".join(names), *map(str, fds), "--"]
+        yield [sock.getsockname()[1] for sock in listeners], {"wrapper": wrapper, "pass_fds": fds}
+    finally:
+        for sock in listeners:
+            sock.close()
+
+
 def stop_process(process: subprocess.Popen[Any], timeout: float = WAIT) -> None:
     """Ask a process to stop (SIGTERM), then kill it if it has not within `timeout`."""
     if process.poll() is None:

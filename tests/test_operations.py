@@ -6,14 +6,12 @@ from __future__ import annotations
 import gzip
 import http.client
 import json
-import os
 import signal
 import socket
-import sys
 import time
 
 import pytest
-from harness import WAIT, Viewer, daemon, header, http_get
+from harness import WAIT, Viewer, daemon, header, http_get, socket_activation
 from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.daemon
@@ -126,38 +124,16 @@ def test_systemd_hears_ready_watchdog_and_stopping_in_order(conductor, tmp_path)
             assert sssrd.wait_exit() == 0
 
 
-ADOPT = """
-import os, sys
-fds = [int(fd) for fd in sys.argv[1:4]]
-high = [os.dup(fd) + 100 for fd in fds]
-for fd, target in zip(fds, high):
-    os.dup2(fd, target)
-for offset, fd in enumerate(high):
-    os.dup2(fd, 3 + offset)
-    os.close(fd)
-os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS="3",
-                  LISTEN_FDNAMES="viewer:callback:admin")
-os.execv(sys.argv[4], sys.argv[4:])
-"""
-
-
 def test_socket_activation_serves_on_the_sockets_it_is_given(conductor):
-    listeners = [socket.create_server(("127.0.0.1", 0)) for _ in range(3)]
-    ports = [sock.getsockname()[1] for sock in listeners]
-    fds = tuple(sock.fileno() for sock in listeners)
-    for fd in fds:
-        os.set_inheritable(fd, True)
-    try:
-        wrapper = [sys.executable, "-c", ADOPT, *map(str, fds)]
-        with daemon(conductor, wrapper=wrapper, pass_fds=fds) as sssrd:
-            assert [sssrd.viewer[1], sssrd.callback[1], sssrd.admin[1]] == ports
-            assert sssrd.callback_url == f"http://127.0.0.1:{ports[1]}"
-            head, body = Viewer(("127.0.0.1", ports[0])).get("/?scenario=echo&tag=activated")
-            assert head.status_code == 200 and json.loads(body)["rawPath"] == "/"
-            assert http_get(("127.0.0.1", ports[2]), "/healthz")[0] == 200
-    finally:
-        for sock in listeners:
-            sock.close()
+    with (
+        socket_activation("viewer", "callback", "admin") as (ports, activation),
+        daemon(conductor, **activation) as sssrd,
+    ):
+        assert [sssrd.viewer[1], sssrd.callback[1], sssrd.admin[1]] == ports
+        assert sssrd.callback_url == f"http://127.0.0.1:{ports[1]}"
+        head, body = Viewer(("127.0.0.1", ports[0])).get("/?scenario=echo&tag=activated")
+        assert head.status_code == 200 and json.loads(body)["rawPath"] == "/"
+        assert http_get(("127.0.0.1", ports[2]), "/healthz")[0] == 200
 
 
 def test_sighup_applies_a_new_timeout_live_and_reports_what_needs_a_restart(conductor, tmp_path):

@@ -8,13 +8,12 @@ import os
 import platform
 import signal
 import socket
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import h11
 import pytest
-from harness import WAIT, Conductor, Daemon, Viewer, daemon, http_get, wait_for
+from harness import WAIT, Conductor, Daemon, Viewer, daemon, http_get, socket_activation, wait_for
 from test_operations import notices_until, receive
 
 from sssrd import __version__
@@ -193,43 +192,17 @@ def test_systemd_hears_one_daemon_ready_reload_and_stop(conductor, tmp_path):
             assert sssrd.wait_exit() == 0
 
 
-# Moves the fds named on its command line to 3, 4, ... and execs the daemon after "--", as
-# systemd would start it with LISTEN_FDS / LISTEN_FDNAMES.
-ADOPT = """
-import os, sys
-names, rest = sys.argv[1], sys.argv[2:]
-split = rest.index("--")
-fds, command = [int(fd) for fd in rest[:split]], rest[split + 1 :]
-high = [os.dup(fd) + 100 for fd in fds]
-for fd, target in zip(fds, high):
-    os.dup2(fd, target)
-for offset, fd in enumerate(high):
-    os.dup2(fd, 3 + offset)
-    os.close(fd)
-os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS=str(len(fds)), LISTEN_FDNAMES=names)
-os.execv(command[0], command)
-"""
-
-
 def test_socket_activation_with_one_viewer_and_a_callback_socket_per_worker(conductor):
-    listeners = [socket.create_server(("127.0.0.1", 0)) for _ in range(4)]
-    ports = [sock.getsockname()[1] for sock in listeners]
-    fds = tuple(sock.fileno() for sock in listeners)
-    for fd in fds:
-        os.set_inheritable(fd, True)
-    try:
-        names = "viewer:callback:callback:admin"
-        wrapper = [sys.executable, "-c", ADOPT, names, *map(str, fds), "--"]
-        with daemon(conductor, *WORKERS, wrapper=wrapper, pass_fds=fds) as sssrd:
-            listening = listening_of(sssrd)
-            assert [sssrd.viewer[1], sssrd.admin[1]] == [ports[0], ports[3]]
-            assert listening["callback_urls"] == [f"http://127.0.0.1:{p}" for p in ports[1:3]]
-            assert len(spread_requests(sssrd, conductor, "spread3-")) == 2
-            head, body = Viewer(("127.0.0.1", ports[0])).get("/?scenario=echo&tag=activated")
-            assert head.status_code == 200 and json.loads(body)["rawPath"] == "/"
-    finally:
-        for sock in listeners:
-            sock.close()
+    with (
+        socket_activation("viewer", "callback", "callback", "admin") as (ports, activation),
+        daemon(conductor, *WORKERS, **activation) as sssrd,
+    ):
+        listening = listening_of(sssrd)
+        assert [sssrd.viewer[1], sssrd.admin[1]] == [ports[0], ports[3]]
+        assert listening["callback_urls"] == [f"http://127.0.0.1:{p}" for p in ports[1:3]]
+        assert len(spread_requests(sssrd, conductor, "spread3-")) == 2
+        head, body = Viewer(("127.0.0.1", ports[0])).get("/?scenario=echo&tag=activated")
+        assert head.status_code == 200 and json.loads(body)["rawPath"] == "/"
 
 
 def test_one_worker_is_the_single_process_of_before(conductor):

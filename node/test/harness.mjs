@@ -66,6 +66,9 @@ export class Sssrd {
         '--listen=127.0.0.1:0', '--callback-listen=127.0.0.1:0', '--admin-listen=off',
         '--invoker=lambda', '--function=render', `--endpoint-url=${endpoint}`,
         '--idle-timeout=10',
+        // One process, as the Python harness runs it: with a worker per core, each worker has a
+        // callback port of its own and a warm Lambda keeps one connection per port.
+        '--workers=1',
       ],
       {
         cwd: ROOT,
