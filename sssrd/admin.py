@@ -19,7 +19,7 @@ class AdminConnection(ServedConnection):
     async def handle(self, request: h11.Request) -> None:
         conn = self.conn
         try:
-            conn.deadline = conn.loop.time() + self.settings.head_timeout
+            conn.deadline = conn.loop.time() + self.state.settings.head_timeout
             while not isinstance(await conn.next_event(), h11.EndOfMessage):
                 pass  # scrapes carry no body; whatever there is, is read and dropped
         except (TimeoutError, h11.RemoteProtocolError):

@@ -120,7 +120,7 @@ class CallbackConnection(ServedConnection):
     async def handle(self, request: h11.Request, refusal: BadHead | None = None) -> None:
         """Serve one callback (its head refused, if `refusal`); only a delivered one that asked
         for keep-alive, answered without `Connection: close`, leaves the connection open."""
-        compat = self.settings.compat == "lambda-streaming"
+        compat = self.state.settings.compat == "lambda-streaming"
         if request.target.startswith(CALLBACK_PREFIX):
             request_id = request.target[len(CALLBACK_PREFIX) :].decode("ascii", "replace")
             tokenless = False

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import h11
 
-from sssrd.config import Settings
 from sssrd.connection import BadHead, Connection, canned_response
 from sssrd.state import ServerState
 
@@ -36,11 +35,6 @@ class ServedConnection:
             if not conn.next_cycle():
                 break
         await conn.end()
-
-    @property
-    def settings(self) -> Settings:
-        """The settings in force now: SIGHUP may replace them between two requests."""
-        return self.state.settings
 
     async def handle(self, request: h11.Request) -> None:
         """Serve one request."""
