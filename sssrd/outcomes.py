@@ -20,6 +20,7 @@ class Outcome(StrEnum):
     VIEWER_ABORT = "viewer_abort"  # the viewer went away (before or during its response)
     LAMBDA_ABORT = "lambda_abort"  # the callback broke off, or its framing was invalid
     BAD_CALLBACK = "bad_callback"  # the callback's head or prelude was malformed: 502
+    RENDER_ERROR = "render_error"  # the render reported or returned an error before its head: 502
     TOO_LARGE = "too_large"
     BAD_REQUEST = "bad_request"
     HEALTH = "health"  # /healthz on the viewer listener
@@ -42,6 +43,7 @@ REQUEST_OUTCOMES = (
     Outcome.VIEWER_ABORT,
     Outcome.LAMBDA_ABORT,
     Outcome.BAD_CALLBACK,
+    Outcome.RENDER_ERROR,
     Outcome.TOO_LARGE,
     Outcome.BAD_REQUEST,
     Outcome.HEALTH,

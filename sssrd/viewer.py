@@ -41,6 +41,7 @@ from sssrd.event import (
 from sssrd.forwarded import client_address
 from sssrd.headers import first_header
 from sssrd.invokers import InvokeError
+from sssrd.metrics import RenderErrorSource
 from sssrd.outcomes import ENTRY_END_OF, VIEWER_SIDE, Outcome
 from sssrd.pending import Pending, PendingFull, WaitEnded
 from sssrd.pipe import SPLICE_MIN, BodyRelay, StreamAborted, ViewerWatch
@@ -242,6 +243,10 @@ class RequestCycle:
                     self.conn.close()
                 return
             self.record.callback_wait = perf_counter() - self.record.started
+            if stream.error_type is not None:
+                stream.finish(StreamEnd(Outcome.RENDER_ERROR, message="error reported"))
+                await self.render_failed(stream.error_type, "callback")
+                return
             await self.stream(stream, watch)
         finally:
             watch.stop()
@@ -252,6 +257,13 @@ class RequestCycle:
                 delivered.finish(
                     StreamEnd(Outcome.VIEWER_ABORT, message="the viewer's request ended")
                 )
+
+    async def render_failed(self, error_type: str, source: RenderErrorSource) -> None:
+        """The render failed before its response head: 502 at once. Its error type goes to the
+        access line and the metric, never to the viewer (nor does its message, anywhere)."""
+        self.record.error_type = error_type
+        self.tally.render_failed(source)
+        await self.reply(502, "the render failed", Outcome.RENDER_ERROR)
 
     async def invoke(self, payload: bytes) -> InvokeError | None:
         started = perf_counter()

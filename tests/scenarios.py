@@ -284,6 +284,31 @@ def misdirected(event: dict, conductor: Conductor, query: dict) -> None:
     callback.respond(event, "the real body")
 
 
+def render_error(event: dict, conductor: Conductor, query: dict) -> None:
+    """Fails before its first write and says so in an error report, asking for keep-alive as
+    the helpers do; reports sssrd's answer and whether the connection stayed open."""
+    url = urlsplit(event["sssrd"]["callbackUrl"])
+    report = {"errorType": query.get("type", "ValueError"), "errorMessage": "password hunter2"}
+    headers = {
+        **bearer(event),
+        "content-type": "application/vnd.sssrd.render-error+json",
+        "connection": "keep-alive",
+    }
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+    conn.request("POST", url.path, body=json.dumps(report).encode(), headers=headers)
+    response = conn.getresponse()
+    answer = json.loads(response.read())
+    connection = response.getheader("connection")
+    conductor.report("answered", status=response.status, answer=answer, connection=connection)
+    conn.close()
+
+
+def hands_over(event: dict, conductor: Conductor, query: dict) -> None:
+    """Tells the test its callback URL and token, and waits: the test calls back by hand."""
+    conductor.report("callback", url=event["sssrd"]["callbackUrl"], token=event["sssrd"]["token"])
+    conductor.wait("done")
+
+
 def bad_prelude(event: dict, conductor: Conductor, query: dict) -> None:
     kinds = {
         "crlf": {"statusCode": 200, "headers": {"x-evil": "a\r\nset-cookie: stolen=1"}},
