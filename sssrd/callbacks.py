@@ -41,7 +41,7 @@ CALLBACK_PREFIX = b"/v1/callback/"
 class StreamEnd:
     """How a stream ended, as the callback side answers it."""
 
-    kind: Outcome  # DELIVERED, BAD_CALLBACK, NO_BODY, or a StreamAborted kind
+    kind: Outcome  # DELIVERED, BAD_CALLBACK, or a StreamAborted kind
     body_bytes: int = 0
     message: str = ""
     status: int = 400  # what a malformed callback is answered
@@ -92,7 +92,7 @@ class ClaimedCallback:
 # Outcomes the callback task answers itself (200, or a refusal followed by a lingering close).
 ANSWERED_BY_CALLBACK_TASK = frozenset({Outcome.DELIVERED, Outcome.BAD_CALLBACK})
 # Outcomes after which the render must stop: told 410 (ViewerGone) and closed at once.
-STOP_RENDERING = frozenset({Outcome.VIEWER_ABORT, Outcome.VIEWER_STALLED, Outcome.NO_BODY})
+STOP_RENDERING = frozenset({Outcome.VIEWER_ABORT, Outcome.VIEWER_STALLED})
 
 
 def answer_now(conn: Connection, status: int, body: dict[str, Any]) -> None:
