@@ -310,13 +310,13 @@ MALFORMED_CALLBACKS = {
         b"transfer-encoding: chunked\r\ncontent-type: " + PRELUDE_TYPE.encode() + b"\r\n",
         b"5\nhello\r\n0\r\n\r\n",
     ),
-    "cut_before_body": (b"transfer-encoding: chunked\r\n", b""),  # then the Lambda hangs up
 }
 
 
 def malformed_callback(event: dict, conductor: Conductor, query: dict) -> None:
-    """Sends one MALFORMED_CALLBACKS entry over a raw socket (an empty body: then ends its side);
-    reports sssrd's status (0 if the connection closed unanswered)."""
+    """Sends one MALFORMED_CALLBACKS entry over a raw socket, head and body in one write (so
+    the body is already there when sssrd reads the head); reports sssrd's status (0 if the
+    connection closed unanswered)."""
     url = urlsplit(event["sssrd"]["callbackUrl"])
     headers, body = MALFORMED_CALLBACKS[query["kind"]]
     head = b"POST %s HTTP/1.1\r\nhost: x\r\nauthorization: Bearer %s\r\n%s\r\n" % (
@@ -327,8 +327,6 @@ def malformed_callback(event: dict, conductor: Conductor, query: dict) -> None:
     received = b""
     with socket.create_connection((url.hostname, url.port), timeout=30) as sock:
         sock.sendall(head + body)
-        if not body:
-            sock.shutdown(socket.SHUT_WR)
         with contextlib.suppress(ConnectionResetError):  # closed with our body unread
             while piece := sock.recv(65536):
                 received += piece

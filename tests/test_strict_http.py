@@ -192,15 +192,6 @@ def test_a_callback_misframed_before_its_first_byte_is_400_and_its_viewer_502(
     assert access["outcome"] == "bad_callback" and access["status"] == 502
 
 
-def test_a_callback_cut_before_its_first_byte_is_a_502_for_its_viewer(sssrd, conductor):
-    tag = "cut_before_body"
-    head, body = Viewer(sssrd.viewer).get(f"/?scenario=malformed_callback&kind={tag}&tag={tag}")
-    assert head.status_code == 502 and b"closed the callback early" in body
-    assert conductor.report(tag, "answered")["status"] == 0  # closed: it has hung up
-    access = sssrd.access(request_id=header(head, b"x-request-id").decode())
-    assert access["outcome"] == "lambda_abort" and access["status"] == 502
-
-
 # -- viewers that need no body ---------------------------------------------------------------------
 
 
