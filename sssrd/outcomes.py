@@ -13,7 +13,7 @@ from enum import StrEnum
 
 class Outcome(StrEnum):
     OK = "ok"
-    TIMEOUT = "timeout"  # 504 before the head, 408 for a slow head
+    TIMEOUT = "timeout"  # 504 before the head, 408 for a slow head or body
     INVOKE_THROTTLED = "invoke_throttled"
     INVOKE_FAILED = "invoke_failed"
     SHED = "shed"  # max_pending reached: 503
