@@ -126,6 +126,17 @@ def test_an_absolute_form_target_names_the_host_of_the_event(sssrd):
     assert event["rawPath"] == "/x/y" and event["rawQueryString"] == "scenario=echo"
 
 
+def test_an_absolute_form_target_names_the_host_of_the_seed_protocols_url(conductor):
+    with daemon(conductor, "--compat=lambda-streaming") as sssrd:
+        answer = exchange(
+            sssrd.viewer,
+            b"GET http://a.example/seed?x=1 HTTP/1.1\r\nHost: b.example\r\n"
+            b"connection: close\r\n\r\n",
+        )
+        assert status_of(answer) == 203
+        assert conductor.report("seed", "event")["event"]["url"] == "http://a.example/seed?x=1"
+
+
 def test_an_absolute_form_target_without_a_host_gets_400(sssrd, conductor):
     answer = exchange(
         sssrd.viewer, b"GET http:///?scenario=echo&tag=no-authority HTTP/1.1\r\nHost: b\r\n\r\n"
