@@ -231,11 +231,14 @@ def test_a_new_connection_that_sends_nothing_gets_408_at_head_timeout_on_both_li
     conductor,
 ):
     with daemon(conductor, "--head-timeout=0.3") as sssrd, sssrd.back_to_baseline():
-        for address in (sssrd.viewer, sssrd.callback):
+        for listener, address in (("viewer", sssrd.viewer), ("callback", sssrd.callback)):
             with socket.create_connection(address, timeout=WAIT) as sock:
                 answer = b""
-                while piece := sock.recv(1024):  # the answer, then the close
+                while piece := sock.recv(1024):  # the answer, then sssrd's end of writing
                     answer += piece
+                # A lingering close: still reading (and dropping) what a late request sends.
+                sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert sssrd.metric("sssrd_connections_open", listener=listener) == 1
             assert status_of(answer) == 408 and b"connection: close" in answer
         assert sssrd.metric("sssrd_timeouts_total", kind="head") == 1
         assert sssrd.metric("sssrd_callbacks_rejected_total", reason="malformed") == 1
