@@ -37,6 +37,8 @@ from sssrd.event import (
     build_compat_event,
     build_event,
     encode_event,
+    split_target,
+    target_authority,
 )
 from sssrd.forwarded import client_address
 from sssrd.headers import first_header
@@ -302,11 +304,18 @@ class RequestCycle:
         )
 
     def viewer_url(self) -> str:
-        """The URL the viewer asked for, as the seed protocol's `url`."""
+        """The URL the viewer asked for, as the seed protocol's `url` (an absolute-form
+        target's authority is its host, as in the event)."""
         headers = self.request.headers
         scheme = (first_header(headers, b"x-forwarded-proto") or b"http").decode("latin-1")
-        host = (first_header(headers, b"host") or b"").decode("latin-1")
-        return f"{scheme}://{host}{self.request.target.decode('latin-1')}"
+        target = self.request.target.decode("latin-1")
+        host = target_authority(self.request.target)
+        if host is None:
+            host = (first_header(headers, b"host") or b"").decode("latin-1")
+        else:
+            path, query = split_target(self.request.target)
+            target = f"{path}?{query}" if query else path
+        return f"{scheme}://{host}{target}"
 
     async def stream(self, stream: ClaimedCallback, watch: ViewerWatch) -> None:
         """Send the callback's response to the viewer; tell the callback side how it ended.
