@@ -46,7 +46,7 @@ MAX_ERROR_TYPE_CHARS = 128
 class StreamEnd:
     """How a stream ended, as the callback side answers it."""
 
-    kind: Outcome  # DELIVERED, BAD_CALLBACK, NO_BODY, or a StreamAborted kind
+    kind: Outcome  # DELIVERED, BAD_CALLBACK, or a StreamAborted kind
     body_bytes: int = 0
     message: str = ""
     status: int = 400  # what a malformed callback is answered
@@ -101,7 +101,7 @@ ANSWERED_BY_CALLBACK_TASK = frozenset(
     {Outcome.DELIVERED, Outcome.BAD_CALLBACK, Outcome.RENDER_ERROR}
 )
 # Outcomes after which the render must stop: told 410 (ViewerGone) and closed at once.
-STOP_RENDERING = frozenset({Outcome.VIEWER_ABORT, Outcome.VIEWER_STALLED, Outcome.NO_BODY})
+STOP_RENDERING = frozenset({Outcome.VIEWER_ABORT, Outcome.VIEWER_STALLED})
 
 
 def answer_now(conn: Connection, status: int, body: dict[str, Any]) -> None:

@@ -461,8 +461,10 @@ class Settings:
     head_timeout: float = setting(
         parse_positive_float,
         10.0,
-        "seconds to receive a whole request head",
-        "A whole request head must arrive within this (slowloris guard; 408 otherwise).",
+        "seconds to receive a whole request head, and then its body",
+        "On both listeners a request head must arrive whole within this (of the connection's "
+        "start, or of its first byte on a kept connection), and a viewer's body within this of "
+        "its head (slowloris guard; 408 otherwise).",
         section=Section.TIMEOUTS,
         reloadable=True,
     )
@@ -495,9 +497,10 @@ class Settings:
     keepalive_timeout: float = setting(
         parse_positive_float,
         75.0,
-        "idle viewer connection lifetime; keep above the ALB's idle timeout (60 s)",
-        "Idle keep-alive viewer connections close after this. Keep it above the ALB's idle "
-        "timeout (60 s by default) so the ALB never reuses a connection sssrd is closing.",
+        "idle kept connection lifetime; keep above the ALB's idle timeout (60 s)",
+        "Kept-alive connections (viewer, and callback after a delivered callback) that stay "
+        "idle between requests this long close. Keep it above the ALB's idle timeout (60 s by "
+        "default) so the ALB never reuses a connection sssrd is closing.",
         section=Section.TIMEOUTS,
         reloadable=True,
     )

@@ -13,7 +13,7 @@ from enum import StrEnum
 
 class Outcome(StrEnum):
     OK = "ok"
-    TIMEOUT = "timeout"  # 504 before the head, 408 for a slow head
+    TIMEOUT = "timeout"  # 504 before the head, 408 for a slow head or body
     INVOKE_THROTTLED = "invoke_throttled"
     INVOKE_FAILED = "invoke_failed"
     SHED = "shed"  # max_pending reached: 503
@@ -28,7 +28,6 @@ class Outcome(StrEnum):
     DELIVERED = "delivered"  # the callback's whole body reached the viewer (also an entry's end)
     VIEWER_STALLED = "viewer_stalled"  # the viewer took no bytes for send_timeout
     IDLE = "idle"  # the Lambda sent nothing for idle_timeout
-    NO_BODY = "no_body"  # HEAD, 204 or 304: the callback's body is not needed
     # How a pending entry ended, besides DELIVERED and VIEWER_ABORT:
     LATE = "late"  # its callback deadline passed
     FAILED = "failed"  # its request ended any other way
