@@ -8,12 +8,23 @@ import os
 import platform
 import signal
 import socket
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import h11
 import pytest
-from harness import WAIT, Conductor, Daemon, Viewer, daemon, http_get, socket_activation, wait_for
+from harness import (
+    WAIT,
+    Conductor,
+    Daemon,
+    Viewer,
+    daemon,
+    http_get,
+    parse_address,
+    socket_activation,
+    wait_for,
+)
 from test_operations import notices_until, receive
 
 from sssrd import __version__
@@ -214,3 +225,131 @@ def test_one_worker_is_the_single_process_of_before(conductor):
         with open(children) as listed:
             assert listed.read().split() == []  # no supervisor, no workers
         assert not any(line.get("message") == "worker listening" for line in sssrd.lines)
+
+
+# -- the supervisor gone, or stopped while it starts (no worker outlives it) ----------------
+
+
+class SlowIMDS:
+    """An instance metadata service that answers one byte at a time, forever: every worker
+    asking it for `callback_url = "auto"` stays in start-up (each byte beats the client's read
+    timeout) until the test is done. Counts the workers that have asked."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.asked = threading.Semaphore(0)
+        self.done = threading.Event()
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.asked.release()
+            threading.Thread(target=self.trickle, args=(conn,), daemon=True).start()
+
+    def trickle(self, conn: socket.socket) -> None:
+        with conn:
+            for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"z" * 1000:
+                if self.done.wait(0.2):  # the pace of a slow server, not a synchronisation
+                    return
+                try:
+                    conn.send(bytes([byte]))
+                except OSError:
+                    return
+
+    def wait_asked(self, times: int) -> None:
+        for _ in range(times):
+            assert self.asked.acquire(timeout=WAIT), "a worker never asked the metadata service"
+
+    def close(self) -> None:
+        self.done.set()
+        self.listener.close()
+
+
+@pytest.fixture
+def slow_imds():
+    imds = SlowIMDS()
+    yield imds
+    imds.close()
+
+
+def starting(conductor: Conductor, imds_endpoint: str) -> Daemon:
+    """A two-worker daemon whose workers are all inside start-up (asking the slow IMDS)."""
+    return Daemon(
+        conductor,
+        *WORKERS,
+        "--callback-url=auto",
+        f"--imds-endpoint={imds_endpoint}",
+        ready=False,
+    )
+
+
+def children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as listed:
+        return [int(child) for child in listed.read().split()]
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's zombie may wait for a reaper that never comes)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize(
+    "signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=["TERM", "INT", "HUP"]
+)
+def test_a_signal_while_the_workers_start_stops_them_all_and_exits_zero(
+    conductor, slow_imds, signum
+):
+    sssrd = starting(conductor, slow_imds.endpoint)
+    try:
+        slow_imds.wait_asked(2)
+        workers = children(sssrd.process.pid)
+        assert len(workers) == 2
+        sssrd.signal(signum)
+        assert sssrd.wait_exit() == 0
+        assert not [pid for pid in workers if running(pid)]
+        assert not any(line.get("message") == "sssrd listening" for line in sssrd.lines)
+    finally:
+        sssrd.stop_now()
+
+
+def test_a_supervisor_killed_while_its_workers_start_leaves_none_behind(conductor, slow_imds):
+    sssrd = starting(conductor, slow_imds.endpoint)
+    try:
+        slow_imds.wait_asked(2)
+        workers = children(sssrd.process.pid)
+        sssrd.process.kill()
+        # The metadata service still holds every worker in start-up: only the kernel's word
+        # that the supervisor died can end them now.
+        wait_for(lambda: not [pid for pid in workers if running(pid)], what="workers to exit")
+    finally:
+        sssrd.stop_now()
+
+
+def test_a_supervisor_killed_mid_stream_leaves_workers_that_drain_and_free_the_ports(
+    conductor, workers2
+):
+    sssrd = workers2
+    ports = [sssrd.viewer, *(parse_address(url) for url in listening_of(sssrd)["callbacks"])]
+    held = streams_in_both_workers(sssrd, conductor, "orphan")
+    workers = list(worker_pids(sssrd).values())
+    sssrd.process.kill()
+    assert sssrd.wait_exit() == -signal.SIGKILL
+    for viewer in held.values():  # each worker drains: its stream completes
+        conductor.release(f"{viewer.tag}:step1")  # type: ignore[attr-defined]
+        assert viewer.chunk() == b"chunk 1\n"
+        assert viewer.chunk() is None
+    wait_for(lambda: not [pid for pid in workers if running(pid)], what="workers to exit")
+    for address in ports:  # the next start can listen where this daemon did
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+            sock.listen()
