@@ -84,7 +84,7 @@ class Worker:
     callback_url: str = ""
     listening: bool = False
     heard: float = 0.0  # loop time of the last message (every message is a sign of life)
-    scrapes: deque[asyncio.Future[str]] = field(default_factory=deque)
+    scrapes: deque[asyncio.Future[str]] = field(default_factory=deque)  # this process's
     listened: asyncio.Event = field(default_factory=asyncio.Event)
     last_metrics: str | None = None  # this process's last answered exposition
     failed_starts: int = 0  # exits before listening, in a row
@@ -273,9 +273,10 @@ class Supervisor:
         worker.listening = False
         worker.listened.clear()
         worker.last_metrics = None
+        worker.scrapes = deque()  # a new channel: nothing asked of it yet
         if self.state.draining:  # stop() came while it was being created
             self.signal(worker, signal.SIGTERM)
-        self.spawn_task(self.listen_to(worker, reader))
+        self.spawn_task(self.listen_to(worker, reader, worker.writer, worker.scrapes))
         self.spawn_task(self.watch_exit(worker, worker.process))
 
     async def wait_listening(self, worker: Worker) -> None:
@@ -292,7 +293,15 @@ class Supervisor:
 
     # -- what workers say -------------------------------------------------------------------
 
-    async def listen_to(self, worker: Worker, reader: asyncio.StreamReader) -> None:
+    async def listen_to(
+        self,
+        worker: Worker,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        scrapes: deque[asyncio.Future[str]],
+    ) -> None:
+        """Until the channel ends; then it is closed, and whatever it was asked is answered
+        "left out" at once rather than at SCRAPE_TIMEOUT."""
         try:
             while (message := await read_message(reader)) is not None:
                 worker.heard = self.loop.time()
@@ -303,18 +312,19 @@ class Supervisor:
                     worker.listening = True
                     worker.failed_starts = 0
                     worker.listened.set()
-                elif "metrics" in message and worker.scrapes:
-                    scrape = worker.scrapes.popleft()
+                elif "metrics" in message and scrapes:
+                    scrape = scrapes.popleft()
                     if not scrape.done():
                         scrape.set_result(str(message["metrics"]))
-        except ChannelError as exc:
+        except (ChannelError, OSError) as exc:
             self.log.error(
                 "worker channel broken", extra={"worker": worker.index, "error": str(exc)}
             )
         finally:
-            for scrape in worker.scrapes:
+            writer.close()
+            for scrape in scrapes:
                 scrape.cancel()
-            worker.scrapes.clear()
+            scrapes.clear()
 
     def heard_notify(self, worker: Worker, fields: dict[str, str]) -> None:
         if fields.get("READY") == "1" and worker.index in self.reload_waiting:
