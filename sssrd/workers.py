@@ -87,6 +87,7 @@ class Worker:
     scrapes: deque[asyncio.Future[str]] = field(default_factory=deque)  # this process's
     listened: asyncio.Event = field(default_factory=asyncio.Event)
     last_metrics: str | None = None  # this process's last answered exposition
+    settings_sent: str = ""  # the settings (as TOML) this process was last given
     failed_starts: int = 0  # exits before listening, in a row
 
 
@@ -268,7 +269,8 @@ class Supervisor:
         finally:
             theirs.close()
         reader, worker.writer = await asyncio.open_unix_connection(sock=ours)
-        worker.writer.write(encode({"settings": worker_settings(self.settings).as_toml()}))
+        worker.settings_sent = worker_settings(self.settings).as_toml()
+        worker.writer.write(encode({"settings": worker.settings_sent}))
         worker.heard = self.loop.time()
         worker.listening = False
         worker.listened.clear()
@@ -312,6 +314,7 @@ class Supervisor:
                     worker.listening = True
                     worker.failed_starts = 0
                     worker.listened.set()
+                    self.send_settings(worker)  # a reload may have come while it started
                 elif "metrics" in message and scrapes:
                     scrape = scrapes.popleft()
                     if not scrape.done():
@@ -507,19 +510,31 @@ class Supervisor:
         self.notifier.reloading()
         self.reload_waiting = set()
         try:
-            self.state.settings, _, _ = merge_reload(self.settings, self.reload_settings_now())
+            loaded = self.reload_settings_now()
         except ConfigError as exc:
             self.log.error("reload refused: invalid configuration", extra={"error": str(exc)})
         except Exception:
             self.log.exception("reload failed; the previous settings stay in force")
         else:
+            self.state.settings, _, refused = merge_reload(self.settings, loaded)
             logs.set_level(self.settings.log_level)
-            text = worker_settings(self.settings).as_toml()
+            if refused:
+                self.log.warning(
+                    "some changed settings apply only after a restart", extra={"settings": refused}
+                )
             for worker in self.workers:
-                if worker.listening and worker.writer is not None:
+                if worker.listening and self.send_settings(worker):
                     self.reload_waiting.add(worker.index)
-                    worker.writer.write(encode({"reload": text}))
         self.reload_answered(None)
+
+    def send_settings(self, worker: Worker) -> bool:
+        """Give a listening worker the current settings, if it runs others; True if sent."""
+        text = worker_settings(self.settings).as_toml()
+        if worker.writer is None or worker.settings_sent == text:
+            return False
+        worker.settings_sent = text
+        worker.writer.write(encode({"reload": text}))
+        return True
 
     def reload_settings_now(self) -> Settings:
         if self.reload_settings is None:
