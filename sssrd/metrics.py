@@ -43,6 +43,7 @@ __all__ = [
     "MergedCollector",
     "Metrics",
     "TimeoutKind",
+    "carried",
 ]
 
 # The text format every Prometheus server reads; generate_latest() writes exactly this.
@@ -299,6 +300,19 @@ class MergedCollector(Collector):
         registry = CollectorRegistry(auto_describe=False)
         registry.register(self)
         return generate_latest(registry)
+
+
+# What a process that has exited (or not answered) still contributes to the daemon's sums: what
+# it counted stays counted, or the daemon's counters would drop and read as a reset. Its gauges
+# (open connections, memory, limits) described a present it is no longer part of.
+CARRIED_TYPES = frozenset({"counter", "histogram", "summary"})
+
+
+def carried(exposition: str) -> str:
+    """The counters and histograms of `exposition`, in the text format."""
+    merged = MergedCollector([exposition])
+    merged.families = [family for family in merged.families if family.type in CARRIED_TYPES]
+    return merged.text().decode()
 
 
 def merge_families(expositions: Iterable[str]) -> list[Metric]:
