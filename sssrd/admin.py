@@ -19,13 +19,11 @@ class AdminConnection(ServedConnection):
     async def handle(self, request: h11.Request) -> None:
         conn = self.conn
         try:
-            conn.deadline = conn.loop.time() + self.state.settings.head_timeout
-            while not isinstance(await conn.next_event(), h11.EndOfMessage):
-                pass  # scrapes carry no body; whatever there is, is read and dropped
+            with conn.deadline_in(self.state.settings.head_timeout):
+                while not isinstance(await conn.next_event(), h11.EndOfMessage):
+                    pass  # scrapes carry no body; whatever there is, is read and dropped
         except (TimeoutError, h11.RemoteProtocolError):
             return  # unanswered: the connection ends (h11 will not start another cycle)
-        finally:
-            conn.deadline = None
         await self.answer(request)
 
     async def exposition(self, accept_encoding: str) -> tuple[bytes, list[tuple[bytes, bytes]]]:

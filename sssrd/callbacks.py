@@ -192,20 +192,18 @@ class CallbackConnection(ServedConnection):
         if self.conn.h11.they_are_waiting_for_100_continue:
             await self.conn.send(h11.InformationalResponse(status_code=100, headers=[]))
         body = bytearray()
-        self.conn.deadline = self.state.loop.time() + self.state.settings.head_timeout
         try:
-            while not isinstance(event := await self.conn.next_event(), h11.EndOfMessage):
-                if not isinstance(event, h11.Data):  # h11.ConnectionClosed
-                    raise BadHead(400, "the error report ended early", request)
-                body += event.data
-                if len(body) > MAX_ERROR_REPORT_BYTES:
-                    raise too_large
+            with self.conn.deadline_in(self.state.settings.head_timeout):
+                while not isinstance(event := await self.conn.next_event(), h11.EndOfMessage):
+                    if not isinstance(event, h11.Data):  # h11.ConnectionClosed
+                        raise BadHead(400, "the error report ended early", request)
+                    body += event.data
+                    if len(body) > MAX_ERROR_REPORT_BYTES:
+                        raise too_large
         except TimeoutError:
             raise BadHead(408, "the error report was not received in time", request) from None
         except h11.RemoteProtocolError:
             raise BadHead(400, "the error report's framing is invalid", request) from None
-        finally:
-            self.conn.deadline = None
         return bytes(body)
 
     def stream_for(

@@ -2,9 +2,10 @@
 
 uvloop refuses add_reader/add_writer on sockets owned by transports, and the zero-copy path needs
 the real socket, so every connection is a plain non-blocking socket. Waiting is a future resolved
-by loop.add_reader/add_writer and unregistered on every exit path. Timeouts are the owner's:
-`deadline`, enforced by each wait, spans whole operations such as reading a request head. This
-module knows sockets and h11, nothing about sssrd's requests.
+by loop.add_reader/add_writer and unregistered on every exit path. Timeouts are the owner's and
+scoped: `with conn.deadline_in(seconds):` bounds every wait inside the block (a whole operation
+such as reading a request head) and ends with the block, so no deadline outlives its operation.
+This module knows sockets and h11, nothing about sssrd's requests.
 
 Refusing is shared too: a head that breaks RFC 9112's rules is refused (BadHead) on every
 listener, and a connection that ends while its peer may still be sending ends in a lingering
@@ -18,7 +19,7 @@ import asyncio
 import contextlib
 import re
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from http import HTTPStatus
 from typing import Protocol, cast
 
@@ -114,8 +115,6 @@ class HeadLimits(Protocol):
     def head_timeout(self) -> float: ...
     @property
     def max_head_bytes(self) -> int: ...
-    @property
-    def send_timeout(self) -> float: ...
 
 
 class PeerGone(Exception):
@@ -198,9 +197,9 @@ class Connection:
         self.h11 = h11_conn
         self.closed = False
         self.fresh = True  # no request read yet: its bytes are probably already here
-        # loop.time() by which the current wait must end (TimeoutError), or None. A timer on
-        # the wait's own future, not asyncio.timeout(): on Python 3.11 that costs a getpid()
-        # syscall per use, and this is the per-request path.
+        # loop.time() by which every wait must end (TimeoutError), or None; set only by
+        # deadline_in. A timer on the wait's own future, not asyncio.timeout(): on Python 3.11
+        # that costs a getpid() syscall per use, and this is the per-request path.
         self.deadline: float | None = None
         self.send_timeout: float | None = None  # longest send_all waits for the peer to take bytes
         # Set by body_ended_elsewhere: what was read past a body h11 never saw.
@@ -209,6 +208,18 @@ class Connection:
             self.peer: str = sock.getpeername()[0]
         except (OSError, IndexError, TypeError):
             self.peer = ""
+
+    @contextlib.contextmanager
+    def deadline_in(self, seconds: float) -> Iterator[None]:
+        """Every wait inside the block ends by `seconds` from now (TimeoutError); the deadline
+        ends with the block, whichever way it is left. Blocks nest: the earlier deadline wins."""
+        outer = self.deadline
+        due = self.loop.time() + seconds
+        self.deadline = due if outer is None else min(outer, due)
+        try:
+            yield
+        finally:
+            self.deadline = outer
 
     def wait_readable(self, future: asyncio.Future[None] | None = None) -> Awaitable[None]:
         """Wait until the socket is readable, or until someone else resolves `future`."""
@@ -259,7 +270,7 @@ class Connection:
         between requests.
 
         `current()` gives the settings in force (keepalive_timeout, head_timeout,
-        max_head_bytes, send_timeout), asked again once the head starts arriving, so that a
+        max_head_bytes), asked again once the head starts arriving, so that a
         reload during the keep-alive wait applies to it. A connection's first head must arrive
         whole within head_timeout of this call, a later one within head_timeout of its first
         byte. Raises BadHead when the head is too slow (408; also a new connection that sends
@@ -269,26 +280,19 @@ class Connection:
         if first:  # saves registering a reader (epoll_ctl) when the head is here already
             self.fresh = False
             self.try_receive()
-        loop = self.loop
-        received = self.h11.trailing_data[0]
         limits = current()
-        started = loop.time()
-        if not received:
-            self.deadline = started + (limits.head_timeout if first else limits.keepalive_timeout)
-            try:
-                await self.wait_readable()
-            except TimeoutError:
-                if first:
-                    raise BadHead(408, "request head not received in time") from None
-                return None
-            finally:
-                self.deadline = None
-            if not first:
-                limits, started = current(), loop.time()
-        self.send_timeout = limits.send_timeout
         try:
-            self.deadline = started + limits.head_timeout
-            event, received = await self._read_head(received, limits.max_head_bytes)
+            if first:  # the whole head within head_timeout of this call
+                with self.deadline_in(limits.head_timeout):
+                    event, received = await self._read_head(limits.max_head_bytes, wait=True)
+            else:
+                if not self.h11.trailing_data[0] and not await self._idle_until_readable(
+                    limits.keepalive_timeout
+                ):
+                    return None
+                limits = current()  # the head's first byte is here: a reload applies to it
+                with self.deadline_in(limits.head_timeout):
+                    event, received = await self._read_head(limits.max_head_bytes)
         except TimeoutError:
             raise BadHead(408, "request head not received in time") from None
         except h11.RemoteProtocolError as exc:
@@ -296,8 +300,6 @@ class Connection:
                 raise BadHead(431, "request head too large") from None
             # h11's message quotes the raw line (a header may hold a secret): plain words only.
             raise BadHead(exc.error_status_hint, "bad request: malformed request head") from None
-        finally:
-            self.deadline = None
         if not isinstance(event, h11.Request):
             return None
         if head_size(event) > limits.max_head_bytes:
@@ -306,11 +308,23 @@ class Connection:
         check_head(event)
         return event
 
-    async def _read_head(self, received: bytes, limit: int) -> tuple[Incoming, bytes]:
+    async def _idle_until_readable(self, keepalive_timeout: float) -> bool:
+        """Wait between two requests for the next head's first byte; False on idling out."""
+        try:
+            with self.deadline_in(keepalive_timeout):
+                await self.wait_readable()
+        except TimeoutError:
+            return False
+        return True
+
+    async def _read_head(self, limit: int, wait: bool = False) -> tuple[Incoming, bytes]:
         """The next h11 event, reading as needed, and every byte h11 was given for it (starting
-        with `received`, which it already holds); 431 once an unfinished head exceeds `limit`."""
-        pieces = [received]
-        buffered = len(received)
+        with what it already holds); 431 once an unfinished head exceeds `limit`. `wait`: a
+        new connection with nothing buffered waits for readability before its first read."""
+        pieces = [self.h11.trailing_data[0]]
+        buffered = len(pieces[0])
+        if wait and not buffered:
+            await self.wait_readable()
         while (event := self.h11.next_event()) is h11.NEED_DATA:
             if buffered > limit:
                 raise BadHead(431, "request head too large")
@@ -417,14 +431,13 @@ class Connection:
         pass or LINGER_BYTES arrive, then close."""
         try:
             self.sock.shutdown(socket.SHUT_WR)
-            self.deadline = self.loop.time() + LINGER_SECONDS
-            dropped = 0
-            while dropped < LINGER_BYTES and (data := await self.receive()):
-                dropped += len(data)
+            with self.deadline_in(LINGER_SECONDS):
+                dropped = 0
+                while dropped < LINGER_BYTES and (data := await self.receive()):
+                    dropped += len(data)
         except (OSError, TimeoutError):
             pass
         finally:
-            self.deadline = None
             self.close()
 
     def close(self) -> None:

@@ -28,12 +28,14 @@ class ServedConnection:
             try:
                 request = await conn.next_request(self.state.current_settings)
             except BadHead as bad:
+                conn.send_timeout = self.state.settings.send_timeout
                 await self.refuse_head(bad)
                 # Even a peer that has sent nothing yet (408) may be about to: it reads why.
                 await conn.linger_close()
                 return
             if request is None:
                 break
+            conn.send_timeout = self.state.settings.send_timeout
             await self.handle(request)
             if not conn.next_cycle():
                 break

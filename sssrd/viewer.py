@@ -183,33 +183,36 @@ class RequestCycle:
         if declared is not None and declared > settings.max_body_bytes:
             await self.reply(413, "request body too large", Outcome.TOO_LARGE, close=True)
             return None
-        body = bytearray()
         if self.conn.h11.they_are_waiting_for_100_continue:
             await self.conn.send(h11.InformationalResponse(status_code=100, headers=[]))
-        self.conn.deadline = self.loop.time() + settings.head_timeout
         try:
-            screen = self.framing_check()
-            while True:
-                event = await self.conn.next_event(screen)
-                if isinstance(event, h11.EndOfMessage):
-                    return bytes(body)
-                if not isinstance(event, h11.Data):  # h11.ConnectionClosed
-                    raise PeerGone("viewer closed while sending its body")
-                body += event.data
-                if len(body) > settings.max_body_bytes:
-                    await self.reply(413, "request body too large", Outcome.TOO_LARGE, close=True)
-                    return None
+            with self.conn.deadline_in(settings.head_timeout):
+                body = await self.receive_body(settings.max_body_bytes)
         except TimeoutError:
             self.tally.timed_out("head")
             await self.reply(408, "request body not received in time", Outcome.TIMEOUT, close=True)
+            return None
         except (h11.RemoteProtocolError, FramingError):
             if self.conn.h11.trailing_data[1]:  # h11 refuses a body cut short by the peer's close
                 raise PeerGone("viewer closed while sending its body") from None
             message = "the request body's framing is invalid"
             await self.reply(400, f"bad request: {message}", Outcome.BAD_REQUEST, close=True)
-        finally:
-            self.conn.deadline = None
-        return None
+            return None
+        if body is None:
+            await self.reply(413, "request body too large", Outcome.TOO_LARGE, close=True)
+        return body
+
+    async def receive_body(self, limit: int) -> bytes | None:
+        """The body as h11 reads it (screened when chunked); None once it exceeds `limit`."""
+        body = bytearray()
+        screen = self.framing_check()
+        while not isinstance(event := await self.conn.next_event(screen), h11.EndOfMessage):
+            if not isinstance(event, h11.Data):  # h11.ConnectionClosed
+                raise PeerGone("viewer closed while sending its body")
+            body += event.data
+            if len(body) > limit:
+                return None
+        return bytes(body)
 
     def framing_check(self) -> FramingCheck | None:
         """A strict screen for a chunked body, fed what h11 already holds past the head."""
