@@ -3,16 +3,18 @@
 The connection owns the socket, keep-alive and the head deadlines (first byte within
 keepalive_timeout, then the whole head within head_timeout: slowloris gets a 408). The cycle owns
 one request: read the bounded body, register a pending entry, invoke the Lambda, wait for its
-callback (deadline -> 504), then stream the callback's response to the viewer. A head refused
-before any of that (400, 408, 431, 505) is a cycle too, so that it writes its access line. Every
-path through a cycle releases the entry, finishes any callback it was handed (so the callback is
-always answered or closed) and reports one access record.
+callback (deadline -> 504), then stream the callback's response to the viewer; it reads the
+settings once, when it starts. A head refused before any of that (400, 408, 431, 505) is no
+cycle: the connection answers it and writes its access line. Every path through a cycle releases
+the entry, finishes any callback it was handed (so the callback is always answered or closed)
+and reports one access record.
 """
 
 from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Sequence
 from time import perf_counter
 from typing import Any
 
@@ -21,6 +23,7 @@ import h11
 from sssrd import logs
 from sssrd.callbacks import ClaimedCallback, StreamEnd
 from sssrd.chunked import FramingCheck, FramingError
+from sssrd.config import Settings
 from sssrd.connection import (
     BadHead,
     Connection,
@@ -68,54 +71,73 @@ class ViewerConnection(ServedConnection):
         await RequestCycle(self.state, self.conn, request).run()
 
     async def refuse_head(self, bad: BadHead) -> None:
-        await RequestCycle(self.state, self.conn, bad.request).run(bad)
+        """A refused head gets its answer and, as any viewer request, its access line."""
+        tally = self.state.tally
+        request = bad.request
+        outcome = Outcome.TIMEOUT if bad.status == 408 else Outcome.BAD_REQUEST
+        record = RequestRecord(
+            method=None if request is None else request_method(request),
+            path=None if request is None else request_path(request),
+            status=bad.status,
+            outcome=outcome,
+        )
+        tally.cycle_started()
+        try:
+            if bad.status == 408:
+                tally.timed_out("head")
+            head_request = request is not None and request.method == b"HEAD"
+            answer = canned_response(bad.status, f"{bad}\n".encode(), TEXT, head_request)
+            await self.conn.send_quietly(answer)
+        finally:
+            headers = () if request is None else request.headers
+            record.client = viewer_address(self.conn, headers, self.state.settings)
+            tally.request_finished(record)
+
+
+def request_method(request: h11.Request) -> str:
+    return request.method.decode("ascii", "replace")
+
+
+def request_path(request: h11.Request) -> str:
+    """The target without its query: what the access line and the health route see."""
+    return request.target.split(b"?", 1)[0].decode("utf-8", "replace")
+
+
+def viewer_address(
+    conn: Connection, headers: Sequence[tuple[bytes, bytes]], settings: Settings
+) -> str:
+    """The viewer's address (X-Forwarded-For believed only from trusted_proxies)."""
+    forwarded = [value for name, value in headers if name == b"x-forwarded-for"]
+    return client_address(conn.peer, forwarded, settings.trusted_proxies)
 
 
 class RequestCycle:
-    """One viewer request, from parsed head to the end of its response."""
+    """One viewer request, from parsed head to the end of its response.
 
-    def __init__(self, state: ServerState, conn: Connection, request: h11.Request | None) -> None:
+    It reads the settings once, when it starts (`self.settings`): a reload mid-request cannot
+    mix old and new limits within one request."""
+
+    def __init__(self, state: ServerState, conn: Connection, request: h11.Request) -> None:
         self.state = state
+        self.settings = state.settings
         self.tally = state.tally
         self.conn = conn
-        self.head = request  # None when a refused head could not be parsed
+        self.request = request
         self.loop = state.loop
+        self.method = request_method(request)
+        self.path = request_path(request)
         self.record = RequestRecord(method=self.method, path=self.path)
         self.response_started = False
 
-    @property
-    def request(self) -> h11.Request:
-        """The parsed head, on every path that serves (only a refusal can lack one)."""
-        if self.head is None:
-            raise RuntimeError("this cycle answers a head that could not be parsed")
-        return self.head
-
-    @property
-    def method(self) -> str | None:
-        """None when the head was refused before it could be parsed (as `path`)."""
-        return None if self.head is None else self.head.method.decode("ascii", "replace")
-
     @functools.cached_property
     def client(self) -> str:
-        """The viewer's address (X-Forwarded-For believed only from trusted_proxies)."""
-        headers = [] if self.head is None else self.head.headers
-        forwarded = [v for n, v in headers if n == b"x-forwarded-for"]
-        return client_address(self.conn.peer, forwarded, self.state.settings.trusted_proxies)
+        return viewer_address(self.conn, self.request.headers, self.settings)
 
-    @functools.cached_property
-    def path(self) -> str | None:
-        if self.head is None:
-            return None
-        return self.head.target.split(b"?", 1)[0].decode("utf-8", "replace")
-
-    async def run(self, refused: BadHead | None = None) -> None:
-        """Serve the request, or answer its refused head."""
+    async def run(self) -> None:
+        """Serve the request; whatever ends it, report its one access record."""
         self.tally.cycle_started()
         try:
-            if refused is None:
-                await self.serve()
-            else:
-                await self.refuse_head(refused)
+            await self.serve()
         except PeerGone as gone:
             self.record.outcome = Outcome.VIEWER_ABORT
             if isinstance(gone, PeerStalled):
@@ -124,15 +146,6 @@ class RequestCycle:
         finally:
             self.record.client = self.client
             self.tally.request_finished(self.record)
-
-    async def refuse_head(self, bad: BadHead) -> None:
-        if bad.status == 408:
-            self.tally.timed_out("head")
-        self.record.status = bad.status
-        self.record.outcome = Outcome.TIMEOUT if bad.status == 408 else Outcome.BAD_REQUEST
-        head_request = self.head is not None and self.head.method == b"HEAD"
-        answer = canned_response(bad.status, f"{bad}\n".encode(), TEXT, head_request)
-        await self.conn.send_quietly(answer)
 
     async def serve(self) -> None:
         if self.request.method in UNSERVED_METHODS:
@@ -147,7 +160,7 @@ class RequestCycle:
             return
         try:
             entry = self.state.pending.register(
-                self.loop, self.state.settings.callback_timeout, int(time.time() * 1000)
+                self.loop, self.settings.callback_timeout, int(time.time() * 1000)
             )
         except PendingFull:
             await self.reply(
@@ -178,7 +191,7 @@ class RequestCycle:
         it must arrive whole within head_timeout of the head (or of the 100 Continue). A
         viewer that hangs up halfway is a viewer abort (PeerGone), not a framing error.
         """
-        settings = self.state.settings
+        settings = self.settings
         declared = self.declared_length()
         if declared is not None and declared > settings.max_body_bytes:
             await self.reply(413, "request body too large", Outcome.TOO_LARGE, close=True)
@@ -229,7 +242,7 @@ class RequestCycle:
 
     async def rendezvous(self, entry: Pending, body: bytes) -> None:
         """Invoke the Lambda and wait for its callback; then stream."""
-        settings = self.state.settings
+        settings = self.settings
         try:
             payload = encode_event(self.build_event(entry, body), settings.max_event_bytes)
         except EventTooLarge:
@@ -295,7 +308,7 @@ class RequestCycle:
 
     def build_event(self, entry: Pending, body: bytes) -> dict[str, Any]:
         request = self.request
-        if self.state.settings.compat == "lambda-streaming":
+        if self.settings.compat == "lambda-streaming":
             return build_compat_event(
                 origin=self.state.callback_base,
                 url=self.viewer_url(),
@@ -339,7 +352,7 @@ class RequestCycle:
         for the whole request, not one per phase). The relay lets go of the callback socket
         before the callback side is told, since that side may then linger on it.
         """
-        settings = self.state.settings
+        settings = self.settings
         relay = BodyRelay(
             stream.conn,
             self.conn,
@@ -447,7 +460,7 @@ class RequestCycle:
             raise PreludeError(f"the callback was refused: {stream.refusal}")
         if not stream.prelude:
             return plain_head(stream.status_header, stream.content_type), b"", stream.content_length
-        reader = PreludeReader(self.state.settings.max_prelude_bytes)
+        reader = PreludeReader(self.settings.max_prelude_bytes)
         consumed = 0
         while (data := await relay.next_payload()) is not None:
             consumed += len(data)
@@ -489,7 +502,7 @@ class RequestCycle:
 
     def request_id_header(self) -> list[tuple[bytes, bytes]]:
         """X-Request-Id for tracing; never in compat mode, where the id is the capability."""
-        if not self.record.request_id or self.state.settings.compat:
+        if not self.record.request_id or self.settings.compat:
             return []
         return [(b"x-request-id", self.record.request_id.encode())]
 
