@@ -6,10 +6,10 @@ one request: read the bounded body, register a pending entry, invoke the Lambda,
 callback (deadline -> 504), then stream the callback's response to the viewer. With
 `invocation_type = "RequestResponse"` it also watches the invoke's answer (the render's end):
 an end before any callback is answered at once (502, 504 for a timeout), one while the
-callback is still open cuts the stream. A head refused
-before any of that (400, 408, 431, 505) is a cycle too, so that it writes its access line. Every
-path through a cycle releases the entry, finishes any callback it was handed (so the callback is
-always answered or closed) and reports one access record.
+callback is still open cuts the stream. A head refused before any of that (400, 408, 431, 505)
+is a cycle too, so that it writes its access line. Every path through a cycle releases the
+entry, finishes any callback it was handed (so the callback is always answered or closed) and
+reports one access record.
 """
 
 from __future__ import annotations
