@@ -114,6 +114,25 @@ def test_event_payloads_over_one_megabyte_reach_the_render(sssrd):
     assert head.status_code == 200 and len(echoed) > len(body)
 
 
+def test_an_unanswered_invoke_is_given_up_after_the_function_timeout_and_never_retried(
+    conductor, fake
+):
+    """The render may be running: a second invoke would run it twice (Event retries it)."""
+    fake.set_behaviour("hang")
+    options = ("--invoker=lambda", "--function=render", "--invoke-retries=1", *SYNCHRONOUS)
+    timeouts = ("--function-timeout=0.5", "--invoke-timeout=0.5")
+    try:
+        with daemon(conductor, *options, *timeouts, **fake.env()) as hanging:
+            before = fake.invocation_count
+            head, _ = Viewer(hanging.viewer).get("/?scenario=echo&tag=sync-hang")
+            assert head.status_code == 502
+            access = hanging.access(header(head, b"x-request-id").decode())
+            assert access["outcome"] == "invoke_failed" and "1 s" in access["error"]
+            assert fake.invocation_count == before + 1
+    finally:
+        fake.reset_behaviour()
+
+
 def test_the_local_invoker_answers_a_raising_render_at_once(conductor):
     """`sssrd dev` and the tests' local invoker speak RequestResponse too."""
     with daemon(conductor, *SYNCHRONOUS) as local:
