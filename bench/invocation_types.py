@@ -156,7 +156,8 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         for mode, sssrd in daemons.items():
             kinds = ("raise", "report") if mode == "Event" else ("raise",)
             for kind in kinds:
-                count = 5 if (mode, kind) == ("Event", "raise") else args.errors
+                # Each of Event's waits is the whole callback deadline: a few tell it.
+                count = min(5, args.errors) if (mode, kind) == ("Event", "raise") else args.errors
                 results[mode][f"error_{kind}"] = uvloop.run(
                     error_answers(sssrd.viewer, kind, count)
                 )
