@@ -254,6 +254,15 @@ def test_user_data_writes_sssrd_toml_and_restarts_sssrd(default, full):
     assert user_data(full)[1]["drain_timeout"] == 45
 
 
+def test_a_synchronous_invoke_waits_as_long_as_the_render_function_may_run(default):
+    """The default invocation type (cdk/README.md says why), with sssrd's function_timeout
+    derived from the function itself; the role stays as narrow (the test above)."""
+    _, settings = user_data(default)
+    function = default.resources[logical_id(default, default.stack.render.function)]
+    assert settings["invocation_type"] == "RequestResponse"
+    assert settings["function_timeout"] == function["Properties"]["Timeout"]
+
+
 def test_the_callback_port_parameter_drives_both_user_data_and_security_group(full):
     _, settings = user_data(full)
     first = full.stack.parameters.callback_ports.first
