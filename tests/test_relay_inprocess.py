@@ -10,15 +10,15 @@ import asyncio
 import json
 import logging
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 import h11
 import pytest
+from inprocess import BOUND, CALLBACK_BASE, chunked, daemon_side, run, socket_pair
 
 from sssrd.callbacks import CallbackConnection
 from sssrd.chunked import ChunkedDecoder, LengthDecoder
 from sssrd.config import load_settings
-from sssrd.connection import INCOMPLETE_EVENT_CEILING, Connection
 from sssrd.outcomes import Outcome
 from sssrd.pending import PendingRegistry
 from sssrd.pipe import BodyRelay, PipePool, StreamAborted
@@ -26,37 +26,6 @@ from sssrd.prelude import PRELUDE_CONTENT_TYPE
 from sssrd.state import ServerState
 from sssrd.tally import Tally
 from sssrd.viewer import ViewerConnection
-
-BOUND = 10.0  # no in-process case may take longer than this
-CALLBACK_BASE = "http://127.0.0.1:9"  # only ever read by the invoker below: nothing connects
-
-
-def run(scenario: Callable[[], Awaitable[None]]) -> None:
-    async def bounded() -> None:
-        async with asyncio.timeout(BOUND):
-            await scenario()
-
-    asyncio.run(bounded())
-
-
-def socket_pair(buffer: int | None = None) -> tuple[socket.socket, socket.socket]:
-    """(peer end, daemon end), both non-blocking; `buffer` shrinks both kernel buffers."""
-    peer, ours = socket.socketpair()
-    for sock in (peer, ours):
-        sock.setblocking(False)
-        if buffer is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, buffer)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer)
-    return peer, ours
-
-
-def daemon_side(sock: socket.socket) -> Connection:
-    parser = h11.Connection(h11.SERVER, max_incomplete_event_size=INCOMPLETE_EVENT_CEILING)
-    return Connection(asyncio.get_running_loop(), sock, parser)
-
-
-def chunked(*chunks: bytes) -> bytes:
-    return b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for chunk in chunks) + b"0\r\n\r\n"
 
 
 class Viewer:
