@@ -17,10 +17,13 @@ import hmac
 import secrets
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Generic, TypeVar
 
 from sssrd.outcomes import Outcome, Rejected
 
+# What a claim hands to the waiting viewer (the daemon's is handoff.ClaimedCallback): generic so
+# that this module stays independent of the listeners and the hand-off stays typed end to end.
+Delivered = TypeVar("Delivered")
 ID_BYTES = 16
 ID_LENGTH = ID_BYTES * 2  # hex
 
@@ -57,12 +60,12 @@ GONE_MESSAGES = {
 
 
 @dataclass(eq=False, slots=True)
-class Pending:
+class Pending(Generic[Delivered]):
     request_id: str
     token: str
     deadline: float  # loop.time()
     deadline_epoch_ms: int
-    delivery: asyncio.Future[Any]
+    delivery: asyncio.Future[Delivered]
     claimed: bool = False
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
 
@@ -74,12 +77,12 @@ class Pending:
             self.delivery.exception()
 
 
-class PendingRegistry:
+class PendingRegistry(Generic[Delivered]):
     """Owns every pending entry, the process secret, and the record of finished ids."""
 
     def __init__(self, max_pending: int, remembered: int = 65_536) -> None:
         self._secret = secrets.token_bytes(32)
-        self._entries: dict[str, Pending] = {}
+        self._entries: dict[str, Pending[Delivered]] = {}
         self._finished: OrderedDict[str, Outcome] = OrderedDict()
         self._max_pending = max_pending
         self._remembered = remembered
@@ -99,12 +102,14 @@ class PendingRegistry:
         digest = hmac.digest(self._secret, request_id.encode(), hashlib.sha256)
         return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
-    def register(self, loop: asyncio.AbstractEventLoop, timeout: float, now_ms: int) -> Pending:
+    def register(
+        self, loop: asyncio.AbstractEventLoop, timeout: float, now_ms: int
+    ) -> Pending[Delivered]:
         """A new entry whose deadline timer ends the wait after `timeout` seconds."""
         if len(self._entries) >= self._max_pending:
             raise PendingFull
         request_id = secrets.token_hex(ID_BYTES)
-        entry = Pending(
+        entry: Pending[Delivered] = Pending(
             request_id=request_id,
             token=self.token_for(request_id),
             deadline=loop.time() + timeout,
@@ -129,8 +134,8 @@ class PendingRegistry:
             raise Rejection(401, Rejected.BAD_TOKEN, "missing or invalid callback token")
 
     def claim(
-        self, request_id: str, token: str | None, stream: object, tokenless: bool = False
-    ) -> Pending:
+        self, request_id: str, token: str | None, stream: Delivered, tokenless: bool = False
+    ) -> Pending[Delivered]:
         """Hand `stream` to the waiting viewer, once; raises Rejection otherwise.
 
         `tokenless` is for the seed protocol (compat mode), where the unguessable id is the
@@ -153,7 +158,7 @@ class PendingRegistry:
         entry.delivery.set_result(stream)
         return entry
 
-    def release(self, entry: Pending, outcome: Outcome) -> None:
+    def release(self, entry: Pending[Delivered], outcome: Outcome) -> None:
         """Forget an entry (every exit path calls this exactly once) and remember how its
         request ended."""
         if entry.timer is not None:

@@ -13,6 +13,7 @@ import asyncio
 from dataclasses import dataclass
 
 from sssrd.config import Settings
+from sssrd.handoff import ClaimedCallback
 from sssrd.invokers import Invoker
 from sssrd.pending import PendingRegistry
 from sssrd.pipe import PipePool
@@ -23,7 +24,7 @@ from sssrd.tally import Tally
 class ServerState:
     settings: Settings
     loop: asyncio.AbstractEventLoop
-    pending: PendingRegistry
+    pending: PendingRegistry[ClaimedCallback]
     invoker: Invoker
     pipes: PipePool
     tally: Tally

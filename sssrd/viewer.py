@@ -24,7 +24,6 @@ from typing import Any
 import h11
 
 from sssrd import logs
-from sssrd.callbacks import ClaimedCallback, StreamEnd
 from sssrd.chunked import FramingCheck, FramingError
 from sssrd.config import Settings
 from sssrd.connection import (
@@ -47,6 +46,7 @@ from sssrd.event import (
     target_authority,
 )
 from sssrd.forwarded import client_address
+from sssrd.handoff import ClaimedCallback, StreamEnd
 from sssrd.headers import first_header
 from sssrd.invokers import InvokeError
 from sssrd.invokers.base import RenderEnded
@@ -245,7 +245,7 @@ class RequestCycle:
         length = first_header(self.request.headers, b"content-length")
         return None if length is None else int(length)
 
-    async def rendezvous(self, entry: Pending, body: bytes) -> None:
+    async def rendezvous(self, entry: Pending[ClaimedCallback], body: bytes) -> None:
         """Invoke the Lambda and wait for its callback; then stream."""
         settings = self.settings
         try:
@@ -268,7 +268,7 @@ class RequestCycle:
                 await self.refuse_invoke(failure)
                 return
             try:
-                stream: ClaimedCallback = await entry.delivery
+                stream = await entry.delivery
             except WaitEnded as ended:
                 if ended.reason is Outcome.LATE:
                     self.tally.timed_out("deadline")
@@ -305,7 +305,7 @@ class RequestCycle:
         await self.reply(failure.status, failure.message, failure.outcome, retry)
 
     async def ended_before_callback(
-        self, entry: Pending, render: asyncio.Task[RenderEnded]
+        self, entry: Pending[ClaimedCallback], render: asyncio.Task[RenderEnded]
     ) -> bool:
         """RequestResponse: wait for a callback or the render's end, whichever comes first.
         True when the render ended, or could not start, before any callback claimed the
@@ -353,7 +353,7 @@ class RequestCycle:
             self.record.invoke_seconds = perf_counter() - started
         return None
 
-    def build_event(self, entry: Pending, body: bytes) -> dict[str, Any]:
+    def build_event(self, entry: Pending[ClaimedCallback], body: bytes) -> dict[str, Any]:
         request = self.request
         if self.settings.compat == "lambda-streaming":
             return build_compat_event(
@@ -589,7 +589,7 @@ class RequestCycle:
         )
 
 
-def claimed_stream(entry: Pending) -> ClaimedCallback | None:
+def claimed_stream(entry: Pending[ClaimedCallback]) -> ClaimedCallback | None:
     """The callback stream a claim handed to this entry, if one did."""
     delivery = entry.delivery
     if delivery.done() and not delivery.cancelled() and delivery.exception() is None:

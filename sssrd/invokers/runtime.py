@@ -75,7 +75,8 @@ def load_handler(reference: str | Handler) -> Handler:
         target = getattr(target, part, None)
     if not callable(target):
         raise ValueError(f"{module_name!r} has no callable {attribute!r}")
-    return target
+    handler: Handler = target  # a callable: its signature is the handler's to honour
+    return handler
 
 
 class WorkerPool:

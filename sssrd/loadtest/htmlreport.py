@@ -140,7 +140,7 @@ def pop_rows(pops: list[dict[str, Any]]) -> list[str]:
 
 
 def chart(figure: go.Figure, chart_id: str, first: bool) -> str:
-    return pio.to_html(
+    html: str = pio.to_html(  # plotly ships no type information
         figure,
         full_html=False,
         include_plotlyjs=first,  # inlined once, never fetched
@@ -148,6 +148,7 @@ def chart(figure: go.Figure, chart_id: str, first: bool) -> str:
         config=PLOT_CONFIG,
         default_height=380,
     )
+    return html
 
 
 def render(report: dict[str, Any]) -> str:

@@ -26,7 +26,7 @@ from sssrd.loadtest.targets import Requests
 RECV_BYTES = 65536
 
 
-@events.init_command_line_parser.add_listener
+@events.init_command_line_parser.add_listener  # type: ignore[untyped-decorator]  # locust
 def add_options(parser: Any) -> None:
     parser.add_argument(
         "--stream-paths", default="/", help="space-separated paths or templates, cycled"

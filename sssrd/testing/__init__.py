@@ -11,8 +11,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from sssrd.invokers.runtime import LambdaContext
     from sssrd.testing.fake_imds import FakeIMDS
-    from sssrd.testing.fake_lambda import Behaviour, FakeLambda, Invocation, LambdaContext
+    from sssrd.testing.fake_lambda import Behaviour, FakeLambda, Invocation
 
 __all__ = ["Behaviour", "FakeIMDS", "FakeLambda", "Invocation", "LambdaContext"]
 
@@ -21,7 +22,7 @@ _HOMES = {
     "Behaviour": "sssrd.testing.fake_lambda",
     "FakeLambda": "sssrd.testing.fake_lambda",
     "Invocation": "sssrd.testing.fake_lambda",
-    "LambdaContext": "sssrd.testing.fake_lambda",
+    "LambdaContext": "sssrd.invokers.runtime",
 }
 
 
