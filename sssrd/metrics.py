@@ -288,14 +288,6 @@ class MergedCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         return self.families
 
-    def value(self, sample_name: str, **labels: str) -> float:
-        """One merged sample (0 if absent): the supervisor's STATUS= totals."""
-        for family in self.families:
-            for sample in family.samples:
-                if sample.name == sample_name and sample.labels == labels:
-                    return sample.value
-        return 0.0
-
     def text(self) -> bytes:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(self)

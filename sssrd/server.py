@@ -285,12 +285,20 @@ class Server:
         for name, tasks in self.connections.items():
             metrics.connections_open_by_listener[name].set_function(functools.partial(len, tasks))
 
+    def counts(self) -> dict[str, int]:
+        """What this daemon is serving now: its STATUS=, and a worker's heartbeat."""
+        return {
+            "streaming": self.tally.streams_in_flight,
+            "awaiting": self.state.pending.waiting,
+            "viewers": len(self.connections["viewer"]),
+        }
+
     def status_text(self) -> str:
         state = "draining" if self.state.draining else "serving"
+        counts = self.counts()
         return (
-            f"{state}: {self.tally.streams_in_flight} streaming, "
-            f"{self.state.pending.waiting} awaiting callback, "
-            f"{len(self.connections['viewer'])} viewer connections"
+            f"{state}: {counts['streaming']} streaming, {counts['awaiting']} awaiting callback, "
+            f"{counts['viewers']} viewer connections"
         )
 
     def schedule_status(self) -> None:

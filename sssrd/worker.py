@@ -6,7 +6,9 @@ ones the supervisor validated last: a replacement never re-reads the config file
 diverge from its siblings or trip over an unreloaded edit); a later `reload` message carries the
 settings of a SIGHUP the supervisor accepted. The worker serves the inherited viewer and callback
 sockets with an ordinary Server (no admin listener: the supervisor owns it), sends its sd_notify
-fields to the supervisor (channel.py) and answers metrics requests with its own exposition.
+fields to the supervisor (channel.py) and answers metrics requests with its own exposition. Its
+heartbeat, a message every `--heartbeat` seconds from its event loop (a wedged loop falls
+silent), carries the counts the supervisor's STATUS= sums.
 
 A worker never outlives its supervisor: the kernel sends it SIGTERM when the supervisor dies
 (PR_SET_PDEATHSIG), and any end of the channel (EOF, a broken framing, EPIPE, which uvloop may
@@ -91,10 +93,19 @@ async def serve(fds: argparse.Namespace) -> bool:
         raise CannotStart(str(exc) or type(exc).__name__) from None
     writer.write(encode({"listening": {"callback_url": server.state.callback_base}}))
     answering = loop.create_task(answer(reader, writer, server, latest))
+    beating = loop.create_task(heartbeat(writer, server, fds.heartbeat))
     await server.wait_stopped()
     answering.cancel()
+    beating.cancel()
     writer.close()
     return True
+
+
+async def heartbeat(writer: asyncio.StreamWriter, server: Server, interval: float) -> None:
+    """The worker's sign of life to its supervisor, with what it is serving (Server.counts)."""
+    while not writer.is_closing():
+        writer.write(encode({"heartbeat": server.counts()}))
+        await asyncio.sleep(interval)
 
 
 async def answer(
@@ -122,6 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sssrd-worker")
     for name in ("--index", "--viewer-fd", "--callback-fd", "--channel-fd", "--supervisor-pid"):
         parser.add_argument(name, type=int, required=True)
+    parser.add_argument("--heartbeat", type=float, required=True)
     fds = parser.parse_args(sys.argv[1:] if argv is None else argv)
     logs.configure("info", fields={"worker": fds.index})  # the supervisor's level comes next
     if not die_with_supervisor(fds.supervisor_pid):

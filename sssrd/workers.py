@@ -57,6 +57,7 @@ from sssrd.tally import Tally
 from sssrd.worker import worker_settings
 
 HEARTBEAT = 1.0  # seconds between a worker's heartbeats (at most)
+COUNTS = ("streaming", "awaiting", "viewers")  # what a heartbeat carries (Server.counts)
 WEDGED_AFTER = 30.0  # silence that marks a worker wedged when systemd sets no watchdog
 SCRAPE_TIMEOUT = 5.0  # a worker that does not answer a metrics request in time is left out
 RESPAWN_PAUSE = 1.0  # between a worker's exit and its replacement: no hot crash loop
@@ -91,6 +92,7 @@ class Worker:
     scrapes: deque[asyncio.Future[str]] = field(default_factory=deque)  # this process's
     listened: asyncio.Event = field(default_factory=asyncio.Event)
     last_metrics: str | None = None  # this process's last answered exposition
+    counts: dict[str, int] = field(default_factory=dict)  # its last heartbeat's (COUNTS)
     settings_sent: str = ""  # the settings (as TOML) this process was last given
     failed_starts: int = 0  # exits before listening, in a row
 
@@ -204,7 +206,7 @@ class Supervisor:
         self.loop.add_signal_handler(signal.SIGHUP, self.reload)
         if self.admin is not None:
             self.spawn_task(self.accept_admin(self.admin))
-        self.notifier.ready(await self.status_text())
+        self.notifier.ready(self.status_text())
         self.spawn_task(self.report_status())
         self.spawn_task(self.watch_heartbeats())
         if self.watchdog is not None:
@@ -265,11 +267,9 @@ class Supervisor:
             f"--channel-fd={fds[2]}",
             f"--supervisor-pid={os.getpid()}",
         ]
-        # A worker heartbeats through its own watchdog timer: WATCHDOG_USEC twice the interval.
-        beat = min(HEARTBEAT, self.wedged_after / 4)
-        env = dict(os.environ, WATCHDOG_USEC=str(round(beat * 2_000_000)))
+        command.append(f"--heartbeat={min(HEARTBEAT, self.wedged_after / 4)}")
         try:
-            worker.process = await asyncio.create_subprocess_exec(*command, pass_fds=fds, env=env)
+            worker.process = await asyncio.create_subprocess_exec(*command, pass_fds=fds)
         finally:
             theirs.close()
         reader, worker.writer = await asyncio.open_unix_connection(sock=ours)
@@ -279,6 +279,7 @@ class Supervisor:
         worker.listening = False
         worker.listened.clear()
         worker.last_metrics = None
+        worker.counts = {}
         worker.scrapes = deque()  # a new channel: nothing asked of it yet
         if self.state.draining:  # stop() came while it was being created
             self.signal(worker, signal.SIGTERM)
@@ -311,7 +312,9 @@ class Supervisor:
         try:
             while (message := await read_message(reader)) is not None:
                 worker.heard = self.loop.time()
-                if "notify" in message:
+                if "heartbeat" in message:
+                    worker.counts = {key: int(n) for key, n in message["heartbeat"].items()}
+                elif "notify" in message:
                     self.heard_notify(worker, message["notify"])
                 elif "listening" in message:
                     worker.callback_url = str(message["listening"]["callback_url"])
@@ -440,22 +443,22 @@ class Supervisor:
             self.departed = merged.text().decode()
             worker.last_metrics = None
 
-    async def status_text(self) -> str:
-        merged = await self.merged_metrics()
+    def status_text(self) -> str:
+        """The daemon's STATUS=: the sums of what the listening workers' last heartbeats said
+        (no metrics page is asked for or parsed)."""
         state = "draining" if self.state.draining else "serving"
-        listening = sum(worker.listening for worker in self.workers)
-        streaming = merged.value("sssrd_streams_in_flight")
-        pending = merged.value("sssrd_pending_callbacks")
-        viewers = merged.value("sssrd_connections_open", listener="viewer")
+        listening = [worker for worker in self.workers if worker.listening]
+        total = {key: sum(worker.counts.get(key, 0) for worker in listening) for key in COUNTS}
         return (
-            f"{state}: {listening}/{len(self.workers)} workers, {streaming:.0f} streaming, "
-            f"{pending:.0f} awaiting callback, {viewers:.0f} viewer connections"
+            f"{state}: {len(listening)}/{len(self.workers)} workers, {total['streaming']} "
+            f"streaming, {total['awaiting']} awaiting callback, {total['viewers']} viewer "
+            "connections"
         )
 
     async def report_status(self) -> None:
         while self.notifier.enabled:
             await asyncio.sleep(STATUS_INTERVAL)
-            self.notifier.status(await self.status_text())
+            self.notifier.status(self.status_text())
 
     async def ping_watchdog(self, interval: float) -> None:
         """WATCHDOG=1 from the supervisor's loop; wedged workers are its own business."""
@@ -555,7 +558,7 @@ class Supervisor:
 
     async def reload_done(self) -> None:
         self.log.info("every worker reloaded", extra={"workers": len(self.workers)})
-        self.notifier.ready(await self.status_text())
+        self.notifier.ready(self.status_text())
 
     def stop(self) -> None:
         """SIGTERM/SIGINT: every worker drains; the supervisor exits once all have stopped."""

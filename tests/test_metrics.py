@@ -344,4 +344,3 @@ def test_merged_workers_keep_facts_about_the_build_and_the_oldest_start():
     for name in ("process_start_time_seconds", "sssrd_requests_created"):
         key = next(key for key in found if key[0] == name)
         assert found[key] == min(samples[key] for samples in own)
-    assert MergedCollector([first.text().decode()]).value("sssrd_pending_limit") == 0
