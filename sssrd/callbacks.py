@@ -32,7 +32,7 @@ from sssrd.invokers.base import printable
 from sssrd.outcomes import Outcome, Rejected
 from sssrd.pending import Rejection
 from sssrd.prelude import PRELUDE_CONTENT_TYPE
-from sssrd.served import ServedConnection
+from sssrd.served import StatefulConnection
 
 CALLBACK_PREFIX = b"/v1/callback/"
 RENDER_ERROR_CONTENT_TYPE = b"application/vnd.sssrd.render-error+json"
@@ -40,7 +40,7 @@ MAX_ERROR_REPORT_BYTES = 4096
 MAX_ERROR_TYPE_CHARS = 128
 
 
-class CallbackConnection(ServedConnection):
+class CallbackConnection(StatefulConnection):
     """Serves callbacks: after a delivered one that asked for keep-alive the connection waits
     for the next, after any other answer it closes."""
 

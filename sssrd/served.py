@@ -1,6 +1,7 @@
 """The loop every listener runs on each connection it accepts, with hooks for what differs.
 
-A ServedConnection is handed the ServerState and one Connection. `run()` reads a head (a refused
+A ServedConnection is handed the settings in force (a callable: SIGHUP may replace them between
+requests) and one Connection. `run()` reads a head (a refused
 one is answered by `refuse_head`), lets `handle` serve the request, starts the next cycle while
 both sides allow it (h11 says whether they do: an answer that said close, or a body left unread,
 ends the connection), and ends the connection so that the peer reads the last answer (after a
@@ -9,33 +10,36 @@ refused head, always by a lingering close).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import h11
 
+from sssrd.config import Settings
 from sssrd.connection import BadHead, Connection, canned_response
 from sssrd.state import ServerState
 
 
 class ServedConnection:
-    """A listener's per-connection handler: the state it is handed and its connection."""
+    """A listener's per-connection handler: the settings in force and its connection."""
 
-    def __init__(self, state: ServerState, conn: Connection) -> None:
-        self.state = state
+    def __init__(self, settings: Callable[[], Settings], conn: Connection) -> None:
+        self.settings = settings
         self.conn = conn
 
     async def run(self) -> None:
         conn = self.conn
         while True:
             try:
-                request = await conn.next_request(self.state.current_settings)
+                request = await conn.next_request(self.settings)
             except BadHead as bad:
-                conn.send_timeout = self.state.settings.send_timeout
+                conn.send_timeout = self.settings().send_timeout
                 await self.refuse_head(bad)
                 # Even a peer that has sent nothing yet (408) may be about to: it reads why.
                 await conn.linger_close()
                 return
             if request is None:
                 break
-            conn.send_timeout = self.state.settings.send_timeout
+            conn.send_timeout = self.settings().send_timeout
             await self.handle(request)
             if not conn.next_cycle():
                 break
@@ -50,3 +54,11 @@ class ServedConnection:
         await self.conn.send_quietly(
             canned_response(bad.status, f"{bad}\n".encode(), b"text/plain; charset=utf-8")
         )
+
+
+class StatefulConnection(ServedConnection):
+    """A viewer or callback connection: handed the ServerState, the daemon's shared services."""
+
+    def __init__(self, state: ServerState, conn: Connection) -> None:
+        super().__init__(state.current_settings, conn)
+        self.state = state

@@ -19,27 +19,24 @@ import socket
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit, urlunsplit
 
-import h11
-
 from sssrd import ec2, logs
-from sssrd.admin import AdminConnection
+from sssrd.admin import AdminConnection, AdminView, Headers
 from sssrd.callbacks import CallbackConnection
 from sssrd.config import Address, ConfigError, Settings, merge_reload
-from sssrd.connection import INCOMPLETE_EVENT_CEILING, Connection
+from sssrd.connection import Connection
 from sssrd.invokers import Invoker
-from sssrd.listeners import ACCEPT_ERROR_PAUSE, bind_named
+from sssrd.listeners import accept_forever, address_of, bind_named
 from sssrd.pending import PendingRegistry
 from sssrd.pipe import PipePool
-from sssrd.served import ServedConnection
 from sssrd.state import ServerState
-from sssrd.systemd import STATUS_INTERVAL, Notifier, watchdog_interval
+from sssrd.systemd import Notifier, Pings, watchdog_interval
 from sssrd.tally import Tally
 from sssrd.viewer import ViewerConnection
 
 # 64 KiB pipes: 1,024 of them are the 64 MiB of pipe pages a non-root user may hold; streams
 # beyond that copy instead of splicing.
 MAX_PIPES = 1024
-Handler = type[ServedConnection]
+Serve = Callable[[Connection], Awaitable[None]]
 
 
 def shift_port(url: str, offset: int) -> str:
@@ -90,8 +87,7 @@ class Server:
             "admin": set(),
         }
         self.stopped = asyncio.Event()
-        self.status_timer: asyncio.TimerHandle | None = None
-        self.watchdog_timer: asyncio.TimerHandle | None = None
+        self.pings = Pings(self.notifier, self.status_text, None)
         self.bind_gauges()
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -99,10 +95,10 @@ class Server:
     async def start(self) -> None:
         """Bind every listener, learn the callback URL, start accepting, tell systemd."""
         settings = self.settings
-        wanted: list[tuple[str, Address | None, Handler]] = [
-            ("viewer", settings.listen, ViewerConnection),
-            ("callback", settings.callback_listen, CallbackConnection),
-            ("admin", settings.admin_listen, AdminConnection),
+        wanted: list[tuple[str, Address | None, Serve]] = [
+            ("viewer", settings.listen, self.serve_viewer),
+            ("callback", settings.callback_listen, self.serve_callback),
+            ("admin", settings.admin_listen, self.serve_admin),
         ]
         try:
             for name, address, _ in wanted:
@@ -114,16 +110,16 @@ class Server:
         except BaseException:
             self.close_listeners()
             raise
-        for name, _, handler in wanted:
+        for name, _, serve in wanted:
             if name in self.listeners:
-                self.accept_tasks[name] = self.loop.create_task(self.accept(name, handler))
+                self.accept_tasks[name] = self.loop.create_task(self.accept(name, serve))
         for signum in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(signum, self.stop)
         if self.reload_settings is not None:
             self.loop.add_signal_handler(signal.SIGHUP, self.reload)
         self.notifier.ready(self.status_text())
-        self.schedule_status()
-        self.schedule_watchdog(watchdog_interval())
+        self.pings.watchdog = watchdog_interval()
+        self.pings.start()
         facts: dict[str, object] = {name: self.address_of(name) for name in self.listeners}
         facts["callback_url"] = self.state.callback_base
         if self.worker_index is not None:
@@ -159,8 +155,7 @@ class Server:
         return bind_named(name, address, self.settings.backlog)
 
     def address_of(self, name: str) -> str:
-        host, port = self.listeners[name].getsockname()[:2]
-        return str(Address(host, port))
+        return address_of(self.listeners[name])
 
     @property
     def settings(self) -> Settings:
@@ -193,9 +188,7 @@ class Server:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self.close_listeners()
-        for timer in (self.status_timer, self.watchdog_timer):
-            if timer is not None:
-                timer.cancel()
+        self.pings.stop()
         self.state.invoker.close()
         self.state.pipes.close()
         self.log.info("stopped", extra={"abandoned": left})
@@ -244,35 +237,27 @@ class Server:
 
     # -- connections -----------------------------------------------------------------------
 
-    async def accept(self, name: str, handler: Handler) -> None:
-        listener = self.listeners[name]
-        role = h11.SERVER
+    async def accept(self, name: str, serve: Serve) -> None:
         accepted = self.tally.metrics.connections_by_listener[name]
-        while True:
-            try:
-                sock, _ = await self.loop.sock_accept(listener)
-            except OSError as exc:  # EMFILE and friends: keep serving what we have
-                self.log.error("accept failed", extra={"listener": name, "error": str(exc)})
-                await asyncio.sleep(ACCEPT_ERROR_PAUSE)
-                continue
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            parser = h11.Connection(role, max_incomplete_event_size=INCOMPLETE_EVENT_CEILING)
-            conn = Connection(self.loop, sock, parser)
-            accepted.inc()
-            task = self.loop.create_task(self.serve(name, handler(self.state, conn).run, conn))
-            self.connections[name].add(task)
-            task.add_done_callback(self.connections[name].discard)
+        await accept_forever(name, self.listeners[name], serve, self.connections[name], accepted)
 
-    async def serve(self, name: str, run: Callable[[], Awaitable[None]], conn: Connection) -> None:
-        try:
-            await run()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            self.log.exception("connection failed", extra={"listener": name, "peer": conn.peer})
-        finally:
-            conn.close()
+    async def serve_viewer(self, conn: Connection) -> None:
+        await ViewerConnection(self.state, conn).run()
+
+    async def serve_callback(self, conn: Connection) -> None:
+        await CallbackConnection(self.state, conn).run()
+
+    async def serve_admin(self, conn: Connection) -> None:
+        view = AdminView(self.state.current_settings, self.exposition, self.trouble)
+        await AdminConnection(view, conn).run()
+
+    async def exposition(self, accept_encoding: str) -> tuple[bytes, Headers]:
+        """The /metrics page: this process's metrics."""
+        return self.tally.metrics.exposition(accept_encoding)
+
+    def trouble(self) -> str:
+        """Why /healthz says 503 ("" when healthy)."""
+        return "draining" if self.state.draining else ""
 
     # -- gauges, status, watchdog ----------------------------------------------------------
 
@@ -300,14 +285,3 @@ class Server:
             f"{state}: {counts['streaming']} streaming, {counts['awaiting']} awaiting callback, "
             f"{counts['viewers']} viewer connections"
         )
-
-    def schedule_status(self) -> None:
-        if self.notifier.enabled:
-            self.notifier.status(self.status_text())
-            self.status_timer = self.loop.call_later(STATUS_INTERVAL, self.schedule_status)
-
-    def schedule_watchdog(self, interval: float | None) -> None:
-        """WATCHDOG=1 from the event loop itself: a stuck loop stops the pings."""
-        if interval is not None:
-            self.notifier.watchdog()
-            self.watchdog_timer = self.loop.call_later(interval, self.schedule_watchdog, interval)

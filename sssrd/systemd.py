@@ -8,14 +8,22 @@ socket objects grouped by their FileDescriptorName.
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import logging
 import os
 import socket
 import time
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 
-__all__ = ["SD_LISTEN_FDS_START", "STATUS_INTERVAL", "Notifier", "listen_fds", "watchdog_interval"]
+__all__ = [
+    "SD_LISTEN_FDS_START",
+    "STATUS_INTERVAL",
+    "Notifier",
+    "Pings",
+    "listen_fds",
+    "watchdog_interval",
+]
 
 SD_LISTEN_FDS_START = 3
 STATUS_INTERVAL = 5.0  # seconds between STATUS= updates while serving
@@ -106,6 +114,40 @@ def _encode_fields(fields: dict[str, str | int]) -> bytes:
             raise ValueError(f"systemd notify field {key} must be one line, got {text!r}")
         lines.append(f"{key}={text}")
     return "\n".join(lines).encode("utf-8")
+
+
+class Pings:
+    """STATUS= every STATUS_INTERVAL (when someone listens) and WATCHDOG=1 every `watchdog`
+    seconds, on the event loop's own timers: a stuck loop stops the pings, which is the point."""
+
+    def __init__(
+        self, notifier: Notifier, status: Callable[[], str], watchdog: float | None
+    ) -> None:
+        self.notifier = notifier
+        self.status = status
+        self.watchdog = watchdog
+        self.timers: list[asyncio.TimerHandle | None] = [None, None]
+
+    def start(self) -> None:
+        self.ping_status()
+        self.ping_watchdog()
+
+    def ping_status(self) -> None:
+        if self.notifier.enabled:
+            self.notifier.status(self.status())
+            loop = asyncio.get_running_loop()
+            self.timers[0] = loop.call_later(STATUS_INTERVAL, self.ping_status)
+
+    def ping_watchdog(self) -> None:
+        if self.watchdog is not None:
+            self.notifier.watchdog()
+            loop = asyncio.get_running_loop()
+            self.timers[1] = loop.call_later(self.watchdog, self.ping_watchdog)
+
+    def stop(self) -> None:
+        for timer in self.timers:
+            if timer is not None:
+                timer.cancel()
 
 
 def watchdog_interval(environ: MutableMapping[str, str] = os.environ) -> float | None:

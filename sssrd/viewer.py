@@ -55,7 +55,7 @@ from sssrd.outcomes import ENTRY_END_OF, VIEWER_SIDE, Outcome
 from sssrd.pending import Pending, PendingFull, WaitEnded
 from sssrd.pipe import SPLICE_MIN, BadFraming, BodyRelay, StreamAborted, ViewerWatch
 from sssrd.prelude import PreludeError, PreludeReader, ResponseHead, plain_head
-from sssrd.served import ServedConnection
+from sssrd.served import StatefulConnection
 from sssrd.state import ServerState
 from sssrd.tally import RequestRecord
 
@@ -68,7 +68,7 @@ ALLOW = (b"allow", b"GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH")
 TEXT = b"text/plain; charset=utf-8"
 
 
-class ViewerConnection(ServedConnection):
+class ViewerConnection(StatefulConnection):
     """Serves one viewer socket until it closes, errs or idles out."""
 
     async def handle(self, request: h11.Request) -> None:

@@ -38,22 +38,16 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-import h11
 from prometheus_client import Counter
 
 from sssrd import logs
-from sssrd.admin import AdminConnection
+from sssrd.admin import AdminConnection, AdminView, Headers
 from sssrd.channel import ChannelError, encode, read_message
 from sssrd.config import Address, ConfigError, Settings, merge_reload
-from sssrd.connection import INCOMPLETE_EVENT_CEILING, Connection
-from sssrd.invokers.base import RenderEnded
-from sssrd.listeners import ACCEPT_ERROR_PAUSE, bind_named
-from sssrd.metrics import MergedCollector, carried, exposition_response
-from sssrd.pending import PendingRegistry
-from sssrd.pipe import PipePool
-from sssrd.state import ServerState
-from sssrd.systemd import STATUS_INTERVAL, Notifier, watchdog_interval
-from sssrd.tally import Tally
+from sssrd.connection import Connection
+from sssrd.listeners import accept_forever, address_of, bind_named
+from sssrd.metrics import MergedCollector, Metrics, carried, exposition_response
+from sssrd.systemd import Notifier, Pings, watchdog_interval
 from sssrd.worker import worker_settings
 
 HEARTBEAT = 1.0  # seconds between a worker's heartbeats (at most)
@@ -63,19 +57,6 @@ SCRAPE_TIMEOUT = 5.0  # a worker that does not answer a metrics request in time 
 RESPAWN_PAUSE = 1.0  # between a worker's exit and its replacement: no hot crash loop
 MAX_RESPAWN_PAUSE = 30.0  # the pause doubles per failed start up to this
 DEGRADED_AFTER = 2  # failed starts in a row that make /healthz report the daemon degraded
-
-
-class NoInvoker:
-    """The supervisor's state has no invoker: it accepts no viewer, so nothing renders."""
-
-    async def invoke(self, payload: bytes) -> None:
-        raise RuntimeError("the supervisor does not serve viewers")
-
-    def start(self, payload: bytes) -> asyncio.Task[RenderEnded]:
-        raise RuntimeError("the supervisor does not serve viewers")
-
-    def close(self) -> None:
-        pass
 
 
 @dataclass(eq=False)
@@ -97,25 +78,6 @@ class Worker:
     failed_starts: int = 0  # exits before listening, in a row
 
 
-class DaemonAdminConnection(AdminConnection):
-    """The admin listener of a supervised daemon: every worker's metrics, the daemon's health."""
-
-    def __init__(self, state: ServerState, conn: Connection, supervisor: Supervisor) -> None:
-        super().__init__(state, conn)
-        self.supervisor = supervisor
-
-    async def exposition(self, accept_encoding: str) -> tuple[bytes, list[tuple[bytes, bytes]]]:
-        merged = await self.supervisor.merged_metrics()
-        return exposition_response(merged.text(), accept_encoding)
-
-    def trouble(self) -> str:
-        if self.state.draining:
-            return "draining"
-        if not self.supervisor.serving():
-            return "no worker listening"
-        return self.supervisor.degraded()
-
-
 class Supervisor:
     """Holds the listeners, runs `settings.workers` workers, and speaks for them."""
 
@@ -132,15 +94,9 @@ class Supervisor:
         self.notifier = notifier or Notifier(None)
         self.reload_settings = reload_settings
         self.log = logs.log
-        self.state = ServerState(
-            settings=settings,
-            loop=self.loop,
-            pending=PendingRegistry(settings.max_pending),
-            invoker=NoInvoker(),
-            pipes=PipePool(0),
-            tally=Tally(),
-            callback_base="",
-        )
+        self.settings = settings
+        self.draining = False
+        self.metrics = Metrics()  # the supervisor's own: admin connections, start failures
         self.viewer: socket.socket | None = None
         self.admin: socket.socket | None = None
         self.workers: list[Worker] = []
@@ -152,9 +108,9 @@ class Supervisor:
         self.departed = ""  # the counters and histograms of workers that exited, summed
         self.stopped = asyncio.Event()
         interval = watchdog_interval()
-        self.watchdog = interval
+        self.pings = Pings(self.notifier, self.status_text, interval)
         self.wedged_after = interval * 2 if interval is not None else WEDGED_AFTER
-        metrics = self.state.tally.metrics
+        metrics = self.metrics
         metrics.connections_open_by_listener["admin"].set_function(
             functools.partial(len, self.admin_connections)
         )
@@ -163,10 +119,6 @@ class Supervisor:
             "Worker processes that exited before they listened (each is retried, backing off).",
             registry=metrics.registry,
         )
-
-    @property
-    def settings(self) -> Settings:
-        return self.state.settings
 
     # -- start -----------------------------------------------------------------------------
 
@@ -186,11 +138,11 @@ class Supervisor:
                 Worker(index, sock) for index, sock in enumerate(self.callback_sockets())
             ]
             for worker in self.workers:
-                if self.state.draining:
+                if self.draining:
                     break
                 await self.spawn(worker)
             for worker in self.workers:
-                if self.state.draining:
+                if self.draining:
                     break
                 await self.wait_listening(worker)
         except BaseException:
@@ -199,7 +151,7 @@ class Supervisor:
             raise
         finally:
             self.starting = False
-        if self.state.draining:
+        if self.draining:
             self.finish_once_all_stopped()
             return
         self.started = True
@@ -207,10 +159,8 @@ class Supervisor:
         if self.admin is not None:
             self.spawn_task(self.accept_admin(self.admin))
         self.notifier.ready(self.status_text())
-        self.spawn_task(self.report_status())
+        self.pings.start()
         self.spawn_task(self.watch_heartbeats())
-        if self.watchdog is not None:
-            self.spawn_task(self.ping_watchdog(self.watchdog))
         first = self.workers[0]
         self.log.info(
             "sssrd listening",
@@ -281,7 +231,7 @@ class Supervisor:
         worker.last_metrics = None
         worker.counts = {}
         worker.scrapes = deque()  # a new channel: nothing asked of it yet
-        if self.state.draining:  # stop() came while it was being created
+        if self.draining:  # stop() came while it was being created
             self.signal(worker, signal.SIGTERM)
         self.spawn_task(self.listen_to(worker, reader, worker.writer, worker.scrapes))
         self.spawn_task(self.watch_exit(worker, worker.process))
@@ -293,7 +243,7 @@ class Supervisor:
         await asyncio.wait((exited, listened), return_when=asyncio.FIRST_COMPLETED)
         exited.cancel()
         listened.cancel()
-        if not worker.listened.is_set() and not self.state.draining:
+        if not worker.listened.is_set() and not self.draining:
             raise OSError(
                 f"worker {worker.index} exited ({worker.process.returncode}) before it listened"
             )
@@ -347,7 +297,7 @@ class Supervisor:
             worker.writer.close()
         self.retire_metrics(worker)
         self.reload_answered(worker.index)
-        if self.state.draining:
+        if self.draining:
             self.log.info("worker stopped", extra={"worker": worker.index, "code": code})
             self.finish_once_all_stopped()
             return
@@ -368,7 +318,7 @@ class Supervisor:
             },
         )
         await asyncio.sleep(pause)
-        if not self.state.draining:
+        if not self.draining:
             await self.spawn(worker)
             await self.wait_listening_quietly(worker)
 
@@ -408,7 +358,7 @@ class Supervisor:
         listening = [worker for worker in self.workers if worker.listening]
         answered = await asyncio.gather(*(self.scrape(worker) for worker in listening))
         fresh = {worker.index: text for worker, text in zip(listening, answered, strict=True)}
-        expositions = [self.state.tally.metrics.text().decode(), self.departed]
+        expositions = [self.metrics.text().decode(), self.departed]
         for worker in self.workers:
             text = fresh.get(worker.index)
             if text is not None:
@@ -446,7 +396,7 @@ class Supervisor:
     def status_text(self) -> str:
         """The daemon's STATUS=: the sums of what the listening workers' last heartbeats said
         (no metrics page is asked for or parsed)."""
-        state = "draining" if self.state.draining else "serving"
+        state = "draining" if self.draining else "serving"
         listening = [worker for worker in self.workers if worker.listening]
         total = {key: sum(worker.counts.get(key, 0) for worker in listening) for key in COUNTS}
         return (
@@ -454,17 +404,6 @@ class Supervisor:
             f"streaming, {total['awaiting']} awaiting callback, {total['viewers']} viewer "
             "connections"
         )
-
-    async def report_status(self) -> None:
-        while self.notifier.enabled:
-            await asyncio.sleep(STATUS_INTERVAL)
-            self.notifier.status(self.status_text())
-
-    async def ping_watchdog(self, interval: float) -> None:
-        """WATCHDOG=1 from the supervisor's loop; wedged workers are its own business."""
-        while True:
-            self.notifier.watchdog()
-            await asyncio.sleep(interval)
 
     async def watch_heartbeats(self) -> None:
         while True:
@@ -485,29 +424,26 @@ class Supervisor:
     # -- admin listener ---------------------------------------------------------------------
 
     async def accept_admin(self, listener: socket.socket) -> None:
-        accepted = self.state.tally.metrics.connections_by_listener["admin"]
-        while True:
-            try:
-                sock, _ = await self.loop.sock_accept(listener)
-            except OSError as exc:
-                self.log.error("accept failed", extra={"listener": "admin", "error": str(exc)})
-                await asyncio.sleep(ACCEPT_ERROR_PAUSE)
-                continue
-            sock.setblocking(False)
-            parser = h11.Connection(h11.SERVER, max_incomplete_event_size=INCOMPLETE_EVENT_CEILING)
-            conn = Connection(self.loop, sock, parser)
-            accepted.inc()
-            task = self.loop.create_task(self.serve_admin(conn))
-            self.admin_connections.add(task)
-            task.add_done_callback(self.admin_connections.discard)
+        accepted = self.metrics.connections_by_listener["admin"]
+        view = AdminView(lambda: self.settings, self.exposition, self.trouble)
 
-    async def serve_admin(self, conn: Connection) -> None:
-        try:
-            await DaemonAdminConnection(self.state, conn, self).run()
-        except Exception:
-            self.log.exception("connection failed", extra={"listener": "admin", "peer": conn.peer})
-        finally:
-            conn.close()
+        async def serve(conn: Connection) -> None:
+            await AdminConnection(view, conn).run()
+
+        await accept_forever("admin", listener, serve, self.admin_connections, accepted)
+
+    async def exposition(self, accept_encoding: str) -> tuple[bytes, Headers]:
+        """The daemon's /metrics page: every worker's metrics, summed."""
+        merged = await self.merged_metrics()
+        return exposition_response(merged.text(), accept_encoding)
+
+    def trouble(self) -> str:
+        """Why the daemon's /healthz says 503 ("" when healthy)."""
+        if self.draining:
+            return "draining"
+        if not self.serving():
+            return "no worker listening"
+        return self.degraded()
 
     # -- reload and stop --------------------------------------------------------------------
 
@@ -523,7 +459,7 @@ class Supervisor:
         except Exception:
             self.log.exception("reload failed; the previous settings stay in force")
         else:
-            self.state.settings, _, refused = merge_reload(self.settings, loaded)
+            self.settings, _, refused = merge_reload(self.settings, loaded)
             logs.set_level(self.settings.log_level)
             if refused:
                 self.log.warning(
@@ -562,9 +498,9 @@ class Supervisor:
 
     def stop(self) -> None:
         """SIGTERM/SIGINT: every worker drains; the supervisor exits once all have stopped."""
-        if self.state.draining:
+        if self.draining:
             return
-        self.state.draining = True
+        self.draining = True
         timeout = self.settings.drain_timeout
         self.log.info("draining", extra={"workers": len(self.workers), "timeout": timeout})
         self.notifier.stopping()
@@ -593,6 +529,7 @@ class Supervisor:
             task.cancel()
         for task in self.admin_connections:
             task.cancel()
+        self.pings.stop()
         self.close_listeners()
         self.log.info("stopped", extra={"workers": len(self.workers)})
         self.stopped.set()
@@ -615,8 +552,3 @@ class Supervisor:
         task = self.loop.create_task(coroutine)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
-
-
-def address_of(sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
-    return str(Address(host, port))
