@@ -29,8 +29,8 @@ from sssrd.connection import BadHead, canned_response, complete_response
 from sssrd.handoff import ClaimedCallback
 from sssrd.headers import first_header
 from sssrd.invokers.base import printable
-from sssrd.outcomes import Outcome, Rejected
-from sssrd.pending import Rejection
+from sssrd.outcomes import Outcome, RejectReason
+from sssrd.pending import CallbackRefused
 from sssrd.prelude import PRELUDE_CONTENT_TYPE
 from sssrd.served import StatefulConnection
 
@@ -45,7 +45,7 @@ class CallbackConnection(StatefulConnection):
     for the next, after any other answer it closes."""
 
     async def refuse_head(self, bad: BadHead) -> None:
-        self.state.tally.callback_rejected(Rejected.MALFORMED)
+        self.state.tally.callback_rejected(RejectReason.MALFORMED)
         if bad.request is not None:
             await self.handle(bad.request, bad)
             return
@@ -75,10 +75,10 @@ class CallbackConnection(StatefulConnection):
                 self.state.pending.authenticate(request_id, token, tokenless)
                 await self.read_error_report(request, stream)
             self.state.pending.claim(request_id, token, stream, tokenless=tokenless)
-        except Rejection as rejection:
+        except CallbackRefused as refused:
             if stream.refusal is None:  # a refused head or report was counted as malformed
-                self.state.tally.callback_rejected(rejection.reason)
-            await self.refuse(request, stream.refusal, rejection.status, str(rejection))
+                self.state.tally.callback_rejected(refused.reason)
+            await self.refuse(request, stream.refusal, refused.status, str(refused))
             return
         if refusal is None and self.conn.h11.they_are_waiting_for_100_continue:
             await self.conn.send(h11.InformationalResponse(status_code=100, headers=[]))
@@ -104,7 +104,7 @@ class CallbackConnection(StatefulConnection):
             body = await self.report_body(request)
             stream.error_type = parse_error_report(body)
         except BadHead as bad:
-            self.state.tally.callback_rejected(Rejected.MALFORMED)
+            self.state.tally.callback_rejected(RejectReason.MALFORMED)
             stream.refusal = bad
 
     async def report_body(self, request: h11.Request) -> bytes:

@@ -12,11 +12,22 @@ FramingCheck puts the same rules in front of a lenient parser (h11 reading a vie
 from __future__ import annotations
 
 import re
+from enum import Enum
+from typing import Final
 
 MAX_SIZE_LINE = 1024  # the chunk-size line with its extensions, CRLF included
 MAX_TRAILERS = 8192  # all trailer lines together
-NEED_DATA = object()
-END = object()
+
+
+class Framing(Enum):
+    """What next_event() returns instead of payload bytes."""
+
+    NEED_DATA = "need data"  # nothing decodable until more bytes are received
+    END = "end"  # the body ended (and stays ended)
+
+
+NEED_DATA: Final = Framing.NEED_DATA
+END: Final = Framing.END
 
 # chunk-size [ chunk-ext ]: hex digits, then ;-separated extensions of visible characters
 # (ignored, but not allowed to hide control bytes). No whitespace before the size.
@@ -54,7 +65,7 @@ class BodyDecoder:
         self._start += len(data)
         return data
 
-    def next_event(self) -> object:
+    def next_event(self) -> bytes | Framing:
         raise NotImplementedError
 
     def skip_payload(self, count: int) -> None:
@@ -90,7 +101,7 @@ class LengthDecoder(BodyDecoder):
     def ended(self) -> bool:
         return not self.payload_left
 
-    def next_event(self) -> object:
+    def next_event(self) -> bytes | Framing:
         if not self.payload_left:
             return END
         if not self.buffered:
@@ -108,14 +119,14 @@ class ChunkedDecoder(BodyDecoder):
         self._state = SIZE
         self._trailer_bytes = 0
 
-    def next_event(self) -> object:
+    def next_event(self) -> bytes | Framing:
         try:
             return self._next_event()
         except FramingError:
             self._state = FAILED  # sticky: nothing after a framing error is ever decoded
             raise
 
-    def _next_event(self) -> object:
+    def _next_event(self) -> bytes | Framing:
         while True:
             state = self._state
             if state == PAYLOAD:

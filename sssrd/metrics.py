@@ -29,7 +29,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from sssrd import __version__
-from sssrd.outcomes import REQUEST_OUTCOMES, Outcome, Rejected
+from sssrd.outcomes import REQUEST_OUTCOMES, Outcome, RejectReason
 
 __all__ = [
     "ABORT_SIDES",
@@ -50,7 +50,7 @@ __all__ = [
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 OUTCOMES = REQUEST_OUTCOMES
-REJECT_REASONS = tuple(Rejected)
+REJECT_REASONS = tuple(RejectReason)
 # Which timer fired: the viewer's request head (or body), the callback deadline, the Lambda
 # idling mid-body, the viewer not taking bytes.
 TimeoutKind = Literal["head", "deadline", "idle", "send"]

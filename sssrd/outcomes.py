@@ -57,7 +57,7 @@ ENTRY_END_OF = {
 }
 
 
-class Rejected(StrEnum):
+class RejectReason(StrEnum):
     """Why a callback was refused: the `reason` label of sssrd_callbacks_rejected."""
 
     BAD_TOKEN = "bad_token"

@@ -19,7 +19,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from sssrd.outcomes import Outcome, Rejected
+from sssrd.outcomes import Outcome, RejectReason
 
 # What a claim hands to the waiting viewer (the daemon's is handoff.ClaimedCallback): generic so
 # that this module stays independent of the listeners and the hand-off stays typed end to end.
@@ -28,10 +28,10 @@ ID_BYTES = 16
 ID_LENGTH = ID_BYTES * 2  # hex
 
 
-class Rejection(Exception):
+class CallbackRefused(Exception):
     """Why a callback was refused; status is what the Lambda is answered."""
 
-    def __init__(self, status: int, reason: Rejected, message: str) -> None:
+    def __init__(self, status: int, reason: RejectReason, message: str) -> None:
         super().__init__(message)
         self.status = status
         self.reason = reason
@@ -121,22 +121,22 @@ class PendingRegistry(Generic[Delivered]):
         return entry
 
     def authenticate(self, request_id: str, token: str | None, tokenless: bool = False) -> None:
-        """Check that `token` is the capability for `request_id`; raises Rejection (404, 401)
+        """Check that `token` is the capability for `request_id`; raises CallbackRefused (404, 401)
         otherwise. Claiming checks it too; a callback that reads a body before it claims checks
         it first, so that no unauthenticated body is ever parsed."""
         if len(request_id) != ID_LENGTH or not all(c in "0123456789abcdef" for c in request_id):
-            raise Rejection(404, Rejected.UNKNOWN, "no such callback")
+            raise CallbackRefused(404, RejectReason.UNKNOWN, "no such callback")
         # Compared as bytes: compare_digest refuses str with non-ASCII characters (TypeError).
         if not tokenless and (
             token is None
             or not hmac.compare_digest(token.encode(), self.token_for(request_id).encode())
         ):
-            raise Rejection(401, Rejected.BAD_TOKEN, "missing or invalid callback token")
+            raise CallbackRefused(401, RejectReason.BAD_TOKEN, "missing or invalid callback token")
 
     def claim(
         self, request_id: str, token: str | None, stream: Delivered, tokenless: bool = False
     ) -> Pending[Delivered]:
-        """Hand `stream` to the waiting viewer, once; raises Rejection otherwise.
+        """Hand `stream` to the waiting viewer, once; raises CallbackRefused otherwise.
 
         `tokenless` is for the seed protocol (compat mode), where the unguessable id is the
         only capability.
@@ -145,15 +145,15 @@ class PendingRegistry(Generic[Delivered]):
         entry = self._entries.get(request_id)
         if entry is None:
             why = self._finished.get(request_id, Outcome.LATE)
-            reason = Rejected.DUPLICATE if why == Outcome.DELIVERED else Rejected.LATE
-            raise Rejection(410, reason, GONE_MESSAGES.get(why, GONE_MESSAGES[Outcome.LATE]))
+            reason = RejectReason.DUPLICATE if why == Outcome.DELIVERED else RejectReason.LATE
+            raise CallbackRefused(410, reason, GONE_MESSAGES.get(why, GONE_MESSAGES[Outcome.LATE]))
         if entry.claimed:
             message = "another callback is already streaming this request"
-            raise Rejection(409, Rejected.DUPLICATE, message)
+            raise CallbackRefused(409, RejectReason.DUPLICATE, message)
         if entry.delivery.done():  # the wait ended in this same loop iteration
             ended = entry.delivery.exception()
             why = ended.reason if isinstance(ended, WaitEnded) else Outcome.LATE
-            raise Rejection(410, Rejected.LATE, GONE_MESSAGES.get(why, ""))
+            raise CallbackRefused(410, RejectReason.LATE, GONE_MESSAGES.get(why, ""))
         entry.claimed = True
         entry.delivery.set_result(stream)
         return entry

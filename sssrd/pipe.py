@@ -26,7 +26,7 @@ from typing import cast
 
 import h11
 
-from sssrd.chunked import END, NEED_DATA, BodyDecoder, FramingError
+from sssrd.chunked import END, NEED_DATA, BodyDecoder, Framing, FramingError
 from sssrd.connection import RECV_SIZE, Connection
 from sssrd.outcomes import Outcome
 
@@ -127,24 +127,24 @@ class ViewerWatch:
     A viewer waiting for its response may send nothing but a pipelined request, so readability
     means EOF, a reset, or pipelined bytes. Those bytes are handed to h11 now (kept for the next
     cycle), so that the socket stays watched and a reset after them is still seen; only a viewer
-    that pipelines more than `hold` bytes is no longer watched (it is then noticed at the next
+    that pipelines more than `max_held` bytes is no longer watched (it is then noticed at the next
     write or timeout).
     """
 
-    __slots__ = ("conn", "gone", "held", "hold", "on_gone")
+    __slots__ = ("conn", "gone", "held", "max_held", "on_gone")
 
-    def __init__(self, conn: Connection, on_gone: Callable[[], None], hold: int) -> None:
+    def __init__(self, conn: Connection, on_gone: Callable[[], None], max_held: int) -> None:
         self.conn = conn
         self.on_gone = on_gone
         self.gone = False
         self.held = 0
-        self.hold = hold
+        self.max_held = max_held
         conn.loop.add_reader(conn.fd, self._readable)
 
     def _readable(self) -> None:
         # Read until the socket is empty: a reset that arrives with pipelined bytes must be seen
         # now, since the loop may report that socket's error only once (libuv stops the poll).
-        while self.held <= self.hold:
+        while self.held <= self.max_held:
             try:
                 data = self.conn.sock.recv(RECV_SIZE)
             except BlockingIOError:
@@ -288,7 +288,7 @@ class BodyRelay:
 
     # -- reading the callback -------------------------------------------------------------------
 
-    def poll(self) -> object:
+    def poll(self) -> bytes | Framing:
         """The decoder's next event: payload bytes, NEED_DATA or END."""
         try:
             return self.decoder.next_event()

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from sssrd import logs
 from sssrd.metrics import Metrics, RenderErrorSource, TimeoutKind
-from sssrd.outcomes import Outcome, Rejected
+from sssrd.outcomes import Outcome, RejectReason
 
 VIEWER_ABORT_STATUS = 499  # nginx's "client closed request": no status was ever sent
 
@@ -88,7 +88,7 @@ class Tally:
     def render_failed(self, source: RenderErrorSource) -> None:
         self.metrics.render_errors_by_source[source].inc()
 
-    def callback_rejected(self, reason: Rejected) -> None:
+    def callback_rejected(self, reason: RejectReason) -> None:
         self.metrics.callbacks_rejected_by_reason[reason].inc()
 
 

@@ -257,8 +257,8 @@ class RequestCycle:
             message = "bad request: the request target must be a path or an absolute URL"
             await self.reply(400, message, Outcome.BAD_REQUEST, close=True)
             return
-        hold = settings.max_head_bytes  # pipelined bytes kept while watching: about one head
-        watch = ViewerWatch(self.conn, lambda: entry.end_wait(Outcome.VIEWER_ABORT), hold)
+        max_held = settings.max_head_bytes  # pipelined bytes kept while watching: about one head
+        watch = ViewerWatch(self.conn, lambda: entry.end_wait(Outcome.VIEWER_ABORT), max_held)
         try:
             if settings.invocation_type == "RequestResponse":
                 self.render = self.state.invoker.start(payload)

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from sssrd.pending import PendingFull, PendingRegistry, Rejection, WaitEnded
+from sssrd.pending import CallbackRefused, PendingFull, PendingRegistry, WaitEnded
 
 
 def run(coroutine):
@@ -36,7 +36,7 @@ def test_a_callback_is_claimed_once_and_a_second_gets_409():
         entry = await registered(registry)
         registry.claim(entry.request_id, entry.token, "stream")
         assert await entry.delivery == "stream"
-        with pytest.raises(Rejection) as second:
+        with pytest.raises(CallbackRefused) as second:
             registry.claim(entry.request_id, entry.token, "other")
         assert (second.value.status, second.value.reason) == (409, "duplicate")
 
@@ -61,7 +61,7 @@ def test_bad_token_is_401_and_changes_nothing():
         registry = PendingRegistry(10)
         entry = await registered(registry)
         for token in (None, "", "x" * 43, registry.token_for("0" * 32)):
-            with pytest.raises(Rejection) as rejected:
+            with pytest.raises(CallbackRefused) as rejected:
                 registry.claim(entry.request_id, token, "forged")
             assert rejected.value.status == 401
         assert not entry.delivery.done() and not entry.claimed
@@ -73,7 +73,7 @@ def test_malformed_ids_are_404():
     async def scenario():
         registry = PendingRegistry(10)
         for request_id in ("", "../admin", "A" * 32, "0" * 31, "0" * 33):
-            with pytest.raises(Rejection) as rejected:
+            with pytest.raises(CallbackRefused) as rejected:
                 registry.claim(request_id, "t", None)
             assert rejected.value.status == 404
 
@@ -88,7 +88,7 @@ def test_deadline_ends_the_wait_and_a_late_claim_gets_410():
             await entry.delivery
         assert ended.value.reason == "late"
         registry.release(entry, "late")
-        with pytest.raises(Rejection) as rejected:
+        with pytest.raises(CallbackRefused) as rejected:
             registry.claim(entry.request_id, entry.token, "too late")
         assert (rejected.value.status, rejected.value.reason) == (410, "late")
         assert "deadline" in str(rejected.value)
@@ -102,7 +102,7 @@ def test_claim_after_delivery_says_already_answered():
         entry = await registered(registry)
         registry.claim(entry.request_id, entry.token, "stream")
         registry.release(entry, "delivered")
-        with pytest.raises(Rejection) as rejected:
+        with pytest.raises(CallbackRefused) as rejected:
             registry.claim(entry.request_id, entry.token, "again")
         assert rejected.value.status == 410 and "already" in str(rejected.value)
 
