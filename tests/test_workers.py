@@ -184,6 +184,15 @@ def test_systemd_hears_one_daemon_ready_reload_and_stop(conductor, tmp_path):
             sssrd.signal(signal.SIGHUP)
             assert notices_until(notify, "RELOADING")["RELOADING"] == "1"
             assert notices_until(notify, "READY")["READY"] == "1"
+            # Each worker logs before it answers; its line may reach us after READY does.
+            for index in (0, 1):
+                sssrd.wait_line(
+                    lambda line, index=index: (
+                        line.get("message") == "reloaded"
+                        and line.get("worker") == index
+                        and sssrd.lines.index(line) >= seen
+                    )
+                )
             reloaded = [line for line in sssrd.lines[seen:] if line.get("message") == "reloaded"]
             assert sorted(line["worker"] for line in reloaded) == [0, 1]
             assert all(line["applied"] == ["max_pending"] for line in reloaded)
