@@ -1,0 +1,823 @@
+"""The fleet in miniature: sssrd instances behind an ALB stand-in, under open-loop load.
+
+`make fleet` (and tests/test_fleet.py, with a smaller Shape) builds the deployment's shape from
+real parts on one machine. A bridge this run creates joins one network namespace per instance and
+one for the render Lambda. Each instance runs `sssrd serve --invoker=lambda --callback-url=auto
+--workers=auto` and learns its own address from its own fake IMDS, so every callback crosses from
+the Lambda's namespace to the instance that holds the viewer. HAProxy plays the ALB (least
+outstanding requests, /healthz checks), the TLS edge of tests/loadtest_peers.py plays CloudFront,
+and `sssrd loadtest --rate` drives pages that stream for 1-5 s. The ALB's deregistration delay
+and health checks come from cdk/sssrd_cdk/timings.py for the run's drain_timeout (see
+`alb_timings`). Scenarios run in order on one fleet: steady (i1-i3), scale-out (i4 boots
+mid-run), scale-in (i1 deregistered, drained, then SIGTERM, the Auto Scaling order) and crash
+(i2 SIGKILLed). `check` lists what does not hold. Every process started here dies with this one
+(PR_SET_PDEATHSIG), everything is removed in `finally`, and leftovers of a killed run (names carry
+the pid) are swept at the next start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "cdk"))  # the CDK app is not an installed package
+sys.path.insert(0, str(ROOT / "tests"))
+
+from loadtest_peers import Edge, loadtest_argv  # noqa: E402
+from sssrd_cdk.timings import derive_timings  # noqa: E402
+
+from sssrd import config as sssrd_config  # noqa: E402
+from sssrd.testing import fake_lambda  # noqa: E402
+from sssrd.testing.fake_imds import FakeIMDS  # noqa: E402
+
+FUNCTION = "fleet-render"
+LAMBDA_PORT = 9001
+VIEWER_PORT = 8080
+CALLBACK_PORT = 8081
+ADMIN_PORT = 9090
+NAMESPACE_PREFIX = "sssrd-fleet-"
+LINK_PATTERN = re.compile(r"^sf[bv](\d+)")
+NAMESPACE_PATTERN = re.compile(rf"^{NAMESPACE_PREFIX}(\d+)-")
+ALB_CONNECT_TIMEOUT_S = 10  # the ALB's own, not configurable
+BOOT_TIMEOUT_S = 30
+SETTLE_TIMEOUT_S = 3.0
+POLL_S = 0.05
+
+
+@dataclass(frozen=True)
+class Shape:
+    """How hard and how long: `make fleet` uses FULL, the test suite SLIM."""
+
+    rate: float  # requests per second, open loop
+    seconds: float  # load per scenario
+    min_requests: int  # what each scenario must reach to count
+    stream_ms: tuple[int, int] = (1000, 5000)
+    # The run's drain_timeout: covers the longest stream and its callback wait. It sets the
+    # deregistration delay (derive_timings) and the scale of the ALB's health checks.
+    drain_timeout: float = 6.0
+    probe_every: int = 50  # every n-th render also sends its callback to the wrong instance
+
+
+FULL = Shape(rate=100, seconds=6, min_requests=500)
+SLIM = Shape(
+    rate=40, seconds=4, min_requests=150, stream_ms=(1000, 3000), drain_timeout=4.0, probe_every=20
+)
+
+
+# -- timings ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AlbTimings:
+    """The ALB's target-group timings for this run, and the factor they were scaled by."""
+
+    deregistration_delay_s: float
+    health_interval_s: float
+    health_timeout_s: float
+    healthy_threshold: int
+    unhealthy_threshold: int
+    idle_timeout_s: int
+    scale: float
+
+
+def instance_flags(shape: Shape) -> dict[str, Any]:
+    """The settings every instance runs with (beyond their addresses), as config keys."""
+    return {
+        "invoker": "lambda",
+        "function": FUNCTION,
+        "region": fake_lambda.DEFAULT_REGION,
+        "callback_url": "auto",
+        "workers": "auto",
+        "drain_timeout": shape.drain_timeout,
+    }
+
+
+def alb_timings(shape: Shape) -> AlbTimings:
+    """The CDK app's timings for the run's settings. The deregistration delay is derived from the
+    run's drain_timeout as in production; the health checks (fixed in production: 5 s interval,
+    3 s timeout) shrink by the same factor the run's drain_timeout is below the default one, so
+    the delay/interval ratio a deployment has is kept. Thresholds and idle timeouts are unscaled.
+    """
+
+    def derived(flags: dict[str, Any]) -> Any:
+        return derive_timings(sssrd_config.load_settings(environ={}, flags=flags))
+
+    run = derived(instance_flags(shape))
+    production = derived({**instance_flags(shape), "drain_timeout": None})
+    scale = run.deregistration_delay_s / production.deregistration_delay_s
+    return AlbTimings(
+        deregistration_delay_s=run.deregistration_delay_s,
+        health_interval_s=production.health_interval_s * scale,
+        health_timeout_s=production.health_timeout_s * scale,
+        healthy_threshold=run.healthy_threshold,
+        unhealthy_threshold=run.unhealthy_threshold,
+        idle_timeout_s=run.alb_idle_timeout_s,
+        scale=scale,
+    )
+
+
+# -- processes and namespaces ----------------------------------------------------------------------
+
+
+def spawn(argv: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start argv in its own process group; it gets SIGKILL when this process dies."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            ["setpriv", "--pdeathsig", "KILL", *argv],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            cwd=ROOT,
+            start_new_session=True,
+        )
+
+
+def stop(process: subprocess.Popen, timeout: float = 10) -> None:
+    """SIGTERM the process group, SIGKILL it after `timeout`; reap."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGCONT)
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)  # workers left behind by a killed supervisor
+    process.wait(timeout)
+
+
+def run(*argv: str) -> str:
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)}: {done.stderr.strip()}")
+    return done.stdout
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_leftovers() -> list[str]:
+    """Delete namespaces and links of fleet runs whose process is gone; returns their names."""
+    swept = []
+    for line in run("ip", "netns", "list").splitlines():
+        name = line.split()[0] if line.split() else ""
+        found = NAMESPACE_PATTERN.match(name)
+        if found and not alive(int(found[1])):
+            subprocess.run(["ip", "netns", "delete", name], capture_output=True, timeout=30)
+            swept.append(name)
+    for line in run("ip", "-o", "link", "show").splitlines():
+        name = line.split(":")[1].strip().split("@")[0]
+        found = LINK_PATTERN.match(name)
+        if found and not alive(int(found[1])):
+            subprocess.run(["ip", "link", "delete", name], capture_output=True, timeout=30)
+            swept.append(name)
+    return swept
+
+
+@dataclass(frozen=True)
+class Node:
+    """A network namespace on the fleet's bridge, with one address."""
+
+    namespace: str
+    address: str
+
+    def command(self, *argv: str) -> list[str]:
+        return ["nsenter", f"--net=/run/netns/{self.namespace}", *argv]
+
+    def socket_queues(self) -> list[tuple[int, int, str, str]]:
+        """(Recv-Q, Send-Q, local, peer) of every established TCP socket in the namespace."""
+        rows = []
+        for line in run(*self.command("ss", "-Htn", "state", "established")).splitlines():
+            fields = line.split()
+            rows.append((int(fields[0]), int(fields[1]), fields[2], fields[3]))
+        return rows
+
+
+class Network:
+    """A bridge with the host at .1 and a namespace per node; close() removes every piece."""
+
+    def __init__(self) -> None:
+        pid = os.getpid()
+        self.tag = str(pid)
+        self.prefix = f"10.{64 + (pid >> 8) % 128}.{pid & 255}"
+        self.bridge = f"sfb{pid}"
+        self.host_address = f"{self.prefix}.1"
+        self.nodes: list[Node] = []
+        run("ip", "link", "add", self.bridge, "type", "bridge")
+        run("ip", "address", "add", f"{self.host_address}/24", "dev", self.bridge)
+        run("ip", "link", "set", self.bridge, "up")
+
+    def node(self, role: str, host_number: int) -> Node:
+        node = Node(f"{NAMESPACE_PREFIX}{self.tag}-{role}", f"{self.prefix}.{host_number}")
+        veth = f"sfv{self.tag}n{host_number}"
+        run("ip", "netns", "add", node.namespace)
+        self.nodes.append(node)
+        run("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", node.namespace)
+        run("ip", "link", "set", veth, "master", self.bridge, "up")
+        run("ip", "-n", node.namespace, "address", "add", f"{node.address}/24", "dev", "eth0")
+        run("ip", "-n", node.namespace, "link", "set", "eth0", "up")
+        run("ip", "-n", node.namespace, "link", "set", "lo", "up")
+        return node
+
+    def close(self) -> None:
+        for node in self.nodes:  # deleting a namespace deletes its veth pair
+            subprocess.run(["ip", "netns", "delete", node.namespace], capture_output=True)
+        subprocess.run(["ip", "link", "delete", self.bridge], capture_output=True)
+
+
+def wait_until(probe: Callable[[], Any], what: str, timeout: float) -> Any:
+    """Poll `probe` until it returns something true; bounded by `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not (value := probe()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(POLL_S)
+    return value
+
+
+def log_lines(path: Path) -> list[dict[str, Any]]:
+    lines = []
+    for raw in path.read_bytes().splitlines():
+        with contextlib.suppress(ValueError):
+            lines.append(json.loads(raw))
+    return lines
+
+
+# -- the parts --------------------------------------------------------------------------------------
+
+
+class RenderLambda:
+    """The fake Invoke API in a namespace of its own, running tests/fleet_lambda.py."""
+
+    def __init__(self, node: Node, workdir: Path, instance_ips: list[str]) -> None:
+        self.node = node
+        self.probe_log = workdir / "probes.jsonl"
+        self.probe_log.touch()
+        self.log = workdir / "lambda.log"
+        listen = f"{node.address}:{LAMBDA_PORT}"
+        argv = [sys.executable, "-m", "sssrd.testing.fake_lambda", "--listen", listen]
+        argv += ["--handler", "fleet_lambda:handler", "--workers", "2000"]
+        env = {
+            "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)]),
+            "FLEET_INSTANCE_IPS": ",".join(instance_ips),
+            "FLEET_PROBE_LOG": str(self.probe_log),
+        }
+        self.process = spawn(node.command(*argv), self.log, env)
+        wait_until(lambda: b"export" in self.log.read_bytes(), "the fake Lambda", BOOT_TIMEOUT_S)
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://{self.node.address}:{LAMBDA_PORT}"
+
+    def probes(self) -> list[dict[str, Any]]:
+        return log_lines(self.probe_log)
+
+
+class Instance:
+    """One sssrd daemon (a supervisor and its workers) in its namespace, with its own IMDS."""
+
+    def __init__(
+        self, name: str, node: Node, network: Network, workdir: Path, shape: Shape
+    ) -> None:
+        self.name = name
+        self.node = node
+        self.log = workdir / f"{name}.log"
+        self.imds = FakeIMDS(node.address, instance_id=f"i-fleet{name}", host=network.host_address)
+        self.shape = shape
+        self.process: subprocess.Popen | None = None
+        self.launched_at = 0.0
+        self.listening_at = 0.0
+
+    def launch(self, lambda_url: str) -> None:
+        """Start the daemon (the instance boots); returns at once, as an ASG launch does."""
+        self.imds.start()
+        flags = {
+            **instance_flags(self.shape),
+            "listen": f"0.0.0.0:{VIEWER_PORT}",
+            "callback_listen": f"0.0.0.0:{CALLBACK_PORT}",
+            "admin_listen": f"0.0.0.0:{ADMIN_PORT}",
+            "imds_endpoint": self.imds.endpoint,
+        }
+        argv = [sys.executable, "-m", "sssrd.cli", "serve"]
+        argv += [f"--{key.replace('_', '-')}={value}" for key, value in flags.items()]
+        env = {
+            "AWS_ACCESS_KEY_ID": fake_lambda.DEFAULT_ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": fake_lambda.DEFAULT_SECRET_KEY,
+            "AWS_ENDPOINT_URL_LAMBDA": lambda_url,
+        }
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SSSRD_")} | env
+        self.launched_at = time.monotonic()
+        self.process = spawn(self.node.command(*argv), self.log, env)
+
+    def wait_listening(self) -> dict[str, Any]:
+        def listening() -> dict[str, Any] | None:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited:\n{self.log.read_text()[-3000:]}")
+            found = [x for x in log_lines(self.log) if x.get("message") == "sssrd listening"]
+            return found[0] if found else None
+
+        line = wait_until(listening, f"{self.name} to listen", BOOT_TIMEOUT_S)
+        self.listening_at = time.monotonic()
+        return line
+
+    def metrics(self) -> dict[str, float]:
+        """The unlabelled samples of the daemon's /metrics (its admin listener)."""
+        connection = http.client.HTTPConnection(self.node.address, ADMIN_PORT, timeout=5)
+        try:
+            connection.request("GET", "/metrics")
+            text = connection.getresponse().read().decode()
+        finally:
+            connection.close()
+        samples = {}
+        for line in text.splitlines():
+            name, _, value = line.partition(" ")
+            if line and not line.startswith("#") and "{" not in name:
+                samples[name] = float(value)
+        return samples
+
+    def close(self) -> None:
+        if self.process is not None:
+            stop(self.process)
+        self.imds.stop()
+
+
+class Alb:
+    """HAProxy as the ALB: least outstanding requests, /healthz checks, a runtime API socket."""
+
+    BACKEND = "instances"
+
+    def __init__(
+        self, workdir: Path, instances: list[Instance], timings: AlbTimings, registered: int
+    ) -> None:
+        self.socket_path = workdir / "alb.sock"
+        self.listener = socket.create_server(("127.0.0.1", 0), backlog=4096)
+        self.port = self.listener.getsockname()[1]
+        servers = "\n".join(
+            f"    server {x.name} {x.node.address}:{VIEWER_PORT} check"
+            + ("" if number < registered else " disabled")
+            for number, x in enumerate(instances)
+        )
+        config = workdir / "alb.cfg"
+        config.write_text(
+            ALB_CONFIG.format(
+                fd=self.listener.fileno(),
+                socket=self.socket_path,
+                idle=timings.idle_timeout_s,
+                connect=ALB_CONNECT_TIMEOUT_S,
+                interval_ms=round(timings.health_interval_s * 1000),
+                timeout_ms=round(timings.health_timeout_s * 1000),
+                rise=timings.healthy_threshold,
+                fall=timings.unhealthy_threshold,
+                servers=servers,
+            )
+        )
+        with (workdir / "alb.log").open("ab") as out:
+            self.process = subprocess.Popen(
+                ["setpriv", "--pdeathsig", "KILL", "haproxy", "-db", "-f", str(config)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                pass_fds=(self.listener.fileno(),),
+                start_new_session=True,
+            )
+        wait_until(self.socket_path.exists, "the ALB's runtime API", BOOT_TIMEOUT_S)
+
+    def command(self, text: str) -> str:
+        """One command on HAProxy's runtime API (the stats socket)."""
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(5)
+            sock.connect(str(self.socket_path))
+            sock.sendall(text.encode() + b"\n")
+            answer = b""
+            while piece := sock.recv(65536):
+                answer += piece
+        return answer.decode()
+
+    def set_state(self, server: str, state: str) -> None:
+        answer = self.command(f"set server {self.BACKEND}/{server} state {state}")
+        if answer.strip():
+            raise RuntimeError(f"ALB refused state {state} for {server}: {answer}")
+
+    def register(self, server: str) -> None:
+        """Bring a server out of maintenance as an ALB registers a target: "initial", no
+        traffic until `rise` checks pass. HAProxy would trust it at once (UP 1/2) and ignores
+        `health down` in maintenance, so the server passes through drain (no new requests)
+        to have its check state forced down first."""
+        self.set_state(server, "drain")
+        self.command(f"set server {self.BACKEND}/{server} health down")
+        self.set_state(server, "ready")
+
+    def servers(self) -> dict[str, dict[str, str]]:
+        """Each server's `show stat` row: status (UP, DOWN, MAINT, DRAIN...), scur, stot, ..."""
+        lines = self.command("show stat").splitlines()
+        header = lines[0].lstrip("# ").split(",")
+        rows = [dict(zip(header, line.split(","), strict=False)) for line in lines[1:] if line]
+        return {
+            row["svname"]: row
+            for row in rows
+            if row.get("pxname") == self.BACKEND and row["svname"] not in ("BACKEND", "FRONTEND")
+        }
+
+    def close(self) -> None:
+        stop(self.process)
+        self.listener.close()
+
+
+ALB_CONFIG = """
+global
+    maxconn 8000
+    stats socket {socket} mode 600 level admin
+defaults
+    mode http
+    option http-no-delay
+    retries 0
+    timeout connect {connect}s
+    timeout client {idle}s
+    timeout server {idle}s
+    timeout http-keep-alive {idle}s
+frontend alb
+    bind fd@{fd}
+    default_backend instances
+backend instances
+    balance leastconn
+    option httpchk GET /healthz
+    http-check expect status 200
+    timeout check {timeout_ms}ms
+    default-server inter {interval_ms}ms fall {fall} rise {rise}
+{servers}
+"""
+
+
+# -- the fleet and its scenarios --------------------------------------------------------------
+
+
+@dataclass
+class Fleet:
+    """Every part of one run; built by `fleet()`, which removes it all on the way out."""
+
+    shape: Shape
+    timings: AlbTimings
+    workdir: Path
+    network: Network
+    render: RenderLambda
+    instances: list[Instance]
+    alb: Alb
+    edge: Edge
+    serving: list[Instance] = field(default_factory=list)
+
+    def instance(self, name: str) -> Instance:
+        return next(x for x in self.instances if x.name == name)
+
+
+INSTANCE_NAMES = ("i1", "i2", "i3", "i4")
+FIRST_INSTANCES = 3
+
+
+@contextlib.contextmanager
+def fleet(shape: Shape, workdir: Path) -> Iterator[Fleet]:
+    """Boot i1-i3 behind the ALB (i4 registered later, by scale-out) and the edge."""
+    swept = sweep_leftovers()
+    if swept:
+        print(f"removed leftovers of killed runs: {', '.join(swept)}", file=sys.stderr)
+    timings = alb_timings(shape)
+    with contextlib.ExitStack() as cleanup:
+        network = Network()
+        cleanup.callback(network.close)
+        nodes = [network.node(name, 11 + n) for n, name in enumerate(INSTANCE_NAMES)]
+        render = RenderLambda(network.node("lambda", 2), workdir, [x.address for x in nodes])
+        cleanup.callback(stop, render.process)
+        instances = [
+            Instance(name, node, network, workdir, shape)
+            for name, node in zip(INSTANCE_NAMES, nodes, strict=True)
+        ]
+        for instance in instances:
+            cleanup.callback(instance.close)
+        for instance in instances[:FIRST_INSTANCES]:
+            instance.launch(render.endpoint_url)
+        for instance in instances[:FIRST_INSTANCES]:
+            instance.wait_listening()
+        alb = Alb(workdir, instances, timings, registered=FIRST_INSTANCES)
+        cleanup.callback(alb.close)
+        edge = Edge(workdir, alb.port)
+        cleanup.callback(edge.close)
+        running = Fleet(shape, timings, workdir, network, render, instances, alb, edge)
+        running.serving = instances[:FIRST_INSTANCES]
+        wait_until(lambda: all_up(running), "the ALB to see i1-i3 healthy", BOOT_TIMEOUT_S)
+        yield running
+
+
+def all_up(running: Fleet) -> bool:
+    status = running.alb.servers()
+    return all(status[x.name]["status"] == "UP" for x in running.serving)
+
+
+class Load:
+    """One `sssrd loadtest` run through the edge, in the background; `finish()` reads its report."""
+
+    def __init__(self, running: Fleet, name: str) -> None:
+        shape = running.shape
+        low, high = shape.stream_ms
+        self.json = running.workdir / f"{name}.json"
+        self.html = running.workdir / f"{name}.html"
+        url = running.edge.url(
+            f"/page?ms={{rand:{low}-{high}}}&n={{n}}&probe={shape.probe_every}"
+            f"&pop=FLEET{name.upper().replace('-', '')}1&cache=Miss"
+        )
+        argv = loadtest_argv(url, "--rate", str(shape.rate), "--duration", str(shape.seconds))
+        argv += ["--cacert", str(running.edge.cafile), "--timeout", "30", "--seed", "26"]
+        argv += ["--connect-to", f"127.0.0.1:{running.edge.port}"]
+        argv += ["--json", str(self.json), "--html", str(self.html)]
+        self.process = spawn(argv, running.workdir / f"{name}.loadtest.log")
+        self.started = time.monotonic()
+        self.limit = shape.seconds + 45
+
+    def at(self, seconds: float) -> None:
+        """Return when the run is `seconds` old (the scenario's schedule)."""
+        time.sleep(max(0.0, self.started + seconds - time.monotonic()))
+
+    def finish(self) -> dict[str, Any]:
+        code = self.process.wait(max(1.0, self.started + self.limit - time.monotonic()))
+        if code != 0:
+            raise RuntimeError(f"loadtest exited {code}; see {self.json.with_suffix('.loadtest.log')}")
+        return json.loads(self.json.read_text())
+
+
+def streams_in_flight(running: Fleet) -> float:
+    total = 0.0
+    for instance in running.serving:
+        with contextlib.suppress(OSError):
+            total += instance.metrics().get("sssrd_streams_in_flight", 0.0)
+    return total
+
+
+def scenario(
+    running: Fleet, name: str, events: Callable[[Fleet, Load], dict[str, Any]]
+) -> dict[str, Any]:
+    """Run the load with the scenario's events; one row of the fleet report."""
+    instances = len(running.serving)
+    load = Load(running, name)
+    try:
+        facts = events(running, load)
+        peak = streams_in_flight(running)  # the events ran mid-run; load is still at its height
+        report = load.finish()
+    finally:
+        if load.process.poll() is None:
+            stop(load.process)
+    errors = report["errors"]
+    requests = report["requests"]
+    return {
+        "name": name,
+        "instances": instances,
+        "instances_at_end": len(running.serving),
+        "requests": requests["sent"],
+        "completed": requests["ok"],
+        "truncated": errors["truncated"],
+        "failed": requests["failed"] - errors["truncated"],
+        "crashed_instance_streams": facts.pop("crashed_instance_streams", None),
+        "streams_in_flight_sampled": peak,
+        "errors": {kind: count for kind, count in errors.items() if count},
+        "status": report["status"],
+        "latency_ms": {k: report["latency_ms"][k]["p99"] for k in ("ttfb", "total")},
+        "loadtest_json": str(load.json),
+        "loadtest_html": str(load.html),
+        **facts,
+    }
+
+
+def steady(running: Fleet, load: Load) -> dict[str, Any]:
+    load.at(running.shape.seconds * 0.6)
+    return {}
+
+
+def scale_out(running: Fleet, load: Load) -> dict[str, Any]:
+    """i4 is launched and registered; the ALB may send it nothing until it passed `rise` checks."""
+    newcomer = running.instance("i4")
+    load.at(1.0)
+    running.alb.register(newcomer.name)
+    newcomer.launch(running.render.endpoint_url)
+    sessions_before_healthy = 0
+
+    def healthy() -> bool:
+        nonlocal sessions_before_healthy
+        row = running.alb.servers()[newcomer.name]
+        if row["status"] != "UP":
+            sessions_before_healthy = max(sessions_before_healthy, int(row["stot"]))
+            return False
+        return True
+
+    newcomer.wait_listening()
+    wait_until(healthy, "the ALB to see i4 healthy", BOOT_TIMEOUT_S)
+    healthy_at = time.monotonic()
+    running.serving.append(newcomer)
+    load.at(running.shape.seconds * 0.8)
+    return {
+        "scaled_out": newcomer.name,
+        "sessions_before_healthy": sessions_before_healthy,
+        "listening_after_launch_s": round(newcomer.listening_at - newcomer.launched_at, 2),
+        "healthy_after_listening_s": round(healthy_at - newcomer.listening_at, 2),
+        "sessions_once_healthy": int(running.alb.servers()[newcomer.name]["stot"]),
+    }
+
+
+def scale_in(running: Fleet, load: Load) -> dict[str, Any]:
+    """Deregister i1 (drain: no new requests), wait the deregistration delay, end what is left
+    as the ALB does, then SIGTERM, as the Auto Scaling group terminates the instance."""
+    leaving = running.instance("i1")
+    load.at(2.0)
+    running.alb.set_state(leaving.name, "drain")
+    deregistered = time.monotonic()
+    streams_at_deregistration = leaving.metrics().get("sssrd_streams_in_flight", 0.0)
+    time.sleep(running.timings.deregistration_delay_s)  # the delay is the thing under test
+    row = running.alb.servers()[leaving.name]
+    running.alb.set_state(leaving.name, "maint")
+    running.alb.command(f"shutdown sessions server {Alb.BACKEND}/{leaving.name}")
+    streams_at_sigterm = leaving.metrics().get("sssrd_streams_in_flight", 0.0)
+    assert leaving.process is not None
+    terminated = time.monotonic()
+    leaving.process.send_signal(signal.SIGTERM)
+    code = leaving.process.wait(running.shape.drain_timeout + 10)
+    running.serving.remove(leaving)
+    return {
+        "scaled_in": leaving.name,
+        "streams_at_deregistration": streams_at_deregistration,
+        "sessions_cut_after_delay": int(row["scur"]),
+        "streams_at_sigterm": streams_at_sigterm,
+        "drain_s": round(time.monotonic() - terminated, 2),
+        "deregistered_for_s": round(terminated - deregistered, 2),
+        "exit_code": code,
+    }
+
+
+def crash(running: Fleet, load: Load) -> dict[str, Any]:
+    """SIGKILL i2 mid-run. Its stream count is read the moment before: the Lambda is paused
+    (SIGSTOP) so no stream of i2 can start or end, the bytes already sent are left to arrive
+    (both sides' socket queues empty), the gauge is read twice alike, then the kill, then the
+    Lambda resumes."""
+    victim = running.instance("i2")
+    assert victim.process is not None
+    load.at(running.shape.seconds * 0.6)
+    render = running.render
+    os.killpg(render.process.pid, signal.SIGSTOP)
+    paused = time.monotonic()
+    try:
+        samples = wait_until(lambda: settled(victim, render.node), "i2 to settle", SETTLE_TIMEOUT_S)
+        os.killpg(victim.process.pid, signal.SIGKILL)
+    finally:
+        os.killpg(render.process.pid, signal.SIGCONT)
+        paused = time.monotonic() - paused
+    victim.process.wait(10)
+    running.serving.remove(victim)
+    load.at(running.shape.seconds * 0.8)
+    return {
+        "crashed": victim.name,
+        "lambda_paused_s": round(paused, 3),
+        "crashed_instance_streams": int(samples["sssrd_streams_in_flight"]),
+        "crashed_instance_pending": int(samples["sssrd_pending_callbacks"]),
+        # Requests the ALB still sent to the dead instance before its checks failed `fall` times.
+        "refused_after_crash": int(running.alb.servers()[victim.name]["econ"]),
+    }
+
+
+def settled(victim: Instance, lambda_node: Node) -> dict[str, float] | None:
+    """i2's samples once no callback byte is in flight to it and two reads agree, else None."""
+    to_victim = [q for q in lambda_node.socket_queues() if q[3].startswith(victim.node.address)]
+    at_victim = [
+        q for q in victim.node.socket_queues() if int(q[2].rpartition(":")[2]) >= CALLBACK_PORT
+    ]
+    if any(send for _, send, _, _ in to_victim) or any(recv for recv, _, _, _ in at_victim):
+        return None
+    first, second = victim.metrics(), victim.metrics()
+    keys = ("sssrd_streams_in_flight", "sssrd_pending_callbacks")
+    return second if all(first[k] == second[k] for k in keys) else None
+
+
+SCENARIOS: tuple[tuple[str, Callable[[Fleet, Load], dict[str, Any]]], ...] = (
+    ("steady", steady),
+    ("scale-out", scale_out),
+    ("scale-in", scale_in),
+    ("crash", crash),
+)
+
+
+def run_fleet(shape: Shape, workdir: Path) -> dict[str, Any]:
+    """Every scenario on one fleet; the report (scenarios, probes, timings)."""
+    started = time.monotonic()
+    with fleet(shape, workdir) as running:
+        rows = [scenario(running, name, events) for name, events in SCENARIOS]
+        probes = running.render.probes()
+        instance_ips = [x.node.address for x in running.instances]
+    timings = running.timings
+    return {
+        "scenarios": rows,
+        "wrong_instance_callbacks": {
+            "sent": len(probes),
+            "answers": count_answers(probes),
+            "from_own_address": sum(p["own"] in instance_ips for p in probes),
+        },
+        "shape": shape.__dict__,
+        "alb_timings": timings.__dict__,
+        "elapsed_s": round(time.monotonic() - started, 1),
+    }
+
+
+def count_answers(probes: list[dict[str, Any]]) -> dict[str, int]:
+    answers: dict[str, int] = {}
+    for probe in probes:
+        answers[str(probe["answer"])] = answers.get(str(probe["answer"]), 0) + 1
+    return answers
+
+
+WRONG_INSTANCE_ANSWERS = frozenset({"401", "refused"})
+NO_LOSS = frozenset({"steady", "scale-out", "scale-in"})
+
+
+def check(report: dict[str, Any], shape: Shape) -> list[str]:
+    """What the fleet promises, and which of it did not hold (empty: everything held)."""
+    problems = []
+    for row in report["scenarios"]:
+        name = row["name"]
+        if row["requests"] < shape.min_requests or row["instances"] < FIRST_INSTANCES:
+            problems.append(f"{name}: {row['requests']} requests on {row['instances']} instances")
+        if name in NO_LOSS and (row["truncated"] or row["failed"]):
+            problems.append(f"{name}: {row['truncated']} truncated, {row['failed']} failed")
+        if name == "crash" and (
+            not row["crashed_instance_streams"]
+            or row["truncated"] != row["crashed_instance_streams"]
+        ):
+            problems.append(
+                f"crash: {row['truncated']} truncated, but the crashed instance held "
+                f"{row['crashed_instance_streams']} streams"
+            )
+        if name == "scale-out" and (row["sessions_before_healthy"] or not row["sessions_once_healthy"]):
+            problems.append(
+                f"scale-out: {row['sessions_before_healthy']} requests before healthy, "
+                f"{row['sessions_once_healthy']} after"
+            )
+        if name == "scale-in" and (row["sessions_cut_after_delay"] or row["exit_code"] != 0):
+            problems.append(
+                f"scale-in: {row['sessions_cut_after_delay']} streams cut after the delay, "
+                f"exit code {row['exit_code']}"
+            )
+    probes = report["wrong_instance_callbacks"]
+    if not probes["sent"] or set(probes["answers"]) - WRONG_INSTANCE_ANSWERS:
+        problems.append(f"callbacks to the wrong instance were answered {probes['answers']}")
+    if probes["from_own_address"] != probes["sent"]:
+        problems.append("a callback URL did not name its instance's own (IMDS) address")
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="make fleet", description=__doc__.splitlines()[0])
+    parser.add_argument("--slim", action="store_true", help="the test suite's smaller run")
+    parser.add_argument("--out", type=Path, help="directory for the reports (default: a new one)")
+    arguments = parser.parse_args(argv)
+    shape = SLIM if arguments.slim else FULL
+    workdir = arguments.out or Path(tempfile.mkdtemp(prefix="sssrd-fleet-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    for tool in ("haproxy", "ip", "nsenter", "setpriv", "ss"):
+        if shutil.which(tool) is None:
+            print(f"make fleet: {tool} not found (make system-packages)", file=sys.stderr)
+            return 2
+    report = run_fleet(shape, workdir)
+    problems = check(report, shape)
+    report["problems"] = problems
+    path = workdir / "fleet.json"
+    path.write_text(json.dumps(report, indent=1) + "\n")
+    for row in report["scenarios"]:
+        print(
+            f"{row['name']:<10} {row['instances']} instances  {row['requests']} requests  "
+            f"{row['completed']} completed  {row['truncated']} truncated  {row['failed']} failed  "
+            f"crashed instance held {row['crashed_instance_streams']}"
+        )
+    for problem in problems:
+        print(f"DOES NOT HOLD: {problem}", file=sys.stderr)
+    print(path)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
