@@ -2,9 +2,9 @@
 
 A page streams for `?ms=` milliseconds: the prelude and a first chunk at once, then one chunk
 every CHUNK_INTERVAL_S, then the final chunk, through sssrd.callback as a Lambda author writes
-it. Every `?probe=`-th request (by its `?n=`) first sends its callback, token and all, to another instance of
-the fleet (FLEET_INSTANCE_IPS) and appends what that instance answered to FLEET_PROBE_LOG:
-a callback that reaches the wrong instance must be refused there, never streamed.
+it. Every `?probe=`-th request (by its `?n=`) first sends its callback, token and all, to another
+instance of the fleet (FLEET_INSTANCE_IPS) and appends what that instance answered to
+FLEET_PROBE_LOG: a callback that reaches the wrong instance must be refused, never streamed.
 """
 
 from __future__ import annotations
