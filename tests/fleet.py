@@ -29,6 +29,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -58,6 +59,7 @@ ALB_CONNECT_TIMEOUT_S = 10  # the ALB's own, not configurable
 BOOT_TIMEOUT_S = 30
 SETTLE_TIMEOUT_S = 3.0
 POLL_S = 0.05
+SAMPLE_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -573,6 +575,7 @@ class Load:
         argv += ["--json", str(self.json), "--html", str(self.html)]
         self.process = spawn(argv, running.workdir / f"{name}.loadtest.log")
         self.started = time.monotonic()
+        self.sampler = StreamSampler(running)
         self.limit = seconds + 45
 
     def at(self, seconds: float) -> None:
@@ -588,12 +591,28 @@ class Load:
         return json.loads(self.json.read_text())
 
 
-def streams_in_flight(running: Fleet) -> float:
-    total = 0.0
-    for instance in running.serving:
-        with contextlib.suppress(OSError):
-            total += instance.metrics().get("sssrd_streams_in_flight", 0.0)
-    return total
+class StreamSampler:
+    """Sums sssrd_streams_in_flight over the serving instances every SAMPLE_S in a thread;
+    `most` is the largest sum seen."""
+
+    def __init__(self, running: Fleet) -> None:
+        self.running = running
+        self.most = 0
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+
+    def _sample(self) -> None:
+        while not self.stopped.wait(SAMPLE_S):
+            total = 0.0
+            for instance in list(self.running.serving):
+                with contextlib.suppress(OSError, KeyError):  # an instance may just have died
+                    total += instance.metrics()["sssrd_streams_in_flight"]
+            self.most = max(self.most, int(total))
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.thread.join(10)
 
 
 def scenario(
@@ -606,9 +625,9 @@ def scenario(
     load = Load(running, name, seconds)
     try:
         facts = events(running, load)
-        peak = streams_in_flight(running)  # the events ran mid-run; load is still at its height
         report = load.finish()
     finally:
+        load.sampler.stop()
         if load.process.poll() is None:
             stop(load.process)
     errors = report["errors"]
@@ -622,7 +641,7 @@ def scenario(
         "truncated": errors["truncated"],
         "failed": requests["failed"] - errors["truncated"],
         "crashed_instance_streams": facts.pop("crashed_instance_streams", None),
-        "streams_in_flight_sampled": peak,
+        "most_streams_in_flight": load.sampler.most,
         "errors": {kind: count for kind, count in errors.items() if count},
         "failed_by_status": failed_by_status(report),
         "latency_ms": {k: report["latency_ms"][k]["p99"] for k in ("ttfb", "total")},
@@ -638,7 +657,7 @@ def failed_by_status(report: dict[str, Any]) -> dict[str, int]:
     could not connect), from the load test's error samples (it keeps up to 2,000)."""
     counts: dict[str, int] = {}
     for sample in report["error_samples"]:
-        if sample.get("status"):
+        if sample["kind"] in ("http_4xx", "http_5xx"):
             counts[str(sample["status"])] = counts.get(str(sample["status"]), 0) + 1
     return counts
 
@@ -726,7 +745,7 @@ def crash(running: Fleet, load: Load) -> dict[str, Any]:
         paused = time.monotonic() - paused
     victim.process.wait(10)
     running.serving.remove(victim)
-    load.at(running.shape.seconds * 0.8)
+    load.at(load.seconds)  # by now the ALB's checks have failed `fall` times
     return {
         "crashed": victim.name,
         "lambda_paused_s": round(paused, 3),
