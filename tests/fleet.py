@@ -10,23 +10,19 @@ and `sssrd loadtest --rate` drives pages that stream for 1-5 s. The ALB's deregi
 and health checks come from cdk/sssrd_cdk/timings.py for the run's drain_timeout (see
 `alb_timings`). Scenarios run in order on one fleet: steady (i1-i3), scale-out (i4 boots
 mid-run), scale-in (i1 deregistered, drained, then SIGTERM, the Auto Scaling order) and crash
-(i2 SIGKILLed). `check` lists what does not hold. Every process started here dies with this one
-(PR_SET_PDEATHSIG), everything is removed in `finally`, and leftovers of a killed run (names carry
-the pid) are swept at the next start.
+(i2 SIGKILLed). `check` lists what does not hold. The parts (namespaces, processes, the Lambda,
+an instance, the ALB) live in tests/fleet_parts.py; everything is removed in `finally`, and what
+a killed run left is swept at the next start.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import http.client
 import json
 import os
-import re
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -40,25 +36,32 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "cdk"))  # the CDK app is not an installed package
 sys.path.insert(0, str(ROOT / "tests"))
 
+from fleet_parts import (  # noqa: E402
+    ADMIN_PORT,
+    BOOT_TIMEOUT_S,
+    CALLBACK_PORT,
+    NAMESPACE_PREFIX,
+    Alb,
+    AlbTimings,
+    Instance,
+    Network,
+    Node,
+    RenderLambda,
+    spawn,
+    stop,
+    sweep_leftovers,
+    wait_until,
+)
 from loadtest_peers import Edge, loadtest_argv  # noqa: E402
 from sssrd_cdk.timings import derive_timings  # noqa: E402
 
 from sssrd import config as sssrd_config  # noqa: E402
 from sssrd.testing import fake_lambda  # noqa: E402
-from sssrd.testing.fake_imds import FakeIMDS  # noqa: E402
+
+__all__ = ["NAMESPACE_PREFIX", "PROMISES", "SLIM", "check", "run_fleet"]
 
 FUNCTION = "fleet-render"
-LAMBDA_PORT = 9001
-VIEWER_PORT = 8080
-CALLBACK_PORT = 8081
-ADMIN_PORT = 9090
-NAMESPACE_PREFIX = "sssrd-fleet-"
-LINK_PATTERN = re.compile(r"^sf[bv](\d+)")
-NAMESPACE_PATTERN = re.compile(rf"^{NAMESPACE_PREFIX}(\d+)-")
-ALB_CONNECT_TIMEOUT_S = 10  # the ALB's own, not configurable
-BOOT_TIMEOUT_S = 30
 SETTLE_TIMEOUT_S = 3.0
-POLL_S = 0.05
 SAMPLE_S = 0.5
 
 
@@ -92,19 +95,6 @@ SLIM = Shape(
 
 
 # -- timings ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class AlbTimings:
-    """The ALB's target-group timings for this run, and the factor they were scaled by."""
-
-    deregistration_delay_s: float
-    health_interval_s: float
-    health_timeout_s: float
-    healthy_threshold: int
-    unhealthy_threshold: int
-    idle_timeout_s: int
-    scale: float
 
 
 def instance_flags(shape: Shape) -> dict[str, Any]:
@@ -141,356 +131,6 @@ def alb_timings(shape: Shape) -> AlbTimings:
         idle_timeout_s=run.alb_idle_timeout_s,
         scale=scale,
     )
-
-
-# -- processes and namespaces ----------------------------------------------------------------------
-
-
-def spawn(argv: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """Start argv in its own process group; it gets SIGKILL when this process dies."""
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            ["setpriv", "--pdeathsig", "KILL", *argv],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
-            cwd=ROOT,
-            start_new_session=True,
-        )
-
-
-def stop(process: subprocess.Popen, timeout: float = 10) -> None:
-    """SIGTERM the process group, SIGKILL it after `timeout`; reap."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGCONT)
-        os.killpg(process.pid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(timeout)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)  # workers left behind by a killed supervisor
-    process.wait(timeout)
-
-
-def run(*argv: str) -> str:
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)}: {done.stderr.strip()}")
-    return done.stdout
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def sweep_leftovers() -> list[str]:
-    """Delete namespaces and links of fleet runs whose process is gone; returns their names."""
-    swept = []
-    for line in run("ip", "netns", "list").splitlines():
-        name = line.split()[0] if line.split() else ""
-        found = NAMESPACE_PATTERN.match(name)
-        if found and not alive(int(found[1])):
-            subprocess.run(["ip", "netns", "delete", name], capture_output=True, timeout=30)
-            swept.append(name)
-    for line in run("ip", "-o", "link", "show").splitlines():
-        name = line.split(":")[1].strip().split("@")[0]
-        found = LINK_PATTERN.match(name)
-        if found and not alive(int(found[1])):
-            subprocess.run(["ip", "link", "delete", name], capture_output=True, timeout=30)
-            swept.append(name)
-    return swept
-
-
-@dataclass(frozen=True)
-class Node:
-    """A network namespace on the fleet's bridge, with one address."""
-
-    namespace: str
-    address: str
-
-    def command(self, *argv: str) -> list[str]:
-        return ["nsenter", f"--net=/run/netns/{self.namespace}", *argv]
-
-    def socket_queues(self) -> list[tuple[int, int, str, str]]:
-        """(Recv-Q, Send-Q, local, peer) of every established TCP socket in the namespace."""
-        rows = []
-        for line in run(*self.command("ss", "-Htn", "state", "established")).splitlines():
-            fields = line.split()
-            rows.append((int(fields[0]), int(fields[1]), fields[2], fields[3]))
-        return rows
-
-
-class Network:
-    """A bridge with the host at .1 and a namespace per node; close() removes every piece."""
-
-    def __init__(self) -> None:
-        pid = os.getpid()
-        self.tag = str(pid)
-        self.prefix = f"10.{64 + (pid >> 8) % 128}.{pid & 255}"
-        self.bridge = f"sfb{pid}"
-        self.host_address = f"{self.prefix}.1"
-        self.nodes: list[Node] = []
-        run("ip", "link", "add", self.bridge, "type", "bridge")
-        run("ip", "address", "add", f"{self.host_address}/24", "dev", self.bridge)
-        run("ip", "link", "set", self.bridge, "up")
-
-    def node(self, role: str, host_number: int) -> Node:
-        node = Node(f"{NAMESPACE_PREFIX}{self.tag}-{role}", f"{self.prefix}.{host_number}")
-        veth = f"sfv{self.tag}n{host_number}"
-        run("ip", "netns", "add", node.namespace)
-        self.nodes.append(node)
-        run(
-            "ip",
-            "link",
-            "add",
-            veth,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            node.namespace,
-        )
-        run("ip", "link", "set", veth, "master", self.bridge, "up")
-        run("ip", "-n", node.namespace, "address", "add", f"{node.address}/24", "dev", "eth0")
-        run("ip", "-n", node.namespace, "link", "set", "eth0", "up")
-        run("ip", "-n", node.namespace, "link", "set", "lo", "up")
-        return node
-
-    def close(self) -> None:
-        for node in self.nodes:  # deleting a namespace deletes its veth pair
-            subprocess.run(["ip", "netns", "delete", node.namespace], capture_output=True)
-        subprocess.run(["ip", "link", "delete", self.bridge], capture_output=True)
-
-
-def wait_until(probe: Callable[[], Any], what: str, timeout: float) -> Any:
-    """Poll `probe` until it returns something true; bounded by `timeout`."""
-    deadline = time.monotonic() + timeout
-    while not (value := probe()):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(POLL_S)
-    return value
-
-
-def log_lines(path: Path) -> list[dict[str, Any]]:
-    lines = []
-    for raw in path.read_bytes().splitlines():
-        with contextlib.suppress(ValueError):
-            lines.append(json.loads(raw))
-    return lines
-
-
-# -- the parts ------------------------------------------------------------------------------------
-
-
-class RenderLambda:
-    """The fake Invoke API in a namespace of its own, running tests/fleet_lambda.py."""
-
-    def __init__(self, node: Node, workdir: Path, instance_ips: list[str]) -> None:
-        self.node = node
-        self.probe_log = workdir / "probes.jsonl"
-        self.probe_log.touch()
-        self.log = workdir / "lambda.log"
-        listen = f"{node.address}:{LAMBDA_PORT}"
-        argv = [sys.executable, "-m", "sssrd.testing.fake_lambda", "--listen", listen]
-        argv += ["--handler", "fleet_lambda:handler", "--workers", "2000"]
-        env = {
-            "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)]),
-            "FLEET_INSTANCE_IPS": ",".join(instance_ips),
-            "FLEET_PROBE_LOG": str(self.probe_log),
-        }
-        self.process = spawn(node.command(*argv), self.log, env)
-        wait_until(lambda: b"export" in self.log.read_bytes(), "the fake Lambda", BOOT_TIMEOUT_S)
-
-    @property
-    def endpoint_url(self) -> str:
-        return f"http://{self.node.address}:{LAMBDA_PORT}"
-
-    def probes(self) -> list[dict[str, Any]]:
-        return log_lines(self.probe_log)
-
-
-class Instance:
-    """One sssrd daemon (a supervisor and its workers) in its namespace, with its own IMDS."""
-
-    def __init__(
-        self, name: str, node: Node, network: Network, workdir: Path, shape: Shape
-    ) -> None:
-        self.name = name
-        self.node = node
-        self.log = workdir / f"{name}.log"
-        self.imds = FakeIMDS(node.address, instance_id=f"i-fleet{name}", host=network.host_address)
-        self.shape = shape
-        self.process: subprocess.Popen | None = None
-        self.launched_at = 0.0
-        self.listening_at = 0.0
-
-    def launch(self, lambda_url: str) -> None:
-        """Start the daemon (the instance boots); returns at once, as an ASG launch does."""
-        self.imds.start()
-        flags = {
-            **instance_flags(self.shape),
-            "listen": f"0.0.0.0:{VIEWER_PORT}",
-            "callback_listen": f"0.0.0.0:{CALLBACK_PORT}",
-            "admin_listen": f"0.0.0.0:{ADMIN_PORT}",
-            "imds_endpoint": self.imds.endpoint,
-        }
-        argv = [sys.executable, "-m", "sssrd.cli", "serve"]
-        argv += [f"--{key.replace('_', '-')}={value}" for key, value in flags.items()]
-        env = {
-            "AWS_ACCESS_KEY_ID": fake_lambda.DEFAULT_ACCESS_KEY,
-            "AWS_SECRET_ACCESS_KEY": fake_lambda.DEFAULT_SECRET_KEY,
-            "AWS_ENDPOINT_URL_LAMBDA": lambda_url,
-        }
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SSSRD_")} | env
-        self.launched_at = time.monotonic()
-        self.process = spawn(self.node.command(*argv), self.log, env)
-
-    def wait_listening(self) -> dict[str, Any]:
-        def listening() -> dict[str, Any] | None:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited:\n{self.log.read_text()[-3000:]}")
-            found = [x for x in log_lines(self.log) if x.get("message") == "sssrd listening"]
-            return found[0] if found else None
-
-        line = wait_until(listening, f"{self.name} to listen", BOOT_TIMEOUT_S)
-        self.listening_at = time.monotonic()
-        return line
-
-    def metrics(self) -> dict[str, float]:
-        """The unlabelled samples of the daemon's /metrics (its admin listener)."""
-        connection = http.client.HTTPConnection(self.node.address, ADMIN_PORT, timeout=5)
-        try:
-            connection.request("GET", "/metrics")
-            text = connection.getresponse().read().decode()
-        finally:
-            connection.close()
-        samples = {}
-        for line in text.splitlines():
-            name, _, value = line.partition(" ")
-            if line and not line.startswith("#") and "{" not in name:
-                samples[name] = float(value)
-        return samples
-
-    def close(self) -> None:
-        if self.process is not None:
-            stop(self.process)
-        self.imds.stop()
-
-
-class Alb:
-    """HAProxy as the ALB: least outstanding requests, /healthz checks, a runtime API socket."""
-
-    BACKEND = "instances"
-
-    def __init__(
-        self, workdir: Path, instances: list[Instance], timings: AlbTimings, registered: int
-    ) -> None:
-        self.socket_path = workdir / "alb.sock"
-        self.listener = socket.create_server(("127.0.0.1", 0), backlog=4096)
-        self.port = self.listener.getsockname()[1]
-        servers = "\n".join(
-            f"    server {x.name} {x.node.address}:{VIEWER_PORT} check"
-            + ("" if number < registered else " disabled")
-            for number, x in enumerate(instances)
-        )
-        config = workdir / "alb.cfg"
-        config.write_text(
-            ALB_CONFIG.format(
-                fd=self.listener.fileno(),
-                socket=self.socket_path,
-                idle=timings.idle_timeout_s,
-                connect=ALB_CONNECT_TIMEOUT_S,
-                interval_ms=round(timings.health_interval_s * 1000),
-                timeout_ms=round(timings.health_timeout_s * 1000),
-                rise=timings.healthy_threshold,
-                fall=timings.unhealthy_threshold,
-                servers=servers,
-            )
-        )
-        with (workdir / "alb.log").open("ab") as out:
-            self.process = subprocess.Popen(
-                ["setpriv", "--pdeathsig", "KILL", "haproxy", "-db", "-f", str(config)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                pass_fds=(self.listener.fileno(),),
-                start_new_session=True,
-            )
-        wait_until(self.socket_path.exists, "the ALB's runtime API", BOOT_TIMEOUT_S)
-
-    def command(self, text: str) -> str:
-        """One command on HAProxy's runtime API (the stats socket)."""
-        with socket.socket(socket.AF_UNIX) as sock:
-            sock.settimeout(5)
-            sock.connect(str(self.socket_path))
-            sock.sendall(text.encode() + b"\n")
-            answer = b""
-            while piece := sock.recv(65536):
-                answer += piece
-        return answer.decode()
-
-    def set_state(self, server: str, state: str) -> None:
-        answer = self.command(f"set server {self.BACKEND}/{server} state {state}")
-        if answer.strip():
-            raise RuntimeError(f"ALB refused state {state} for {server}: {answer}")
-
-    def register(self, server: str) -> None:
-        """Bring a server out of maintenance as an ALB registers a target: "initial", no
-        traffic until `rise` checks pass. HAProxy would trust it at once (UP 1/2) and ignores
-        `health down` in maintenance, so the server passes through drain (no new requests)
-        to have its check state forced down first."""
-        self.set_state(server, "drain")
-        self.command(f"set server {self.BACKEND}/{server} health down")
-        self.set_state(server, "ready")
-
-    def servers(self) -> dict[str, dict[str, str]]:
-        """Each server's `show stat` row: status (UP, DOWN, MAINT, DRAIN...), scur, stot, ..."""
-        lines = self.command("show stat").splitlines()
-        header = lines[0].lstrip("# ").split(",")
-        rows = [dict(zip(header, line.split(","), strict=False)) for line in lines[1:] if line]
-        return {
-            row["svname"]: row
-            for row in rows
-            if row.get("pxname") == self.BACKEND and row["svname"] not in ("BACKEND", "FRONTEND")
-        }
-
-    def close(self) -> None:
-        stop(self.process)
-        self.listener.close()
-
-
-ALB_CONFIG = """
-global
-    maxconn 8000
-    stats socket {socket} mode 600 level admin
-defaults
-    mode http
-    option http-no-delay
-    retries 0
-    timeout connect {connect}s
-    timeout client {idle}s
-    timeout server {idle}s
-    timeout http-keep-alive {idle}s
-frontend alb
-    bind fd@{fd}
-    default_backend instances
-backend instances
-    balance leastconn
-    option httpchk GET /healthz
-    http-check expect status 200
-    timeout check {timeout_ms}ms
-    default-server inter {interval_ms}ms fall {fall} rise {rise}
-{servers}
-"""
 
 
 # -- the fleet and its scenarios --------------------------------------------------------------
@@ -532,7 +172,7 @@ def fleet(shape: Shape, workdir: Path) -> Iterator[Fleet]:
         render = RenderLambda(network.node("lambda", 2), workdir, [x.address for x in nodes])
         cleanup.callback(stop, render.process)
         instances = [
-            Instance(name, node, network, workdir, shape)
+            Instance(name, node, network, workdir, instance_flags(shape))
             for name, node in zip(INSTANCE_NAMES, nodes, strict=True)
         ]
         for instance in instances:
