@@ -58,7 +58,15 @@ from sssrd_cdk.timings import derive_timings  # noqa: E402
 from sssrd import config as sssrd_config  # noqa: E402
 from sssrd.testing import fake_lambda  # noqa: E402
 
-__all__ = ["NAMESPACE_PREFIX", "PROMISES", "SLIM", "check", "run_fleet"]
+__all__ = [
+    "NAMESPACE_PREFIX",
+    "PROMISES",
+    "REPORT_FIELDS",
+    "SCENARIOS",
+    "SLIM",
+    "check",
+    "run_fleet",
+]
 
 FUNCTION = "fleet-render"
 SETTLE_TIMEOUT_S = 3.0
@@ -124,8 +132,8 @@ def alb_timings(shape: Shape) -> AlbTimings:
     scale = run.deregistration_delay_s / production.deregistration_delay_s
     return AlbTimings(
         deregistration_delay_s=run.deregistration_delay_s,
-        health_interval_s=production.health_interval_s * scale,
-        health_timeout_s=production.health_timeout_s * scale,
+        health_interval_s=round(production.health_interval_s * scale, 3),
+        health_timeout_s=round(production.health_timeout_s * scale, 3),
         healthy_threshold=run.healthy_threshold,
         unhealthy_threshold=run.unhealthy_threshold,
         idle_timeout_s=run.alb_idle_timeout_s,
@@ -143,7 +151,6 @@ class Fleet:
     shape: Shape
     timings: AlbTimings
     workdir: Path
-    network: Network
     render: RenderLambda
     instances: list[Instance]
     alb: Alb
@@ -185,7 +192,7 @@ def fleet(shape: Shape, workdir: Path) -> Iterator[Fleet]:
         cleanup.callback(alb.close)
         edge = Edge(workdir, alb.port)
         cleanup.callback(edge.close)
-        running = Fleet(shape, timings, workdir, network, render, instances, alb, edge)
+        running = Fleet(shape, timings, workdir, render, instances, alb, edge)
         running.serving = instances[:FIRST_INSTANCES]
         wait_until(lambda: all_up(running), "the ALB to see i1-i3 healthy", BOOT_TIMEOUT_S)
         yield running
@@ -452,6 +459,16 @@ def count_answers(probes: list[dict[str, Any]]) -> dict[str, int]:
     return answers
 
 
+# What each scenario's row holds at least (issue 26's report format).
+REPORT_FIELDS = (
+    "name",
+    "instances",
+    "requests",
+    "completed",
+    "truncated",
+    "failed",
+    "crashed_instance_streams",
+)
 WRONG_INSTANCE_ANSWERS = frozenset({"401", "refused"})
 NO_LOSS = frozenset({"steady", "scale-out", "scale-in"})
 Report = dict[str, Any]

@@ -8,6 +8,7 @@ promises against that run's report, and the last that the run left nothing behin
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -27,6 +28,16 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 @pytest.mark.parametrize("promise", sorted(fleet.PROMISES))
 def test_fleet_promise_holds(report: dict[str, Any], promise: str) -> None:
     assert fleet.PROMISES[promise](report, fleet.SLIM) == [], report
+
+
+def test_report_has_a_row_per_scenario_and_the_load_tests_own_reports(
+    report: dict[str, Any],
+) -> None:
+    assert [row["name"] for row in report["scenarios"]] == [name for name, _ in fleet.SCENARIOS]
+    for row in report["scenarios"]:
+        assert set(fleet.REPORT_FIELDS) <= set(row), row
+        assert json.loads(Path(row["loadtest_json"]).read_text())["requests"]["sent"]
+        assert "Plotly.newPlot" in Path(row["loadtest_html"]).read_text()  # its charts
 
 
 def test_fleet_leaves_no_namespace_link_or_process(report: dict[str, Any]) -> None:
