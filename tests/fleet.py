@@ -85,9 +85,6 @@ class Shape:
     # deregistration delay (derive_timings) and the scale of the ALB's health checks.
     drain_timeout: float = 6.0
     probe_every: int = 50  # every n-th render also sends its callback to the wrong instance
-    # Scale-out's load runs longer by this: an instance booting on two busy cores took 5-7 s to
-    # listen under FULL's load, and must then pass the health checks and take traffic.
-    boot_allowance: float = 6.0
 
 
 FULL = Shape(rate=100, seconds=6, min_requests=500)
@@ -98,7 +95,6 @@ SLIM = Shape(
     stream_ms=(1000, 2000),
     drain_timeout=3.0,
     probe_every=15,
-    boot_allowance=3.0,
 )
 
 
@@ -229,6 +225,11 @@ class Load:
         """Return when the run is `seconds` old (the scenario's schedule)."""
         time.sleep(max(0.0, self.started + seconds - time.monotonic()))
 
+    def stop_arrivals(self) -> None:
+        """End the run early: `sssrd loadtest` stops arriving on SIGINT and lets what is in
+        flight finish."""
+        self.process.send_signal(signal.SIGINT)
+
     def finish(self) -> dict[str, Any]:
         code = self.process.wait(max(1.0, self.started + self.limit - time.monotonic()))
         if code != 0:
@@ -268,7 +269,9 @@ def scenario(
     """Run the load with the scenario's events; one row of the fleet report."""
     began = time.monotonic()
     instances = len(running.serving)
-    seconds = running.shape.seconds + (running.shape.boot_allowance if events is scale_out else 0)
+    # Scale-out's load ends once the new instance has served a while (an instance booting on two
+    # busy cores took 3-7 s to listen); BOOT_TIMEOUT_S bounds that wait.
+    seconds = running.shape.seconds + (BOOT_TIMEOUT_S if events is scale_out else 0)
     load = Load(running, name, seconds)
     try:
         facts = events(running, load)
@@ -334,7 +337,9 @@ def scale_out(running: Fleet, load: Load) -> dict[str, Any]:
     wait_until(healthy, "the ALB to see i4 healthy", BOOT_TIMEOUT_S)
     healthy_at = time.monotonic()
     running.serving.append(newcomer)
-    load.at(load.seconds)
+    shape = running.shape
+    load.at(max(shape.seconds, healthy_at - load.started + shape.seconds / 2))
+    load.stop_arrivals()
     return {
         "scaled_out": newcomer.name,
         "sessions_before_healthy": sessions_before_healthy,
