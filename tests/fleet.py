@@ -320,7 +320,7 @@ def steady(running: Fleet, load: Load) -> dict[str, Any]:
 def scale_out(running: Fleet, load: Load) -> dict[str, Any]:
     """i4 is launched and registered; the ALB may send it nothing until it passed `rise` checks."""
     newcomer = running.instance("i4")
-    load.at(0.5)
+    load.at(running.shape.seconds / 3)
     running.alb.register(newcomer.name)
     newcomer.launch(running.render.endpoint_url)
     sessions_before_healthy = 0
