@@ -50,9 +50,9 @@ from fleet_parts import (  # noqa: E402
     spawn,
     stop,
     sweep_leftovers,
-    wait_until,
 )
 from loadtest_peers import Edge, loadtest_argv  # noqa: E402
+from nspawn import wait_until  # noqa: E402
 from sssrd_cdk.timings import derive_timings  # noqa: E402
 
 from sssrd import config as sssrd_config  # noqa: E402

@@ -5,6 +5,7 @@ Every name carries this process's pid (namespaces `sssrd-fleet-<pid>-<role>`, li
 and `sfv<pid>n<k>`), so runs never collide and `sweep_leftovers` can remove what a killed run
 left. Every process is started through `setpriv --pdeathsig KILL` in its own process group: it
 dies with this process, and a whole instance (supervisor and workers) is signalled at once.
+Namespaces are tests/nspawn.py's NetworkNamespace, joined to the bridge by a veth pair each.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from nspawn import NetworkNamespace, wait_until
 
 from sssrd.testing import fake_lambda
 from sssrd.testing.fake_imds import FakeIMDS
@@ -37,7 +39,6 @@ LINK_PATTERN = re.compile(r"^sf[bv](\d+)")
 NAMESPACE_PATTERN = re.compile(rf"^{NAMESPACE_PREFIX}(\d+)-")
 ALB_CONNECT_TIMEOUT_S = 10  # the ALB's own, not configurable
 BOOT_TIMEOUT_S = 30
-POLL_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -121,11 +122,11 @@ def sweep_leftovers() -> list[str]:
 class Node:
     """A network namespace on the fleet's bridge, with one address."""
 
-    namespace: str
+    namespace: NetworkNamespace
     address: str
 
     def command(self, *argv: str) -> list[str]:
-        return ["nsenter", f"--net=/run/netns/{self.namespace}", *argv]
+        return self.namespace.command(*argv)
 
     def socket_queues(self) -> list[tuple[int, int, str, str]]:
         """(Recv-Q, Send-Q, local, peer) of every established TCP socket in the namespace."""
@@ -151,43 +152,22 @@ class Network:
         run("ip", "link", "set", self.bridge, "up")
 
     def node(self, role: str, host_number: int) -> Node:
-        node = Node(f"{NAMESPACE_PREFIX}{self.tag}-{role}", f"{self.prefix}.{host_number}")
-        veth = f"sfv{self.tag}n{host_number}"
-        run("ip", "netns", "add", node.namespace)
+        """A new namespace (tests/nspawn.py's) on the bridge at .host_number, eth0 up."""
+        namespace = NetworkNamespace(f"{NAMESPACE_PREFIX}{self.tag}-{role}").__enter__()
+        node = Node(namespace, f"{self.prefix}.{host_number}")
         self.nodes.append(node)
-        run(
-            "ip",
-            "link",
-            "add",
-            veth,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            node.namespace,
-        )
+        veth = f"sfv{self.tag}n{host_number}"
+        peer = ("peer", "name", "eth0", "netns", namespace.name)
+        run("ip", "link", "add", veth, "type", "veth", *peer)
         run("ip", "link", "set", veth, "master", self.bridge, "up")
-        run("ip", "-n", node.namespace, "address", "add", f"{node.address}/24", "dev", "eth0")
-        run("ip", "-n", node.namespace, "link", "set", "eth0", "up")
-        run("ip", "-n", node.namespace, "link", "set", "lo", "up")
+        namespace.ip("address", "add", f"{node.address}/24", "dev", "eth0")
+        namespace.ip("link", "set", "eth0", "up")
         return node
 
     def close(self) -> None:
         for node in self.nodes:  # deleting a namespace deletes its veth pair
-            subprocess.run(["ip", "netns", "delete", node.namespace], capture_output=True)
+            node.namespace.close()
         subprocess.run(["ip", "link", "delete", self.bridge], capture_output=True)
-
-
-def wait_until(probe: Callable[[], Any], what: str, timeout: float) -> Any:
-    """Poll `probe` until it returns something true; bounded by `timeout`."""
-    deadline = time.monotonic() + timeout
-    while not (value := probe()):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(POLL_S)
-    return value
 
 
 def log_lines(path: Path) -> list[dict[str, Any]]:
