@@ -403,8 +403,13 @@ def crash(running: Fleet, load: Load) -> dict[str, Any]:
         "lambda_paused_s": round(paused, 3),
         "crashed_instance_streams": int(samples["sssrd_streams_in_flight"]),
         "crashed_instance_pending": int(samples["sssrd_pending_callbacks"]),
-        # Requests the ALB still sent to the dead instance before its checks failed `fall` times.
-        "alb_connect_errors_to_crashed": int(running.alb.servers()[victim.name]["econ"]),
+        # What the ALB saw of the dead instance: connections refused until its checks failed
+        # `fall` times (503), responses that never came or were cut (502 or a truncation).
+        **{
+            f"alb_{name}_to_crashed": int(row[field])
+            for row in [running.alb.servers()[victim.name]]
+            for name, field in (("connect_errors", "econ"), ("response_errors", "eresp"))
+        },
     }
 
 
