@@ -369,6 +369,7 @@ def scale_in(running: Fleet, load: Load) -> dict[str, Any]:
     running.serving.remove(leaving)
     return {
         "scaled_in": leaving.name,
+        "alb_endings_at_scaled_in": running.alb.endings(leaving.name),
         "streams_at_deregistration": streams_at_deregistration,
         "sessions_cut_after_delay": int(row["scur"]),
         "streams_at_sigterm": streams_at_sigterm,
@@ -403,13 +404,9 @@ def crash(running: Fleet, load: Load) -> dict[str, Any]:
         "lambda_paused_s": round(paused, 3),
         "crashed_instance_streams": int(samples["sssrd_streams_in_flight"]),
         "crashed_instance_pending": int(samples["sssrd_pending_callbacks"]),
-        # What the ALB saw of the dead instance: connections refused until its checks failed
-        # `fall` times (503), responses that never came or were cut (502 or a truncation).
-        **{
-            f"alb_{name}_to_crashed": int(row[field])
-            for row in [running.alb.servers()[victim.name]]
-            for name, field in (("connect_errors", "econ"), ("response_errors", "eresp"))
-        },
+        # How the ALB's requests to it ended: SD cut mid-response (the streams), SH before the
+        # head (502), SC refused until its checks had failed `fall` times (503).
+        "alb_endings_at_crashed": running.alb.endings(victim.name),
     }
 
 
@@ -508,12 +505,16 @@ def nothing_lost(report: Report, shape: Shape) -> list[str]:
 
 def crash_costs_its_own_streams(report: Report, shape: Shape) -> list[str]:
     """Crash: the load test saw exactly as many truncated streams as the instance held when it
-    died (none of them as complete), and every other failure was the ALB's 5xx, not a cut."""
+    died (none of them as complete), so did the ALB, and every other failure was a 5xx."""
     problems = []
     for row in rows(report, "crash"):
         held = row["crashed_instance_streams"]
-        if not held or row["truncated"] != held:
-            problems.append(f"crash: {row['truncated']} truncated, the instance held {held}")
+        cut = row["alb_endings_at_crashed"].get("SD", 0)
+        if not held or row["truncated"] != held or cut != held:
+            problems.append(
+                f"crash: {row['truncated']} truncated ({cut} cut by the ALB), the instance "
+                f"held {held}"
+            )
         if set(row["errors"]) - {"truncated", "http_5xx"}:
             problems.append(f"crash: failures other than truncation and 5xx: {row['errors']}")
     return problems
@@ -530,12 +531,15 @@ def new_instance_waits_for_health(report: Report, shape: Shape) -> list[str]:
 
 
 def scale_in_drains_within_the_delay(report: Report, shape: Shape) -> list[str]:
-    """Scale-in: no stream left to cut when the deregistration delay ended; a clean exit."""
+    """Scale-in: no stream left to cut when the deregistration delay ended, every request to
+    the instance ended normally for the ALB, and the instance exited cleanly."""
     return [
         f"scale-in: {row['sessions_cut_after_delay']} streams cut after the delay, "
-        f"exit code {row['exit_code']}"
+        f"ALB endings {row['alb_endings_at_scaled_in']}, exit code {row['exit_code']}"
         for row in rows(report, "scale-in")
-        if row["sessions_cut_after_delay"] or row["exit_code"] != 0
+        if row["sessions_cut_after_delay"]
+        or set(row["alb_endings_at_scaled_in"]) != {"--"}
+        or row["exit_code"] != 0
     ]
 
 

@@ -307,7 +307,8 @@ class Alb:
                 servers=servers,
             )
         )
-        with (workdir / "alb.log").open("ab") as out:
+        self.log = workdir / "alb.log"  # HAProxy's own lines, and one httplog line a request
+        with self.log.open("ab") as out:
             self.process = subprocess.Popen(
                 ["setpriv", "--pdeathsig", "KILL", "haproxy", "-db", "-f", str(config)],
                 stdout=out,
@@ -342,6 +343,18 @@ class Alb:
         self.command(f"set server {self.BACKEND}/{server} health down")
         self.set_state(server, "ready")
 
+    def endings(self, server: str) -> dict[str, int]:
+        """How the requests sent to `server` ended, by HAProxy's two-letter termination state
+        (`--` normal, `SD` the server closed mid-response, `SH` before the response head, `SC`
+        connection refused), from the request log."""
+        counts: dict[str, int] = {}
+        for line in self.log.read_text(errors="replace").splitlines():
+            # client [date] frontend backend/server timers status bytes - - state ...
+            fields = line.split()
+            if len(fields) > 9 and fields[2:4] == ["alb", f"{self.BACKEND}/{server}"]:
+                counts[fields[9][:2]] = counts.get(fields[9][:2], 0) + 1
+        return counts
+
     def servers(self) -> dict[str, dict[str, str]]:
         """Each server's `show stat` row: status (UP, DOWN, MAINT, DRAIN...), scur, stot, ..."""
         lines = self.command("show stat").splitlines()
@@ -362,8 +375,11 @@ ALB_CONFIG = """
 global
     maxconn 8000
     stats socket {socket} mode 600 level admin
+    log stdout format raw local0
 defaults
     mode http
+    log global
+    option httplog
     option http-no-delay
     retries 0
     timeout connect {connect}s
