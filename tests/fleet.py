@@ -577,13 +577,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slim", action="store_true", help="the test suite's smaller run")
     parser.add_argument("--out", type=Path, help="directory for the reports (default: a new one)")
     arguments = parser.parse_args(argv)
-    shape = SLIM if arguments.slim else FULL
-    workdir = arguments.out or Path(tempfile.mkdtemp(prefix="sssrd-fleet-"))
-    workdir.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        print("make fleet: needs root (it makes network namespaces and a bridge)", file=sys.stderr)
+        return 2
     for tool in ("haproxy", "ip", "nsenter", "setpriv", "ss"):
         if shutil.which(tool) is None:
             print(f"make fleet: {tool} not found (make system-packages)", file=sys.stderr)
             return 2
+    shape = SLIM if arguments.slim else FULL
+    workdir = arguments.out or Path(tempfile.mkdtemp(prefix="sssrd-fleet-"))
+    workdir.mkdir(parents=True, exist_ok=True)
     report = run_fleet(shape, workdir)
     problems = check(report, shape)
     report["problems"] = problems
