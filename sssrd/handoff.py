@@ -1,11 +1,23 @@
 """The hand-off of a claimed callback from the callback listener to the waiting viewer's cycle.
 
 The callback side builds a ClaimedCallback from the callback's head and claims the pending entry
-with it (pending.py); the viewer's cycle receives it, moves its body (pipe.py) and reports back
-once, with `finish(StreamEnd)`; the callback side answers the Lambda from that. A stream the
-viewer cut short is answered here and now (410, closed), synchronously, so that the Lambda's next
-write fails even if it races the viewer's close. Both sides import this module; it imports
-neither, so the types stay exact without an import circle.
+with it (pending.py: the entry's WAITING ends there); from then on the viewer's cycle owns it
+until it is finished, once, with a StreamEnd, and the callback task answers the Lambda from that.
+Its stages, and the only steps between them (anything else is a bug, HandOffError):
+
+    stage       step                    next        who
+    CLAIMED     relaying (enter)        STREAMING   the cycle starts relaying its body
+    STREAMING   relaying (exit)         RELAYED     the relay has let go of the socket
+    CLAIMED     finish(end)             ENDED       an error report, a refused head
+    RELAYED     finish(end)             ENDED       how the relay ended
+    CLAIMED     abandon()               ENDED       the viewer's request ended first
+    RELAYED     abandon()               ENDED       (abandon() when ENDED does nothing)
+
+finish() never runs while the relay holds the socket, since answering may close it. How the
+Lambda learns of each end is outcomes.ENDS' `callback`: the callback task answers ("answer"), or
+finish() answers 410 and closes at once ("gone": synchronously, so that the Lambda's next write
+fails even if it races the viewer's close), or just closes ("cut"). Both listeners import this
+module; it imports neither, so the types stay exact without an import circle.
 """
 
 from __future__ import annotations
@@ -13,14 +25,37 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from enum import Enum
+from typing import Any, Literal
 
 import h11
 
 from sssrd.chunked import BodyDecoder, ChunkedDecoder, LengthDecoder
 from sssrd.connection import BadHead, Connection, complete_response
-from sssrd.outcomes import Outcome
+from sssrd.outcomes import ENDS, Outcome
+
+
+class Stage(Enum):
+    CLAIMED = "claimed"  # handed to the viewer's cycle
+    STREAMING = "streaming"  # its body is being relayed: the relay holds the socket
+    RELAYED = "relayed"  # the relay has let go
+    ENDED = "ended"  # finished: the callback side answers, or it was answered and closed here
+
+
+Step = Literal["relay", "let go", "finish"]
+# (stage, step) -> the next stage: the only moves there are (the table in the docstring).
+STEPS: dict[tuple[Stage, Step], Stage] = {
+    (Stage.CLAIMED, "relay"): Stage.STREAMING,
+    (Stage.STREAMING, "let go"): Stage.RELAYED,
+    (Stage.CLAIMED, "finish"): Stage.ENDED,
+    (Stage.RELAYED, "finish"): Stage.ENDED,
+}
+
+
+class HandOffError(RuntimeError):
+    """A step the hand-off's table does not allow: a bug in its owner."""
 
 
 @dataclass(slots=True)
@@ -50,6 +85,7 @@ class ClaimedCallback:
     error_report: bool = False  # an error report, not a response: its body is read here
     error_type: str | None = None  # a valid error report's (sanitised) type: the viewer gets 502
     body: BodyDecoder | None = field(default=None, repr=False)
+    stage: Stage = Stage.CLAIMED
 
     def decoder(self) -> BodyDecoder:
         """A decoder for the body, holding what h11 already read past the request head.
@@ -62,27 +98,37 @@ class ClaimedCallback:
         self.body = decoder
         return decoder
 
-    def finish(self, outcome: StreamEnd) -> None:
-        """Report how the stream ended (idempotent). A stream cut short closes the callback
-        right now: synchronously (not when the callback task next runs), so the Lambda's next
-        write fails even if it races the viewer's close. The callback task answers the rest.
-        """
-        if self.finished.done():
+    @contextlib.contextmanager
+    def relaying(self) -> Iterator[None]:
+        """CLAIMED -> STREAMING for the block, then RELAYED: the relay holds the socket inside."""
+        self.step("relay")
+        try:
+            yield
+        finally:
+            self.step("let go")
+
+    def finish(self, end: StreamEnd) -> None:
+        """Report how the stream ended: once, and never while the relay holds the socket."""
+        self.step("finish")
+        self.finished.set_result(end)
+        answer = ENDS[end.kind].callback
+        if answer == "answer" or self.conn.closed:
             return
-        self.finished.set_result(outcome)
-        if outcome.kind in ANSWERED_BY_CALLBACK_TASK or self.conn.closed:
-            return
-        if outcome.kind in STOP_RENDERING:
-            answer_now(self.conn, 410, {"error": outcome.message})
+        if answer == "gone":
+            answer_now(self.conn, 410, {"error": end.message})
         self.conn.close()
 
+    def abandon(self) -> None:
+        """The viewer's request ended without finishing this stream (the viewer reset under a
+        send, cancellation): the Lambda is told the viewer is gone. Nothing once ENDED."""
+        if self.stage is not Stage.ENDED:
+            self.finish(StreamEnd(Outcome.VIEWER_ABORT, message="the viewer's request ended"))
 
-# Outcomes the callback task answers itself (200, or a refusal followed by a lingering close).
-ANSWERED_BY_CALLBACK_TASK = frozenset(
-    {Outcome.DELIVERED, Outcome.BAD_CALLBACK, Outcome.RENDER_ERROR}
-)
-# Outcomes after which the render must stop: told 410 (ViewerGone) and closed at once.
-STOP_RENDERING = frozenset({Outcome.VIEWER_ABORT, Outcome.VIEWER_STALLED})
+    def step(self, step: Step) -> None:
+        following = STEPS.get((self.stage, step))
+        if following is None:
+            raise HandOffError(f"callback {self.request_id}: no step {step!r} from {self.stage}")
+        self.stage = following
 
 
 def answer_now(conn: Connection, status: int, body: dict[str, Any]) -> None:

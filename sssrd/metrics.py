@@ -29,7 +29,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from sssrd import __version__
-from sssrd.outcomes import REQUEST_OUTCOMES, Outcome, RejectReason
+from sssrd.outcomes import REQUEST_OUTCOMES, Outcome, RejectReason, Side, TimeoutKind
 
 __all__ = [
     "ABORT_SIDES",
@@ -51,11 +51,8 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 OUTCOMES = REQUEST_OUTCOMES
 REJECT_REASONS = tuple(RejectReason)
-# Which timer fired: the viewer's request head (or body), the callback deadline, the Lambda
-# idling mid-body, the viewer not taking bytes.
-TimeoutKind = Literal["head", "deadline", "idle", "send"]
 TIMEOUT_KINDS: tuple[TimeoutKind, ...] = get_args(TimeoutKind)
-ABORT_SIDES = ("viewer", "lambda")
+ABORT_SIDES: tuple[Side, ...] = get_args(Side)
 # Where sssrd learnt that a render failed: the render's own error callback (a helper caught the
 # exception before its first write), or the answer of a RequestResponse invoke.
 RenderErrorSource = Literal["callback", "invoke"]

@@ -166,7 +166,8 @@ class ViewerWatch:
 
 
 class BodyRelay:
-    """Relays one callback body; counts body bytes sent to the viewer by path."""
+    """Relays one callback body; counts body bytes sent to the viewer by path. A context
+    manager: leaving its block lets go of everything it holds (close())."""
 
     def __init__(
         self,
@@ -235,7 +236,14 @@ class BodyRelay:
         self._timer.cancel()
         self._timer = self.loop.call_at(due, self._check_timers)
 
+    def __enter__(self) -> BodyRelay:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def close(self) -> None:
+        """Let go of the callback socket, the timer and the pipe (idempotent)."""
         self._timer.cancel()
         if self.reading and not self.source.closed:
             self.loop.remove_reader(self.source.fd)

@@ -1,8 +1,10 @@
 """The daemon's tally: metrics, in-flight counts, and one access record per viewer request.
 
-Connections report what happened (a request finished, a stream ended, a timer fired) and the
-tally turns it into metrics and the access log, so a new metric edits this module alone. A
-viewer request fills in its RequestRecord as it goes and hands it over once, when it ends.
+A viewer request records facts on its RequestRecord as they happen (each end that befell it,
+in order: a timer firing, the viewer leaving, the Lambda breaking off; where a render error was
+learnt; statuses and timings) and hands it over once, when it ends. `request_finished` derives
+every request metric and the access line from those facts and the table of ends
+(outcomes.ENDS), in one place, so a new metric edits this module alone.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ import time
 from dataclasses import dataclass, field
 
 from sssrd import logs
-from sssrd.metrics import Metrics, RenderErrorSource, TimeoutKind
-from sssrd.outcomes import Outcome, RejectReason
+from sssrd.metrics import Metrics, RenderErrorSource
+from sssrd.outcomes import ENDS, Outcome, RejectReason
 
 VIEWER_ABORT_STATUS = 499  # nginx's "client closed request": no status was ever sent
 
@@ -28,13 +30,29 @@ class RequestRecord:
     path: str | None = None
     client: str = ""
     status: int = 0  # 0 until a response head is sent
-    outcome: Outcome = Outcome.OK
+    ends: list[Outcome] = field(default_factory=list)  # each end that befell it (ENDS' keys)
+    render_error: RenderErrorSource | None = None  # where a render's failure was learnt
     body_bytes: int = 0
     invoke_seconds: float | None = None
     callback_wait: float | None = None
     ttfb: float | None = None
     error: str = ""  # for the access log only
     error_type: str = ""  # the render's own error type (sanitised), for the access log only
+
+    def ended(self, kind: Outcome) -> None:
+        """Record an end (once: the same end reported twice in a row is one fact)."""
+        if not self.ends or self.ends[-1] is not kind:
+            self.ends.append(kind)
+
+    @property
+    def end(self) -> Outcome:
+        """How the request ended: its last end (a response relayed whole records DELIVERED)."""
+        return self.ends[-1] if self.ends else Outcome.DELIVERED
+
+    @property
+    def outcome(self) -> Outcome:
+        """Its `outcome` label (sssrd_requests, the access line)."""
+        return ENDS[self.end].label
 
 
 class Tally:
@@ -58,14 +76,20 @@ class Tally:
         metrics = self.metrics
         status = record.status or VIEWER_ABORT_STATUS
         metrics.request_done(status, record.outcome)
+        for end in record.ends:
+            traits = ENDS[end]
+            if traits.timer is not None:
+                metrics.timeouts_by_kind[traits.timer].inc()
+            if traits.side is not None:
+                metrics.aborts_by_side[traits.side].inc()
+        if record.render_error is not None:
+            metrics.render_errors_by_source[record.render_error].inc()
         if record.invoke_seconds is not None:
             metrics.invoke_duration.observe(record.invoke_seconds)
         if record.callback_wait is not None:
             metrics.callback_wait.observe(record.callback_wait)
         if record.ttfb is not None:
             metrics.time_to_first_byte.observe(record.ttfb)
-        if record.outcome is Outcome.VIEWER_ABORT:
-            metrics.aborts_by_side["viewer"].inc()
         logs.write_access(access_record(record, status, time.perf_counter()))
 
     def stream_started(self) -> None:
@@ -76,17 +100,6 @@ class Tally:
         self.metrics.stream_duration.observe(seconds)
         self.metrics.body_bytes_copy.inc(copied)
         self.metrics.body_bytes_splice.inc(spliced)
-
-    def timed_out(self, kind: TimeoutKind) -> None:
-        self.metrics.timeouts_by_kind[kind].inc()
-
-    def lambda_aborted(self, kind: Outcome) -> None:
-        self.metrics.aborts_by_side["lambda"].inc()
-        if kind is Outcome.IDLE:
-            self.timed_out("idle")
-
-    def render_failed(self, source: RenderErrorSource) -> None:
-        self.metrics.render_errors_by_source[source].inc()
 
     def callback_rejected(self, reason: RejectReason) -> None:
         self.metrics.callbacks_rejected_by_reason[reason].inc()

@@ -15,9 +15,10 @@ callback is always answered or closed) and reports one access record.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from time import perf_counter
 from typing import Any
 
@@ -51,7 +52,7 @@ from sssrd.headers import first_header
 from sssrd.invokers import InvokeError
 from sssrd.invokers.base import RenderEnded
 from sssrd.metrics import RenderErrorSource
-from sssrd.outcomes import ENTRY_END_OF, VIEWER_SIDE, Outcome
+from sssrd.outcomes import ENDS, Outcome
 from sssrd.pending import Pending, PendingFull, WaitEnded
 from sssrd.pipe import SPLICE_MIN, BadFraming, BodyRelay, StreamAborted, ViewerWatch
 from sssrd.prelude import PreludeError, PreludeReader, ResponseHead, plain_head
@@ -78,17 +79,14 @@ class ViewerConnection(StatefulConnection):
         """A refused head gets its answer and, as any viewer request, its access line."""
         tally = self.state.tally
         request = bad.request
-        outcome = Outcome.TIMEOUT if bad.status == 408 else Outcome.BAD_REQUEST
         record = RequestRecord(
             method=None if request is None else request_method(request),
             path=None if request is None else request_path(request),
             status=bad.status,
-            outcome=outcome,
         )
+        record.ended(Outcome.SLOW_REQUEST if bad.status == 408 else Outcome.BAD_REQUEST)
         tally.cycle_started()
         try:
-            if bad.status == 408:
-                tally.timed_out("head")
             head_request = request is not None and request.method == b"HEAD"
             answer = canned_response(bad.status, f"{bad}\n".encode(), TEXT, head_request)
             await self.conn.send_quietly(answer)
@@ -144,9 +142,8 @@ class RequestCycle:
         try:
             await self.serve()
         except PeerGone as gone:
-            self.record.outcome = Outcome.VIEWER_ABORT
-            if isinstance(gone, PeerStalled):
-                self.tally.timed_out("send")
+            stalled = isinstance(gone, PeerStalled)
+            self.record.ended(Outcome.VIEWER_STALLED if stalled else Outcome.VIEWER_ABORT)
             self.conn.close()
         finally:
             self.record.client = self.client
@@ -176,10 +173,7 @@ class RequestCycle:
         try:
             await self.rendezvous(entry, body)
         finally:
-            self.state.pending.release(entry, self.entry_outcome())
-
-    def entry_outcome(self) -> Outcome:
-        return ENTRY_END_OF.get(self.record.outcome, Outcome.FAILED)
+            self.state.pending.release(entry, ENDS[self.record.end].entry)
 
     async def health(self) -> None:
         if self.state.draining:
@@ -207,8 +201,9 @@ class RequestCycle:
             with self.conn.deadline_in(settings.head_timeout):
                 body = await self.receive_body(settings.max_body_bytes)
         except TimeoutError:
-            self.tally.timed_out("head")
-            await self.reply(408, "request body not received in time", Outcome.TIMEOUT, close=True)
+            self.record.ended(Outcome.SLOW_REQUEST)
+            message = "request body not received in time"
+            await self.reply(408, message, Outcome.SLOW_REQUEST, close=True)
             return None
         except (h11.RemoteProtocolError, FramingError):
             if self.conn.h11.trailing_data[1]:  # h11 refuses a body cut short by the peer's close
@@ -268,36 +263,35 @@ class RequestCycle:
                 await self.refuse_invoke(failure)
                 return
             try:
-                stream = await entry.delivery
+                callback = await entry.delivery
             except WaitEnded as ended:
                 if ended.reason is Outcome.LATE:
-                    self.tally.timed_out("deadline")
-                    await self.reply(504, "the render did not call back in time", Outcome.TIMEOUT)
+                    self.record.ended(Outcome.NO_CALLBACK)
+                    message = "the render did not call back in time"
+                    await self.reply(504, message, Outcome.NO_CALLBACK)
                 else:
-                    self.record.outcome = Outcome.VIEWER_ABORT
+                    self.record.ended(Outcome.VIEWER_ABORT)
                     self.conn.close()
                 return
             self.record.callback_wait = perf_counter() - self.record.started
-            if stream.error_type is not None:
-                stream.finish(StreamEnd(Outcome.RENDER_ERROR, message="error reported"))
-                await self.render_failed(stream.error_type, "callback")
+            if callback.error_type is not None:
+                callback.finish(StreamEnd(Outcome.RENDER_ERROR, message="error reported"))
+                await self.render_failed(callback.error_type, "callback")
                 return
-            await self.stream(stream, watch)
+            await self.stream(callback, watch)
         finally:
             watch.stop()
             # The one owner of a delivered callback: whatever ended this cycle (the viewer
             # resetting under a send, cancellation), the callback is answered or closed.
-            delivered = claimed_stream(entry)
+            delivered = claimed_callback(entry)
             if delivered is not None:
-                delivered.finish(
-                    StreamEnd(Outcome.VIEWER_ABORT, message="the viewer's request ended")
-                )
+                delivered.abandon()
 
     async def render_failed(self, error_type: str, source: RenderErrorSource) -> None:
         """The render failed before its response head: 502 at once. Its error type goes to the
         access line and the metric, never to the viewer (nor does its message, anywhere)."""
         self.record.error_type = error_type
-        self.tally.render_failed(source)
+        self.record.render_error = source
         await self.reply(502, "the render failed", Outcome.RENDER_ERROR)
 
     async def refuse_invoke(self, failure: InvokeError) -> None:
@@ -323,8 +317,8 @@ class RequestCycle:
             return True
         if ended.timed_out:
             self.record.error_type = ended.error_type
-            self.tally.render_failed("invoke")
-            await self.reply(504, "the render timed out", Outcome.TIMEOUT)
+            self.record.render_error = "invoke"
+            await self.reply(504, "the render timed out", Outcome.RENDER_TIMED_OUT)
         else:
             if not ended.error_type:
                 self.record.error = "the render returned without calling back"
@@ -392,33 +386,52 @@ class RequestCycle:
             target = f"{path}?{query}" if query else path
         return f"{scheme}://{host}{target}"
 
-    async def stream(self, stream: ClaimedCallback, watch: ViewerWatch) -> None:
-        """Send the callback's response to the viewer; tell the callback side how it ended.
+    async def stream(self, callback: ClaimedCallback, watch: ViewerWatch) -> None:
+        """Relay the callback's response to the viewer; finish the callback with how that ended
+        (once, after the relay has let go of its socket: the callback side may then linger on
+        it); then answer the viewer for that end."""
+        with callback.relaying(), self.relay_for(callback, watch) as relay:
+            end = await self.relay_response(callback, relay, watch)
+        callback.finish(end)
+        await self.answer_end(end, relay)
 
-        The viewer watch that guarded the wait now guards the relay (one reader registration
-        for the whole request, not one per phase). The relay lets go of the callback socket
-        before the callback side is told, since that side may then linger on it.
-        """
+    @contextlib.contextmanager
+    def relay_for(self, callback: ClaimedCallback, watch: ViewerWatch) -> Iterator[BodyRelay]:
+        """A relay from the callback to the viewer, counted as a stream. The viewer watch that
+        guarded the wait now guards the relay (one reader registration for the whole request,
+        not one per phase); a RequestResponse render that ends cuts it."""
         settings = self.settings
-        relay = BodyRelay(
-            stream.conn,
+        with BodyRelay(
+            callback.conn,
             self.conn,
-            stream.decoder(),
+            callback.decoder(),
             settings.idle_timeout,
             None if settings.body_path == "copy" else self.state.pipes,
             splice_min=1 if settings.body_path == "splice" else SPLICE_MIN,
             send_timeout=settings.send_timeout,
-        )
-        watch.on_gone = relay.viewer_gone
-        if watch.gone:  # it left between the callback's arrival and now
-            relay.viewer_gone()
-        cut = functools.partial(self.cut_when_render_ends, relay)
-        if self.render is not None:
-            self.render.add_done_callback(cut)
-        self.tally.stream_started()
-        started = perf_counter()
+        ) as relay:
+            watch.on_gone = relay.viewer_gone
+            if watch.gone:  # it left between the callback's arrival and now
+                relay.viewer_gone()
+            cut = functools.partial(self.cut_when_render_ends, relay)
+            if self.render is not None:
+                self.render.add_done_callback(cut)
+            self.tally.stream_started()
+            started = perf_counter()
+            try:
+                yield relay
+            finally:
+                if self.render is not None:
+                    self.render.remove_done_callback(cut)
+                self.record.body_bytes = relay.copied + relay.spliced
+                self.tally.stream_ended(perf_counter() - started, relay.copied, relay.spliced)
+
+    async def relay_response(
+        self, callback: ClaimedCallback, relay: BodyRelay, watch: ViewerWatch
+    ) -> StreamEnd:
+        """The callback's response head, then its body, to the viewer: how the stream ended."""
         try:
-            head, first, body_length = await self.read_head(stream, relay)
+            head, first, body_length = await self.read_head(callback, relay)
             if head.dropped:
                 names = [name.decode("latin-1") for name in head.dropped]
                 extra = {"request_id": self.record.request_id, "headers": names}
@@ -428,33 +441,22 @@ class RequestCycle:
             relay.hold(self.head_bytes(head, body_length))
             if self.request.method == b"HEAD" or head.status in NO_BODY_STATUSES:
                 await relay.end()
-                await self.discard_body(stream, relay, watch)
-                return
+                return await self.discard_body(relay, watch)
             await relay.relay(first)
-            relay.close()
-            stream.finish(StreamEnd(Outcome.DELIVERED, body_bytes=relay.copied + relay.spliced))
         except PreludeError as exc:
-            relay.close()
-            await self.refuse_callback(stream, str(exc), stream.refusal)
+            return malformed(str(exc), callback.refusal)
         except BadFraming as abort:
-            relay.close()
-            if relay.committed:
-                await self.abort_stream(stream, abort, relay)
-            else:
-                await self.refuse_callback(stream, str(abort), None)
+            return (
+                StreamEnd(abort.kind, message=str(abort))
+                if relay.committed
+                else malformed(str(abort), None)
+            )
         except StreamAborted as abort:
-            relay.close()
-            await self.abort_stream(stream, abort, relay)
-        finally:
-            if self.render is not None:
-                self.render.remove_done_callback(cut)
-            relay.close()
-            self.record.body_bytes = relay.copied + relay.spliced
-            self.tally.stream_ended(perf_counter() - started, relay.copied, relay.spliced)
+            return StreamEnd(abort.kind, message=str(abort))
+        self.record.ended(Outcome.DELIVERED)
+        return StreamEnd(Outcome.DELIVERED, body_bytes=relay.copied + relay.spliced)
 
-    async def discard_body(
-        self, stream: ClaimedCallback, relay: BodyRelay, watch: ViewerWatch
-    ) -> None:
+    async def discard_body(self, relay: BodyRelay, watch: ViewerWatch) -> StreamEnd:
         """The viewer has its whole response (HEAD, 204, 304): the callback's body is read to
         its end and dropped, so that the Lambda is answered as delivered (and keeps its
         connection if it asked). The viewer leaving now changes nothing; the Lambda failing
@@ -463,55 +465,42 @@ class RequestCycle:
         try:
             await relay.discard()
         except StreamAborted as abort:
-            if abort.kind not in VIEWER_SIDE:  # the viewer left before its response was sent
-                self.tally.lambda_aborted(abort.kind)
-            stream.finish(StreamEnd(abort.kind, message=str(abort)))
-        else:
-            stream.finish(StreamEnd(Outcome.DELIVERED))
-        finally:
-            relay.close()
+            if ENDS[abort.kind].side == "lambda":  # a viewer that left has its response
+                self.record.ended(abort.kind)
+            self.record.ended(Outcome.DELIVERED)
+            return StreamEnd(abort.kind, message=str(abort))
+        self.record.ended(Outcome.DELIVERED)
+        return StreamEnd(Outcome.DELIVERED)
 
-    async def refuse_callback(
-        self, stream: ClaimedCallback, message: str, refusal: BadHead | None
-    ) -> None:
-        """The callback is malformed and nothing of the viewer's response has left: the Lambda
-        is told why (400, or its refused head's status), the viewer gets 502."""
-        status = 400 if refusal is None else refusal.status
-        stream.finish(StreamEnd(Outcome.BAD_CALLBACK, message=message, status=status))
-        await self.reply_before_commit(
-            502, "the render sent a malformed response", Outcome.BAD_CALLBACK
-        )
-
-    async def abort_stream(
-        self, stream: ClaimedCallback, abort: StreamAborted, relay: BodyRelay
-    ) -> None:
-        stream.finish(StreamEnd(abort.kind, message=str(abort)))
-        viewer_side = abort.kind in VIEWER_SIDE
+    async def answer_end(self, end: StreamEnd, relay: BodyRelay) -> None:
+        """The viewer's side of how its stream ended. Closing without the final chunk is how
+        the viewer (and CloudFront) learn a response is incomplete; a 502 is only possible
+        while no byte of it has gone out."""
+        if Outcome.DELIVERED in self.record.ends:  # the viewer has its whole response
+            return
+        if end.kind is Outcome.BAD_CALLBACK:
+            message = "the render sent a malformed response"
+            await self.reply_before_commit(502, message, Outcome.BAD_CALLBACK)
+            return
+        self.record.ended(end.kind)
+        viewer_side = ENDS[end.kind].side == "viewer"
         if not viewer_side and relay.committed:
             relay.salvage()
-        if viewer_side:
-            self.record.outcome = Outcome.VIEWER_ABORT
-            if abort.kind is Outcome.VIEWER_STALLED:
-                self.tally.timed_out("send")
-        else:
-            self.record.outcome = Outcome.LAMBDA_ABORT
-            self.tally.lambda_aborted(abort.kind)
-        # Closing without the final chunk is how the viewer (and CloudFront) learn the response
-        # is incomplete; a 502 is only possible while no byte of it has gone out.
         if relay.committed or viewer_side:
             self.conn.close()
         else:
-            message = f"the render failed: {abort}"
-            await self.reply_before_commit(502, message, self.record.outcome, close=True)
+            message = f"the render failed: {end.message}"
+            await self.reply_before_commit(502, message, end.kind, close=True)
 
     async def read_head(
-        self, stream: ClaimedCallback, relay: BodyRelay
+        self, callback: ClaimedCallback, relay: BodyRelay
     ) -> tuple[ResponseHead, bytes, int | None]:
         """The response head and the first body bytes, and the body length when known."""
-        if stream.refusal is not None:
-            raise PreludeError(f"the callback was refused: {stream.refusal}")
-        if not stream.prelude:
-            return plain_head(stream.status_header, stream.content_type), b"", stream.content_length
+        if callback.refusal is not None:
+            raise PreludeError(f"the callback was refused: {callback.refusal}")
+        if not callback.prelude:
+            head = plain_head(callback.status_header, callback.content_type)
+            return head, b"", callback.content_length
         reader = PreludeReader(self.settings.max_prelude_bytes)
         consumed = 0
         while (data := await relay.next_payload()) is not None:
@@ -519,7 +508,7 @@ class RequestCycle:
             parsed = reader.feed(data)
             if parsed is not None:
                 head, rest = parsed
-                length = stream.content_length
+                length = callback.content_length
                 known = None if length is None else length - consumed + len(rest)
                 return head, rest, known
         raise PreludeError("the body ended before the prelude's 8-NUL separator")
@@ -537,16 +526,16 @@ class RequestCycle:
         return self.conn.h11.send(response(head.status, headers)) or b""
 
     async def reply_before_commit(
-        self, status: int, message: str, outcome: Outcome, close: bool = False
+        self, status: int, message: str, end: Outcome, close: bool = False
     ) -> None:
         """A short answer while no byte of the response has left. The render's head may
         already be framed (h11 then counts it as sent, though it never left): the answer then
         goes around h11, and the connection closes after it."""
         if not self.response_started:
-            await self.reply(status, message, outcome, close=close)
+            await self.reply(status, message, end, close=close)
             return
         self.record.status = status
-        self.record.outcome = outcome
+        self.record.ended(end)
         head_request = self.request.method == b"HEAD"
         extra = tuple(self.request_id_header())
         answer = canned_response(status, f"{message}\n".encode(), TEXT, head_request, extra)
@@ -562,15 +551,15 @@ class RequestCycle:
         self,
         status: int,
         message: str,
-        outcome: Outcome,
+        end: Outcome,
         extra: list[tuple[bytes, bytes]] | None = None,
         close: bool = False,
     ) -> None:
-        """A complete short response generated by sssrd itself."""
+        """A complete short response generated by sssrd itself; `end` is the request's end."""
         if self.conn.closed or self.response_started:
             return
         self.record.status = status
-        self.record.outcome = outcome
+        self.record.ended(end)
         self.response_started = True
         headers = [
             (b"content-type", b"text/plain; charset=utf-8"),
@@ -589,8 +578,15 @@ class RequestCycle:
         )
 
 
-def claimed_stream(entry: Pending[ClaimedCallback]) -> ClaimedCallback | None:
-    """The callback stream a claim handed to this entry, if one did."""
+def malformed(message: str, refusal: BadHead | None) -> StreamEnd:
+    """A malformed callback, nothing of whose response has left: the Lambda is told why (400,
+    or its refused head's status), the viewer gets 502."""
+    status = 400 if refusal is None else refusal.status
+    return StreamEnd(Outcome.BAD_CALLBACK, message=message, status=status)
+
+
+def claimed_callback(entry: Pending[ClaimedCallback]) -> ClaimedCallback | None:
+    """The callback a claim handed to this entry, if one did."""
     delivery = entry.delivery
     if delivery.done() and not delivery.cancelled() and delivery.exception() is None:
         return delivery.result()
