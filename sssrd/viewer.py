@@ -241,37 +241,17 @@ class RequestCycle:
         return None if length is None else int(length)
 
     async def rendezvous(self, entry: Pending[ClaimedCallback], body: bytes) -> None:
-        """Invoke the Lambda and wait for its callback; then stream."""
-        settings = self.settings
-        try:
-            payload = encode_event(self.build_event(entry, body), settings.max_event_bytes)
-        except EventTooLarge:
-            await self.reply(413, "request too large for the render function", Outcome.TOO_LARGE)
+        """Invoke the Lambda and wait for its callback; then stream. The cycle is the one owner
+        of a callback handed over: whatever ends it (the viewer resetting under a send,
+        cancellation), the callback is finished or abandoned, so it is answered or closed."""
+        payload = await self.event_payload(entry, body)
+        if payload is None:
             return
-        except InvalidTarget:
-            message = "bad request: the request target must be a path or an absolute URL"
-            await self.reply(400, message, Outcome.BAD_REQUEST, close=True)
-            return
-        max_held = settings.max_head_bytes  # pipelined bytes kept while watching: about one head
+        max_held = self.settings.max_head_bytes  # pipelined bytes kept while watching: a head
         watch = ViewerWatch(self.conn, lambda: entry.end_wait(Outcome.VIEWER_ABORT), max_held)
         try:
-            if settings.invocation_type == "RequestResponse":
-                self.render = self.state.invoker.start(payload)
-                if await self.ended_before_callback(entry, self.render):
-                    return
-            elif (failure := await self.invoke(payload)) is not None and not entry.claimed:
-                await self.refuse_invoke(failure)
-                return
-            try:
-                callback = await entry.delivery
-            except WaitEnded as ended:
-                if ended.reason is Outcome.LATE:
-                    self.record.ended(Outcome.NO_CALLBACK)
-                    message = "the render did not call back in time"
-                    await self.reply(504, message, Outcome.NO_CALLBACK)
-                else:
-                    self.record.ended(Outcome.VIEWER_ABORT)
-                    self.conn.close()
+            callback = await self.invoke_and_wait(entry, payload)
+            if callback is None:
                 return
             self.record.callback_wait = perf_counter() - self.record.started
             if callback.error_type is not None:
@@ -281,11 +261,44 @@ class RequestCycle:
             await self.stream(callback, watch)
         finally:
             watch.stop()
-            # The one owner of a delivered callback: whatever ended this cycle (the viewer
-            # resetting under a send, cancellation), the callback is answered or closed.
             delivered = claimed_callback(entry)
             if delivered is not None:
                 delivered.abandon()
+
+    async def event_payload(self, entry: Pending[ClaimedCallback], body: bytes) -> bytes | None:
+        """The encoded event, or None once the viewer has been answered (413, 400)."""
+        try:
+            return encode_event(self.build_event(entry, body), self.settings.max_event_bytes)
+        except EventTooLarge:
+            await self.reply(413, "request too large for the render function", Outcome.TOO_LARGE)
+        except InvalidTarget:
+            message = "bad request: the request target must be a path or an absolute URL"
+            await self.reply(400, message, Outcome.BAD_REQUEST, close=True)
+        return None
+
+    async def invoke_and_wait(
+        self, entry: Pending[ClaimedCallback], payload: bytes
+    ) -> ClaimedCallback | None:
+        """Invoke the render and wait for the callback that claims the entry; None once the
+        request has ended otherwise (the invoke failed, the render ended first, the deadline
+        passed: the viewer has been answered; or the viewer left)."""
+        if self.settings.invocation_type == "RequestResponse":
+            self.render = self.state.invoker.start(payload)
+            if await self.ended_before_callback(entry, self.render):
+                return None
+        elif (failure := await self.invoke(payload)) is not None and not entry.claimed:
+            await self.refuse_invoke(failure)
+            return None
+        try:
+            return await entry.delivery
+        except WaitEnded as ended:
+            if ended.reason is Outcome.LATE:
+                self.record.ended(Outcome.NO_CALLBACK)
+                await self.reply(504, "the render did not call back in time", Outcome.NO_CALLBACK)
+            else:
+                self.record.ended(Outcome.VIEWER_ABORT)
+                self.conn.close()
+            return None
 
     async def render_failed(self, error_type: str, source: RenderErrorSource) -> None:
         """The render failed before its response head: 502 at once. Its error type goes to the
