@@ -104,13 +104,14 @@ class RelayRig:
         idle_timeout: float = 5.0,
         send_timeout: float = 5.0,
         viewer_buffer: int | None = None,
+        viewer_version: bytes = b"1.1",
     ) -> None:
         self.lambda_sock, callback_sock = socket_pair()
         viewer_sock, sink_sock = socket_pair(viewer_buffer)
         self.viewer = Viewer(viewer_sock)
         self.source = daemon_side(callback_sock)
         self.sink = daemon_side(sink_sock)
-        self.sink.h11.receive_data(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        self.sink.h11.receive_data(b"GET / HTTP/%s\r\nhost: x\r\n\r\n" % viewer_version)
         self.sink.h11.next_event()
         self.pipes = pipes
         self.relay = BodyRelay(
@@ -129,6 +130,16 @@ class RelayRig:
 
     async def lambda_sends(self, data: bytes) -> None:
         await asyncio.get_running_loop().sock_sendall(self.lambda_sock, data)
+
+    async def viewer_reads_raw(self, until: bytes) -> bytes:
+        """The viewer's raw bytes (head and body framing) up to and including `until`."""
+        loop = asyncio.get_running_loop()
+        wire = bytearray()
+        while until not in wire:
+            data = await loop.sock_recv(self.viewer.sock, 65_536)
+            assert data, f"the viewer's connection closed before {until!r}: {bytes(wire)!r}"
+            wire += data
+        return bytes(wire)
 
     def close(self) -> None:
         self.relay.close()
@@ -168,6 +179,60 @@ def test_relay_reframes_a_chunked_callback_body_as_the_viewers_chunked_response(
         assert (rig.relay.spliced > 0) == (path == "splice")
         if pipes is not None:  # the pipe went back to the pool empty, ready for reuse
             assert pipes.open == 1 and len(pipes.idle) == 1
+
+    run(scenario)
+
+
+def test_a_chunked_viewer_gets_the_callbacks_own_framing_and_the_next_callback_its_bytes():
+    async def scenario():
+        # Uppercase hex is valid and kept as sent (h11 would write "a"): the framing went
+        # through, with `first` (the prelude's rest) framed in front of it.
+        body = b"A\r\n0123456789\r\n3\r\nabc\r\n"
+        after = b"POST /v1/callback/next HTTP/1.1\r\n"  # the kept-alive Lambda's next callback
+        rig = RelayRig(ChunkedDecoder())
+        try:
+            await rig.start()
+            await rig.lambda_sends(body + b"0\r\n\r\n" + after)
+            await rig.relay.relay(b"first")
+            wire = await rig.viewer_reads_raw(b"0\r\n\r\n")
+        finally:
+            rig.close()
+        assert wire.partition(b"\r\n\r\n")[2] == b"5\r\nfirst\r\n" + body + b"0\r\n\r\n"
+        assert rig.relay.copied == 18 and rig.relay.decoder.unused == after
+
+    run(scenario)
+
+
+def test_extensions_and_trailers_are_reframed_and_an_http10_viewer_gets_the_bare_payload():
+    async def scenario(version: bytes) -> bytes:
+        wire = b"03;name=value\r\nabc\r\n2\r\nde\r\n0\r\nx-trailer: t\r\n\r\n"
+        rig = RelayRig(ChunkedDecoder(), viewer_version=version)
+        try:
+            await rig.start()
+            await rig.lambda_sends(wire)
+            await rig.relay.relay(b"")
+            rig.sink.close()
+            return (await rig.viewer_reads_raw(b"de")).partition(b"\r\n\r\n")[2]
+        finally:
+            rig.close()
+
+    assert asyncio.run(scenario(b"1.1")) == b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+    assert asyncio.run(scenario(b"1.0")) == b"abcde"
+
+
+def test_each_chunk_reaches_the_viewer_before_the_lambda_sends_the_next():
+    async def scenario():
+        rig = RelayRig(ChunkedDecoder())
+        try:
+            await rig.start()
+            relaying = asyncio.create_task(rig.relay.relay(b""))
+            for chunk in (b"one", b"two"):  # no coalescing across the Lambda's idle gap
+                await rig.lambda_sends(b"3\r\n%s\r\n" % chunk)
+                await rig.viewer_reads_raw(chunk + b"\r\n")
+            await rig.lambda_sends(b"0\r\n\r\n")
+            await relaying
+        finally:
+            rig.close()
 
     run(scenario)
 
