@@ -336,9 +336,9 @@ def held_streams(
         settled(baseline + count)
         admitted = time.perf_counter() - started
         rss_after = process.rss()
-        cpu_before = process.cpu()
+        cpu_before = process.run_time()
         time.sleep(idle_seconds)  # the quiet instance's own work: timers, watchdog, scrapes
-        idle_cpu = process.cpu() - cpu_before
+        idle_cpu = process.run_time() - cpu_before
     return {
         "peer": process.name if poc_source else "sssrd",
         "streams": count,
