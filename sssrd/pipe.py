@@ -40,6 +40,8 @@ from sssrd.outcomes import Outcome
 SPLICE_MIN = 128 * 1024
 FRAME_READ = 64  # read size for framing when the payload after it should stay in the kernel
 COPY_READ = 65_536
+# Passed through, a read costs the same syscall whatever it holds: larger reads, fewer calls.
+PASS_READ = 262_144
 PIPE_SIZE = 65_536  # as fast as 1 MiB here, and kind to the per-user pipe page budget
 SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
 SPLICE_MORE = getattr(os, "SPLICE_F_MORE", 0)
@@ -190,6 +192,7 @@ class BodyRelay:
         self.pending_size = 0
         self.wire: list[bytes | memoryview] = []  # viewer bytes passed through, not yet sent
         self.wire_size = 0
+        self.read_size = COPY_READ
         self.framing = b""  # viewer framing held back to leave with the next bytes
         self.last_activity = self.loop.time()  # of the Lambda: its last bytes, or our last wait
         self.viewer_wait_since: float | None = None  # while blocked on the viewer
@@ -294,7 +297,7 @@ class BodyRelay:
     async def fill(self) -> None:
         """Read what the callback has sent: everything, or only the framing when the payload
         after it is large enough to splice (chunk sizes in one stream tend to repeat)."""
-        size = COPY_READ
+        size = self.read_size
         decoder = self.decoder
         if self.pipes is not None and decoder.chunk_size >= self.splice_min:
             # The rest of a short tail, plus the next framing; never the spliceable payload.
@@ -427,6 +430,7 @@ class BodyRelay:
         """The relay for a chunked viewer: the callback's framing is validated and forwarded
         as it is, one write for all that one or more immediate reads brought."""
         self.wire = self.take_output()  # the head, and `first` framed by h11
+        self.read_size = PASS_READ
         while True:
             try:
                 pieces, payload = decoder.forward()
@@ -440,7 +444,7 @@ class BodyRelay:
                 return
             if decoder.failed:  # raised by the next forward(), after these bytes
                 continue
-            if self.wire_size >= COPY_READ:  # a fast sender must not grow it unbounded
+            if self.wire_size >= PASS_READ:  # a fast sender must not grow it unbounded
                 await self.flush()
             if self.worth_splicing():
                 await self.splice_payload()
