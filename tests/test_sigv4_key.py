@@ -28,10 +28,14 @@ TARGETS = (
 
 
 def botocore_headers(
-    credentials: ReadOnlyCredentials, target: str, when: datetime.datetime, payload: bytes
+    credentials: ReadOnlyCredentials,
+    target: str,
+    when: datetime.datetime,
+    payload: bytes,
+    fixed: tuple[tuple[str, str], ...] = FIXED,
 ) -> list[tuple[bytes, bytes]]:
     """What the lean invoker sent before: an AWSRequest signed by botocore's SigV4Auth."""
-    headers = {**dict(FIXED), "Host": HOST, "Content-Length": str(len(payload))}
+    headers = {**dict(fixed), "Host": HOST, "Content-Length": str(len(payload))}
     request = AWSRequest(
         method="POST", url=f"https://{HOST}{target}", data=payload, headers=headers
     )
@@ -50,12 +54,14 @@ def epoch(when: datetime.datetime) -> float:
     target=st.sampled_from(TARGETS),
     credentials=st.sampled_from([CREDENTIALS, SESSION]),
     offset=st.integers(0, 10**9),
+    invocation_type=st.sampled_from(["Event", "RequestResponse"]),
 )
-def test_signs_as_botocore(payload, target, credentials, offset):
+def test_signs_as_botocore(payload, target, credentials, offset, invocation_type):
     when = datetime.datetime(2020, 1, 1) + datetime.timedelta(seconds=offset, microseconds=1)
-    signer = InvokeSigner(credentials, "eu-west-1", HOST, target, FIXED)
+    fixed = (("X-Amz-Invocation-Type", invocation_type),)
+    signer = InvokeSigner(credentials, "eu-west-1", HOST, target, fixed)
     ours = signer.sign(payload, now=epoch(when))
-    assert ours == botocore_headers(credentials, target, when, payload)
+    assert ours == botocore_headers(credentials, target, when, payload, fixed)
 
 
 def test_the_key_and_the_stamp_follow_the_clock_across_midnight():
