@@ -92,12 +92,12 @@ def test_rounds_combine_into_medians_spreads_and_sums() -> None:
     runs = [
         {"peer": "sssrd", "cpu": 3.0, "failed": 1, "ok": True},
         {"peer": "sssrd", "cpu": 1.0, "failed": 0, "ok": True},
-        {"peer": "sssrd", "cpu": 2.0, "failed": 2, "ok": True},
+        {"peer": "sssrd", "cpu": 1.5, "failed": 2, "ok": True},
     ]
     row = scenarios.combine(runs, spreads=("cpu",), sums=("failed",))
     assert row == {
         "peer": "sssrd",
-        "cpu": 2.0,
+        "cpu": 1.5,  # the median, not the mean
         "cpu_spread": (1.0, 3.0),
         "failed": 3,
         "ok": True,
