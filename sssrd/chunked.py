@@ -192,7 +192,7 @@ class ChunkedDecoder(BodyDecoder):
                         out.append(b"%x\r\n" % self.chunk_size)
                     else:  # the last chunk: it and its trailers are the viewer framer's
                         run = -1
-                else:  # TRAILERS: read, never forwarded
+                else:  # TRAILERS, read and never forwarded (FAILED raises here)
                     run = -1
                     if self._next_event() is NEED_DATA:
                         break
