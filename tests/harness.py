@@ -15,6 +15,7 @@ import contextlib
 import http.client
 import json
 import os
+import re
 import socket
 import struct
 import subprocess
@@ -24,6 +25,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import h11
 
@@ -112,6 +114,10 @@ class Conductor:
 class Daemon:
     """`sssrd serve` (or `command`, e.g. dev) in a subprocess on ephemeral 127.0.0.1 ports."""
 
+    # Worker processes unless a test passes --workers=N: the behaviour suites run under 1 and 2
+    # (conftest.py sets this per module), so every behaviour meets the supervisor's sockets.
+    workers = 1
+
     def __init__(
         self,
         conductor: Conductor | None = None,
@@ -132,7 +138,7 @@ class Daemon:
             "--admin-listen=127.0.0.1:0",
             "--invoker=local",
             "--handler=scenarios:handler",
-            "--workers=1",  # today's single process unless a test passes --workers=N
+            f"--workers={self.workers}",
             *args,
         ]
         environ = {k: v for k, v in os.environ.items() if not k.startswith("SSSRD_")}
@@ -198,6 +204,14 @@ class Daemon:
                 and (path is None or line.get("path") == path)
             )
         )
+
+    def uninvoked(self, path: str) -> dict[str, Any]:
+        """The access line of the request for `path`, checked to say the daemon never invoked
+        for it: its own record of the invoke, unlike a count of the handlers that ran, cannot
+        race the invoker's threads (a request invoked and then refused fails this)."""
+        access = self.access(path=path)
+        assert access["invoke_ms"] is None, access
+        return access
 
     def metric(self, name: str, text: str | None = None, **labels: str) -> float:
         """A sample's value, from a fresh scrape unless `text` is one."""
@@ -401,6 +415,45 @@ class Viewer:
 
     def close(self) -> None:
         self.sock.close()
+
+
+class PlayedLambda:
+    """The test as the render Lambda of a `handover` request: a chunked callback sent over a
+    raw socket the test holds, so it reads sssrd's own answer (e.g. the 410 that tells a render
+    to stop) wherever the viewer went, even after the daemon exited."""
+
+    def __init__(self, conductor: Conductor, tag: str) -> None:
+        handed = conductor.report(tag, "callback")
+        url = urlsplit(handed["url"])
+        assert url.hostname is not None and url.port is not None
+        self.sock = socket.create_connection((url.hostname, url.port), timeout=WAIT)
+        self.sock.sendall(
+            b"POST %s HTTP/1.1\r\nhost: x\r\nauthorization: Bearer %s\r\n"
+            b"content-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n"
+            % (url.path.encode(), handed["token"].encode())
+        )
+
+    def write(self, data: bytes) -> None:
+        self.sock.sendall(b"%x\r\n%s\r\n" % (len(data), data))
+
+    def write_until_refused(self, limit: int) -> int:
+        """Write 64 KiB chunks until sssrd stops taking them (or `limit` bytes); bytes sent."""
+        piece, sent = b"x" * 65536, 0
+        with contextlib.suppress(OSError):
+            while sent < limit:
+                self.write(piece)
+                sent += len(piece)
+        return sent
+
+    def answer(self) -> int | None:
+        """The status sssrd answered before closing the callback; None if it only closed."""
+        received = b""
+        with contextlib.suppress(ConnectionResetError):
+            while piece := self.sock.recv(65536):
+                received += piece
+        self.sock.close()
+        found = re.search(rb"HTTP/1\.1 (\d{3}) ", received)
+        return int(found[1]) if found else None
 
 
 def reset(sock: socket.socket) -> None:

@@ -220,10 +220,10 @@ def test_pending_limit_sheds_with_503_without_invoking(conductor):
         holder = Viewer(sssrd.viewer)
         holder.send("GET", "/?scenario=late&tag=holder")
         conductor.report("holder", "invoked")
-        status, headers, _ = http_get(sssrd.viewer, "/?scenario=echo&tag=shed")
+        status, headers, _ = http_get(sssrd.viewer, "/shed?scenario=echo")
         assert status == 503
         assert headers["retry-after"] == "1"
-        assert conductor.count("shed", "invoked") == 0
+        assert sssrd.uninvoked("/shed")["outcome"] == "shed"
         conductor.release("holder:go")
         assert holder.head().status_code == 200
 
