@@ -142,7 +142,10 @@ def test_slow_head_gets_408(conductor):
     with daemon(conductor, "--head-timeout=0.3") as sssrd:
         with socket.create_connection(sssrd.viewer, timeout=WAIT) as sock:
             sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # never finished
-            assert sock.recv(1024).startswith(b"HTTP/1.1 408 ")
+            answer = b""
+            while piece := sock.recv(1024):  # read to the end: the connection must close
+                answer += piece
+            assert answer.startswith(b"HTTP/1.1 408 ") and b"connection: close" in answer.lower()
         assert sssrd.metric("sssrd_timeouts_total", kind="head") == 1
 
 
