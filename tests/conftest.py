@@ -70,7 +70,8 @@ UNDER_ONE_AND_TWO_WORKERS = frozenset(
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if metafunc.module.__name__ in UNDER_ONE_AND_TWO_WORKERS:
+    uses_the_daemon = {"sssrd", "conductor"} & set(metafunc.fixturenames)
+    if metafunc.module.__name__ in UNDER_ONE_AND_TWO_WORKERS and uses_the_daemon:
         metafunc.parametrize(
             "workers", [1, 2], indirect=True, scope="module", ids=["1worker", "2workers"]
         )

@@ -164,6 +164,7 @@ class Daemon:
         self.callback = parse_address(listening["callback"])
         self.admin = parse_address(listening["admin"]) if "admin" in listening else None
         self.callback_url = listening["callback_url"]
+        self.processes = int(listening.get("workers", 1))  # that serve viewers: 1 or workers
 
     def _read_stdout(self) -> None:
         assert self.process.stdout is not None
@@ -194,6 +195,25 @@ class Daemon:
             stderr = self.stop_now() if found else ""
             raise AssertionError(f"no matching line; stdout: {self.lines}; stderr: {stderr}")
         return line
+
+    def serving_lines(self, message: str) -> list[dict[str, Any]]:
+        """Lifecycle lines of the processes that serve viewers (a supervisor's have no
+        `in_flight`/`abandoned`/`applied`): one per worker, or the single process's."""
+        keys = ("in_flight", "abandoned", "applied")
+        return [
+            line
+            for line in list(self.lines)
+            if line.get("message") == message and any(key in line for key in keys)
+        ]
+
+    def wait_draining(self) -> None:
+        """Until every process serving viewers has begun its drain (stopped accepting)."""
+        self.wait_line(lambda _line: len(self.serving_lines("draining")) >= self.processes)
+
+    def abandoned(self) -> int:
+        """Streams cut by the drain timeout, over every process, once the daemon has exited."""
+        self.wait_line(lambda line: line.get("message") == "<eof>")
+        return sum(line["abandoned"] for line in self.serving_lines("stopped"))
 
     def access(self, request_id: str | None = None, path: str | None = None) -> dict[str, Any]:
         """The access line of one request (by id or path), waiting for it."""
@@ -435,6 +455,10 @@ class PlayedLambda:
 
     def write(self, data: bytes) -> None:
         self.sock.sendall(b"%x\r\n%s\r\n" % (len(data), data))
+
+    def finish(self) -> None:
+        """The final chunk: the body is complete."""
+        self.sock.sendall(b"0\r\n\r\n")
 
     def write_until_refused(self, limit: int) -> int:
         """Write 64 KiB chunks until sssrd stops taking them (or `limit` bytes); bytes sent."""

@@ -338,11 +338,11 @@ def test_a_viewer_taking_nothing_for_send_timeout_is_cut_and_the_lambda_told(con
 
 
 def reload(sssrd, config, text: str) -> None:
-    reloads = sum(1 for line in sssrd.lines if line.get("message") == "reloaded")
+    reloads = len(sssrd.serving_lines("reloaded"))
     config.write_text(text)
     sssrd.signal(signal.SIGHUP)
-    sssrd.wait_line(
-        lambda _line: sum(1 for line in sssrd.lines if line.get("message") == "reloaded") > reloads
+    sssrd.wait_line(  # every worker has reloaded
+        lambda _line: len(sssrd.serving_lines("reloaded")) >= reloads + sssrd.processes
     )
 
 

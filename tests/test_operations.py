@@ -58,7 +58,7 @@ def test_metrics_move_with_real_traffic_including_failures(conductor):
         assert value(found, "sssrd_streams_in_flight") == 0
         assert value(found, "sssrd_connections_total", listener="viewer") >= 4
         assert value(found, "sssrd_connections_total", listener="callback") >= 2
-        assert value(found, "sssrd_pending_limit") == 10_000
+        assert value(found, "sssrd_pending_limit") == 10_000 * sssrd.processes  # summed
         assert ("sssrd_build_info", ()) not in found  # it has labels: version, python
         assert any(name == "sssrd_build_info" for name, _ in found)
         assert any(name == "process_resident_memory_bytes" for name, _ in found)
@@ -199,7 +199,7 @@ def test_every_reload_ends_with_a_log_line_and_ready(conductor, tmp_path):
                 )
             assert "not UTF-8" in sssrd.wait_line(lambda line: "error" in line)["error"]
             assert line["applied"] == ["max_pending"]
-            assert sssrd.metric("sssrd_pending_limit") == 7
+            assert sssrd.metric("sssrd_pending_limit") == 7 * sssrd.processes
             assert sssrd.alive()
 
 

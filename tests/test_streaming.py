@@ -7,6 +7,7 @@ import json
 import socket
 import subprocess
 import threading
+from urllib.parse import urlsplit
 
 import h11
 import pytest
@@ -172,10 +173,10 @@ def test_second_callback_after_delivery_gets_410(sssrd, conductor):
     request_id = header(head, b"x-request-id").decode()
     event = json.loads(_)
     token = event["sssrd"]["token"]
-    conn = http.client.HTTPConnection(*sssrd.callback, timeout=WAIT)
-    conn.request(
-        "POST", f"/v1/callback/{request_id}", b"again", {"authorization": f"Bearer {token}"}
-    )
+    url = urlsplit(event["sssrd"]["callbackUrl"])  # the port of the worker that holds it
+    assert url.path == f"/v1/callback/{request_id}"
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=WAIT)
+    conn.request("POST", url.path, b"again", {"authorization": f"Bearer {token}"})
     response = conn.getresponse()
     assert response.status == 410
     assert "already" in json.loads(response.read())["error"]
