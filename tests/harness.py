@@ -127,30 +127,11 @@ class Daemon:
         pass_fds: tuple[int, ...] = (),
         **env: str,
     ) -> None:
-        argv = [
-            *(wrapper or []),
-            sys.executable,
-            "-m",
-            "sssrd.cli",
-            command,
-            "--listen=127.0.0.1:0",
-            "--callback-listen=127.0.0.1:0",
-            "--admin-listen=127.0.0.1:0",
-            "--invoker=local",
-            "--handler=scenarios:handler",
-            f"--workers={self.workers}",
-            *args,
-        ]
-        environ = {k: v for k, v in os.environ.items() if not k.startswith("SSSRD_")}
-        environ["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests"), str(ROOT)])
-        if conductor is not None:
-            environ["SCENARIO_CONDUCTOR"] = conductor.address
-        environ.update(env)
         self.process = subprocess.Popen(
-            argv,
+            self.command_line(command, *args, wrapper=wrapper),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env=environ,
+            env=self.environment(conductor, **env),
             cwd=ROOT,
             pass_fds=pass_fds,
         )
@@ -165,6 +146,34 @@ class Daemon:
         self.admin = parse_address(listening["admin"]) if "admin" in listening else None
         self.callback_url = listening["callback_url"]
         self.processes = int(listening.get("workers", 1))  # that serve viewers: 1 or workers
+
+    @classmethod
+    def command_line(cls, command: str, *args: str, wrapper: list[str] | None = None) -> list[str]:
+        """The daemon's argv: ephemeral 127.0.0.1 ports, the scenario handlers, then `args`."""
+        return [
+            *(wrapper or []),
+            sys.executable,
+            "-m",
+            "sssrd.cli",
+            command,
+            "--listen=127.0.0.1:0",
+            "--callback-listen=127.0.0.1:0",
+            "--admin-listen=127.0.0.1:0",
+            "--invoker=local",
+            "--handler=scenarios:handler",
+            f"--workers={cls.workers}",
+            *args,
+        ]
+
+    @staticmethod
+    def environment(conductor: Conductor | None, **env: str) -> dict[str, str]:
+        """The daemon's environment: no SSSRD_* of ours, the scenarios importable, `env`."""
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("SSSRD_")}
+        environ["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests"), str(ROOT)])
+        if conductor is not None:
+            environ["SCENARIO_CONDUCTOR"] = conductor.address
+        environ.update(env)
+        return environ
 
     def _read_stdout(self) -> None:
         assert self.process.stdout is not None
