@@ -469,6 +469,11 @@ class PlayedLambda:
         """The final chunk: the body is complete."""
         self.sock.sendall(b"0\r\n\r\n")
 
+    def break_off(self, wire: bytes) -> None:
+        """Send raw bytes (e.g. part of a chunk) and hang up, as a render that dies does."""
+        self.sock.sendall(wire)
+        self.sock.close()
+
     def write_until_refused(self, limit: int) -> int:
         """Write 64 KiB chunks until sssrd stops taking them (or `limit` bytes); bytes sent."""
         piece, sent = b"x" * 65536, 0

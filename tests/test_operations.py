@@ -11,7 +11,7 @@ import socket
 import time
 
 import pytest
-from harness import WAIT, Viewer, daemon, header, http_get, socket_activation
+from harness import WAIT, Viewer, daemon, header, http_get, socket_activation, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.daemon
@@ -63,6 +63,41 @@ def test_metrics_move_with_real_traffic_including_failures(conductor):
         assert any(name == "sssrd_build_info" for name, _ in found)
         assert any(name == "process_resident_memory_bytes" for name, _ in found)
         assert ok_head.status_code == 200
+
+
+def test_gauges_count_what_the_daemon_holds_now(conductor):
+    with daemon(conductor, "--max-pending=7") as sssrd:
+        waiting = Viewer(sssrd.viewer)
+        waiting.send("GET", "/?scenario=late&tag=g-wait")
+        conductor.report("g-wait", "invoked")
+        streaming = Viewer(sssrd.viewer)
+        streaming.send("GET", "/?scenario=stepped&tag=g-stream&steps=2")
+        conductor.release("g-stream:step0")
+        assert streaming.chunk_after_head() == b"chunk 0\n"
+        found = samples(http_get(sssrd.admin, "/metrics")[2].decode())
+        assert value(found, "sssrd_pending_callbacks") == 1
+        assert value(found, "sssrd_streams_in_flight") == 1
+        assert value(found, "sssrd_pending_limit") == 7 * sssrd.processes
+        assert value(found, "sssrd_connections_open", listener="viewer") == 2
+        assert value(found, "sssrd_connections_open", listener="callback") == 1
+        conductor.release("g-wait:go")
+        conductor.release("g-stream:step1")
+        assert (waiting.head().status_code, waiting.body()) == (200, b"too late")
+        assert streaming.chunk() == b"chunk 1\n" and streaming.chunk() is None
+        waiting.close()
+        streaming.close()
+        wait_for(
+            lambda: (
+                [
+                    sssrd.metric("sssrd_pending_callbacks"),
+                    sssrd.metric("sssrd_streams_in_flight"),
+                    sssrd.metric("sssrd_connections_open", listener="viewer"),
+                    sssrd.metric("sssrd_connections_open", listener="callback"),
+                ]
+                == [0, 0, 0, 0]
+            ),
+            what="every gauge back to 0",
+        )
 
 
 def test_access_lines_are_json_with_the_request_facts_and_no_secrets(conductor):

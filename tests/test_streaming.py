@@ -13,6 +13,7 @@ import h11
 import pytest
 from harness import (
     WAIT,
+    PlayedLambda,
     Viewer,
     daemon,
     header,
@@ -128,6 +129,44 @@ def test_lambda_dying_mid_body_truncates_the_viewer_response(sssrd, conductor):
     head = lambda_dies_mid_body(sssrd, conductor, "amb")
     access = sssrd.access(request_id=header(head, b"x-request-id").decode())
     assert access["outcome"] == "lambda_abort"
+
+
+def test_lambda_dying_mid_body_to_an_http10_viewer_is_logged_and_counted_as_a_cut(sssrd, conductor):
+    """An HTTP/1.0 response is close-delimited: the viewer cannot tell the cut from the end, so
+    the access line (its bytes short of a whole body) and the abort counter must."""
+    aborts = sssrd.metric("sssrd_aborts_total", side="lambda")
+    with socket.create_connection(sssrd.viewer, timeout=WAIT) as sock:
+        sock.sendall(b"GET /http10?scenario=abort_mid_body&tag=amb10 HTTP/1.0\r\nHost: x\r\n\r\n")
+        data = b""
+        while not data.endswith(b"part two"):
+            data += sock.recv(65536)
+        conductor.release("amb10:close")
+        while piece := sock.recv(65536):
+            data += piece
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and body == b"part onepart two"
+    assert b"transfer-encoding" not in head.lower() and b"content-length" not in head.lower()
+    access = sssrd.access(path="/http10")
+    assert (access["outcome"], access["bytes"]) == ("lambda_abort", len(body))
+    assert sssrd.metric("sssrd_aborts_total", side="lambda") == aborts + 1
+
+
+def test_a_render_dying_mid_chunk_leaves_the_viewer_that_chunks_bytes_unterminated(
+    sssrd, conductor
+):
+    viewer = Viewer(sssrd.viewer)
+    viewer.send("GET", "/partial?scenario=handover&tag=partial")
+    render = PlayedLambda(conductor, "partial")
+    render.write(b"whole\n")
+    assert viewer.chunk_after_head() == b"whole\n"
+    render.break_off(b"a\r\nhalf")  # a 10-byte chunk, 4 bytes of it sent
+    received = b""
+    with pytest.raises(h11.RemoteProtocolError):  # closed without the final chunk
+        while (piece := viewer.chunk()) is not None:
+            received += piece
+    assert received == b"half"
+    access = sssrd.access(path="/partial")
+    assert (access["outcome"], access["bytes"]) == ("lambda_abort", len(b"whole\nhalf"))
 
 
 def test_viewer_leaving_closes_the_callback_and_frees_the_entry(sssrd, conductor):
