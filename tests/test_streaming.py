@@ -151,22 +151,28 @@ def test_lambda_dying_mid_body_to_an_http10_viewer_is_logged_and_counted_as_a_cu
     assert sssrd.metric("sssrd_aborts_total", side="lambda") == aborts + 1
 
 
-def test_a_render_dying_mid_chunk_leaves_the_viewer_that_chunks_bytes_unterminated(
-    sssrd, conductor
+@pytest.mark.parametrize(
+    ("wire", "salvaged"),
+    [(b"a\r\nhalf", b"half"), (b"5\r\nhello\r\nzz\r\n", b"hello")],
+    ids=["mid-chunk", "misframed-after-a-chunk"],  # the second in one read: only salvage sends it
+)
+def test_a_render_dying_mid_chunk_or_misframing_leaves_the_viewer_its_valid_bytes_unterminated(
+    sssrd, conductor, wire, salvaged
 ):
+    tag = f"salvage-{len(wire)}"
     viewer = Viewer(sssrd.viewer)
-    viewer.send("GET", "/partial?scenario=handover&tag=partial")
-    render = PlayedLambda(conductor, "partial")
+    viewer.send("GET", f"/{tag}?scenario=handover&tag={tag}")
+    render = PlayedLambda(conductor, tag)
     render.write(b"whole\n")
     assert viewer.chunk_after_head() == b"whole\n"
-    render.break_off(b"a\r\nhalf")  # a 10-byte chunk, 4 bytes of it sent
+    render.break_off(wire)
     received = b""
     with pytest.raises(h11.RemoteProtocolError):  # closed without the final chunk
         while (piece := viewer.chunk()) is not None:
             received += piece
-    assert received == b"half"
-    access = sssrd.access(path="/partial")
-    assert (access["outcome"], access["bytes"]) == ("lambda_abort", len(b"whole\nhalf"))
+    assert received == salvaged
+    access = sssrd.access(path=f"/{tag}")
+    assert (access["outcome"], access["bytes"]) == ("lambda_abort", len(b"whole\n" + salvaged))
 
 
 def test_viewer_leaving_closes_the_callback_and_frees_the_entry(sssrd, conductor):
