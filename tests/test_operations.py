@@ -171,27 +171,37 @@ def test_socket_activation_serves_on_the_sockets_it_is_given(conductor):
         assert http_get(("127.0.0.1", ports[2]), "/healthz")[0] == 200
 
 
+def every_worker_logged(sssrd, match) -> dict:
+    """The first line that `match`es, once every process serving viewers has logged one."""
+    sssrd.wait_line(
+        lambda _line: sum(1 for line in list(sssrd.lines) if match(line)) >= sssrd.processes
+    )
+    return next(line for line in sssrd.lines if match(line))
+
+
 def test_sighup_applies_a_new_timeout_live_and_reports_what_needs_a_restart(conductor, tmp_path):
     config = tmp_path / "sssrd.toml"
     config.write_text("callback_timeout = 60.0\n")
     with daemon(conductor, f"--config={config}") as sssrd:
         config.write_text('callback_timeout = 0.3\nhandler = "sssrd.demo:handler"\n')
         sssrd.signal(signal.SIGHUP)
-        reloaded = sssrd.wait_line(lambda line: line.get("message") == "reloaded")
+        reloaded = every_worker_logged(sssrd, lambda line: line.get("message") == "reloaded")
         assert reloaded["applied"] == ["callback_timeout"]
         assert reloaded["needs_restart"] == []  # the --handler flag still wins over the file
         assert Viewer(sssrd.viewer).get("/?scenario=never&tag=hup")[0].status_code == 504
 
         config.write_text("callback_timeout = 0.3\nbacklog = 100\n")
         sssrd.signal(signal.SIGHUP)
-        lines = sssrd.wait_line(
-            lambda line: line.get("message") == "reloaded" and line["needs_restart"]
+        lines = every_worker_logged(
+            sssrd, lambda line: line.get("message") == "reloaded" and line["needs_restart"]
         )
         assert lines["needs_restart"] == ["backlog"]
 
         config.write_text("callback_timeout = -1\n")
         sssrd.signal(signal.SIGHUP)
-        refused = sssrd.wait_line(lambda line: line.get("message", "").startswith("reload refused"))
+        refused = every_worker_logged(
+            sssrd, lambda line: line.get("message", "").startswith("reload refused")
+        )
         assert "callback_timeout" in refused["error"]
         assert Viewer(sssrd.viewer).get("/?scenario=never&tag=hup2")[0].status_code == 504
         assert sssrd.alive()

@@ -263,15 +263,28 @@ def test_idle_callback_truncates_the_viewer_and_closes_the_callback(conductor):
 
 def test_pending_limit_sheds_with_503_without_invoking(conductor):
     with daemon(conductor, "--max-pending=1") as sssrd:
-        holder = Viewer(sssrd.viewer)
-        holder.send("GET", "/?scenario=late&tag=holder")
-        conductor.report("holder", "invoked")
-        status, headers, _ = http_get(sssrd.viewer, "/shed?scenario=echo")
-        assert status == 503
-        assert headers["retry-after"] == "1"
-        assert sssrd.uninvoked("/shed")["outcome"] == "shed"
+        # The limit is each worker's: hold requests until the worker that accepts one is full.
+        holders: list[Viewer] = []
+        for attempt in range(40):
+            viewer, path, held = Viewer(sssrd.viewer), f"/hold{attempt}", len(holders)
+            viewer.send("GET", f"{path}?scenario=late&tag=holder")
+            wait_for(
+                lambda path=path, held=held: (
+                    conductor.count("holder", "invoked") > held
+                    or any(line.get("path") == path for line in list(sssrd.lines))
+                ),
+                what=f"{path} invoked or shed",
+            )
+            if conductor.count("holder", "invoked") == len(holders):
+                break  # shed: its access line is out
+            holders.append(viewer)
+        assert 1 <= len(holders) <= sssrd.processes
+        head = viewer.head()
+        assert head.status_code == 503 and header(head, b"retry-after") == b"1"
+        assert sssrd.uninvoked(path)["outcome"] == "shed"
         conductor.release("holder:go")
-        assert holder.head().status_code == 200
+        for holder in holders:
+            assert holder.head().status_code == 200
 
 
 def test_garbage_on_both_listeners_never_disturbs_a_live_stream(sssrd, conductor):
