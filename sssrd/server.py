@@ -178,10 +178,10 @@ class Server:
     async def drain(self) -> None:
         timeout = self.settings.drain_timeout
         tally = self.tally
+        self.stop_accepting("viewer")  # first: once "draining" is logged, no viewer gets in
         self.log.info("draining", extra={"in_flight": tally.cycles_in_flight, "timeout": timeout})
         self.notifier.stopping()
         self.notifier.extend_timeout(timeout + 5)
-        self.stop_accepting("viewer")
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 await tally.idle.wait()
