@@ -163,12 +163,17 @@ class Fake:
 
 
 def start_fake(
-    stack: contextlib.ExitStack, workdir: Path, behaviour: str = "normal", workers: int = 256
+    stack: contextlib.ExitStack,
+    workdir: Path,
+    behaviour: str = "normal",
+    workers: int = 256,
+    handler: str = "bench.lambda_handler:handler",
 ) -> Fake:
-    """The fake Invoke API running bench.lambda_handler in its own process."""
+    """The fake Invoke API running `handler` (by default bench.lambda_handler) in its own
+    process."""
     log = workdir / f"fake-{behaviour.replace('=', '-')}.log"
     argv = [sys.executable, "-m", "sssrd.testing.fake_lambda", "--listen", "127.0.0.1:0"]
-    argv += ["--handler", "bench.lambda_handler:handler", "--behaviour", behaviour]
+    argv += ["--handler", handler, "--behaviour", behaviour]
     argv += ["--workers", str(workers)]
     process = spawn(stack, "fake", argv, log)
     endpoint = wait_for_line(log, r"^http://", process.popen, "fake lambda").strip()

@@ -172,6 +172,28 @@ def parse_retries(value: Any) -> int:
     return number
 
 
+# Lambda's payload limits by invocation type: what `max_event_bytes = "auto"` follows.
+EVENT_PAYLOAD_LIMITS = {"Event": 1_048_576, "RequestResponse": 6_291_456}
+FOLLOWS_INVOCATION_TYPE = 0  # max_event_bytes "auto", until load_settings resolves it
+
+
+def parse_event_limit(value: Any) -> int:
+    """ "auto" (Lambda's limit for the invocation type) or a positive whole number."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return FOLLOWS_INVOCATION_TYPE
+    return parse_positive_int(value)
+
+
+def parse_invocation_type(value: Any) -> str:
+    """The Invoke API's InvocationType, in AWS's spelling (any case accepted)."""
+    by_lower = {name.lower(): name for name in EVENT_PAYLOAD_LIMITS}
+    expected = "one of " + ", ".join(toml_literal(name) for name in EVENT_PAYLOAD_LIMITS)
+    name = by_lower.get(text(value, expected).lower())
+    if name is None:
+        raise ValueError(f"expected {expected}, got {toml_literal(value)}")
+    return name
+
+
 def parse_networks(value: Any) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
     """CIDRs as a TOML list or a comma-separated string (for env and flags)."""
     expected = 'CIDRs such as "10.0.0.0/8", as a list or comma-separated'
@@ -384,6 +406,29 @@ class Settings:
         "boto3's `invoke()` on a thread pool.",
         section=Section.LAMBDA,
     )
+    invocation_type: str = setting(
+        parse_invocation_type,
+        "Event",
+        "lambda invoker: 'Event' (asynchronous) or 'RequestResponse' (the invoke stays open "
+        "for the render's life, so its errors are answered at once)",
+        '`"Event"`: asynchronous invokes (1 MB payload; a render that fails without an error '
+        'report is noticed only at `callback_timeout`). `"RequestResponse"`: the invoke\'s '
+        "exchange stays open while the render streams through its callback, so a render that "
+        "raises, times out or returns without calling back is answered at once (502/504) and "
+        "one that fails mid-stream is cut at once; 6 MB payload, no duplicate deliveries, one "
+        "open connection to the Invoke API per render in flight (up to `max_pending`). Needs "
+        '`invoke_client = "lean"`. See docs/operations.md.',
+        section=Section.LAMBDA,
+    )
+    function_timeout: float = setting(
+        parse_positive_float,
+        900.0,
+        "the render function's own timeout (RequestResponse waits this + invoke_timeout)",
+        "The render function's own timeout, in seconds (Lambda's maximum by default). A "
+        "RequestResponse invoke waits up to this plus `invoke_timeout` for the function's "
+        "answer; the CDK app sets it from the function.",
+        section=Section.LAMBDA,
+    )
     invoke_timeout: float = setting(
         parse_positive_float,
         5.0,
@@ -442,11 +487,12 @@ class Settings:
         reloadable=True,
     )
     max_event_bytes: int = setting(
-        parse_positive_int,
-        1_048_576,
-        "invoke payload limit; over: 413",
+        parse_event_limit,
+        "auto",
+        "invoke payload limit; over: 413 ('auto': 1 MB for Event, 6 MB for RequestResponse)",
         "The whole invoke payload's limit, after base64 (413 beyond, before any invoke). "
-        "Lambda's asynchronous invoke limit is 1 MB.",
+        '`"auto"` follows `invocation_type`: Lambda\'s limit is 1 MB (1,048,576 bytes) for '
+        "asynchronous invokes and 6 MB (6,291,456) for synchronous ones.",
         section=Section.LIMITS,
         reloadable=True,
     )
@@ -461,8 +507,10 @@ class Settings:
     head_timeout: float = setting(
         parse_positive_float,
         10.0,
-        "seconds to receive a whole request head",
-        "A whole request head must arrive within this (slowloris guard; 408 otherwise).",
+        "seconds to receive a whole request head, and then its body",
+        "On both listeners a request head must arrive whole within this (of the connection's "
+        "start, or of its first byte on a kept connection), and a viewer's body within this of "
+        "its head (slowloris guard; 408 otherwise).",
         section=Section.TIMEOUTS,
         reloadable=True,
     )
@@ -495,9 +543,10 @@ class Settings:
     keepalive_timeout: float = setting(
         parse_positive_float,
         75.0,
-        "idle viewer connection lifetime; keep above the ALB's idle timeout (60 s)",
-        "Idle keep-alive viewer connections close after this. Keep it above the ALB's idle "
-        "timeout (60 s by default) so the ALB never reuses a connection sssrd is closing.",
+        "idle kept connection lifetime; keep above the ALB's idle timeout (60 s)",
+        "Kept-alive connections (viewer, and callback after a delivered callback) that stay "
+        "idle between requests this long close. Keep it above the ALB's idle timeout (60 s by "
+        "default) so the ALB never reuses a connection sssrd is closing.",
         section=Section.TIMEOUTS,
         reloadable=True,
     )
@@ -585,17 +634,37 @@ def read_toml(path: str) -> dict[str, Any]:
 
 
 def read_env(environ: Mapping[str, str]) -> dict[str, str]:
-    """SSSRD_<NAME> values; any other SSSRD_ name is a typo, refused as the file's are."""
+    """SSSRD_<NAME> values of settings; other SSSRD_ names are left to unknown_env's warnings."""
     values = {}
     for key, value in environ.items():
-        if not key.startswith(ENV_PREFIX) or key == CONFIG_ENV:
-            continue
         name = key[len(ENV_PREFIX) :].lower()
-        if name not in FIELDS_BY_NAME:
-            hint = did_you_mean(name, ENV_PREFIX)
-            raise ConfigError(f"{key}: unknown setting{hint} (environment variable)")
-        values[name] = value
+        if key.startswith(ENV_PREFIX) and name in FIELDS_BY_NAME:
+            values[name] = value
     return values
+
+
+# What Kubernetes injects for a Service named sssrd (service links, on by default).
+SERVICE_LINK = re.compile(
+    ENV_PREFIX
+    + r"(SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT(_\d+_(TCP|UDP|SCTP)(_(PROTO|PORT|ADDR))?)?)"
+)
+
+
+def unknown_env(environ: Mapping[str, str]) -> list[str]:
+    """A warning for each SSSRD_ variable that names no setting: a typo (with a guess), or
+    someone else's (Kubernetes service links, wrappers using the prefix). Never a refusal: a
+    daemon must start in a namespace that happens to hold a Service named sssrd."""
+    warnings = []
+    for key in sorted(environ):
+        name = key[len(ENV_PREFIX) :].lower()
+        if not key.startswith(ENV_PREFIX) or key == CONFIG_ENV or name in FIELDS_BY_NAME:
+            continue
+        if SERVICE_LINK.fullmatch(key):
+            hint = "; a Kubernetes service link?"
+        else:
+            hint = did_you_mean(name, ENV_PREFIX)
+        warnings.append(f"{key}: not a setting, ignored{hint} (environment variable)")
+    return warnings
 
 
 def did_you_mean(name: str, prefix: str) -> str:
@@ -634,9 +703,17 @@ def load_settings(
                 "flag": "--" + field.name.replace("_", "-"),
             }.get(source, source)
             raise ConfigError(f"{field.name}: {exc} (from {origin})") from None
+    if values["max_event_bytes"] == FOLLOWS_INVOCATION_TYPE:
+        values["max_event_bytes"] = EVENT_PAYLOAD_LIMITS[values["invocation_type"]]
     settings = Settings(**values)
     check_consistency(settings)
     return settings
+
+
+def settings_from_toml(text: str) -> Settings:
+    """Settings from `as_toml()` text alone (no file, env or flags): how a supervisor hands
+    the settings it validated to its workers."""
+    return load_settings(environ={}, flags=tomllib.loads(text))
 
 
 def check_consistency(settings: Settings) -> None:
@@ -648,6 +725,13 @@ def check_consistency(settings: Settings) -> None:
         )
     if settings.invoker == "lambda" and not settings.function:
         raise ConfigError('function: required with invoker = "lambda" (a name or ARN)')
+    if settings.invocation_type == "RequestResponse" and (
+        settings.invoker == "lambda" and settings.invoke_client == "boto3"
+    ):
+        raise ConfigError(
+            'invocation_type: "RequestResponse" needs invoke_client = "lean" (boto3 would hold '
+            "a thread for each render in flight)"
+        )
     if settings.max_body_bytes > settings.max_event_bytes:
         raise ConfigError(
             f"max_body_bytes: {settings.max_body_bytes} exceeds max_event_bytes "

@@ -8,6 +8,7 @@ renders. No figure's size is asserted: timing goals live in bench/, not in tests
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import math
 import sys
@@ -18,7 +19,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/ is not an installed package
 
-from bench import clients, report, scenarios
+from bench import clients, invocation_types, report, scenarios
 from bench.procs import start_fake
 from bench.run import start_peers
 
@@ -83,3 +84,18 @@ def test_bench_runs_the_proof_of_concept_and_sssrd_compat_against_one_fake(tmp_p
             for peer in peers
         }
     assert answers == {name: [(200, SMALL_BODY_BYTES)] * 3 for name in ("sssrd-compat", "poc")}
+
+
+def test_the_invocation_types_bench_measures_both_modes(tmp_path: Path) -> None:
+    """bench/invocation_types.py at tiny counts: every row of both modes is measured, with the
+    statuses each mode must give (Event's raising render waits for the 2 s deadline)."""
+    arguments = argparse.Namespace(requests=10, concurrency=2, errors=1, held=2, hold_s=1.0)
+    results = invocation_types.measure(arguments, tmp_path)
+    event, synchronous = results["Event"], results["RequestResponse"]
+    assert event["error_raise"]["status"] == 504
+    assert event["error_report"]["status"] == synchronous["error_raise"]["status"] == 502
+    assert event["throttled"]["status"] == synchronous["throttled"]["status"] == 503
+    for figures in (event, synchronous):
+        assert math.isfinite(figures["cpu"]["cpu_ms_per_request"])
+        assert math.isfinite(figures["held"]["kib_per_held_render"])
+    invocation_types.report(results, {"cpus": 2})

@@ -1,4 +1,4 @@
-"""Asynchronous invokes of the render Lambda on AWS (InvocationType=Event), two ways, one policy.
+"""Invokes of the render Lambda on AWS, two ways, one policy.
 
 Everything is resolved once, at startup, and any gap stops startup with one line naming the
 setting: the region (setting, AWS_REGION, then botocore's AWS_DEFAULT_REGION/profile, then
@@ -9,6 +9,12 @@ sssrd's own keep-alive pool on the event loop; the
 boto3 invoker calls boto3's invoke() on a thread pool. Both share `classify` (what the viewer
 gets) and the retry rule: at most `invoke_retries` more attempts, only after a connection
 failure or a 5xx, never after a throttle or another 4xx (a retry storm would deepen a throttle).
+
+With `invocation_type = "RequestResponse"` (lean only) each invoke holds one pooled connection
+for the render's whole life (the pool holds up to `max_pending`, so no render waits behind
+another) and reads the function's answer when it returns, with a time limit of the function's
+own timeout plus `invoke_timeout`; an exchange that broke after it was sent is never retried,
+since the render may be running.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import re
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 from urllib.parse import quote, urlsplit
 
 import boto3
@@ -35,8 +42,8 @@ from botocore.exceptions import BotoCoreError, ClientError, ProfileNotFound
 
 from sssrd import ec2
 from sssrd.config import Settings
-from sssrd.httpclient import Pool, Reply, RequestFailed
-from sssrd.invokers.base import InvokeError
+from sssrd.httpclient import ConnectFailed, Pool, Reply, RequestFailed
+from sssrd.invokers.base import TIMED_OUT_ERROR_TYPE, Calls, InvokeError, RenderEnded, printable
 from sssrd.outcomes import Outcome
 
 log = logging.getLogger("sssrd")
@@ -166,15 +173,19 @@ def unreachable(reason: str) -> InvokeError:
     return InvokeError(502, Outcome.INVOKE_FAILED, "the render could not start", detail=reason)
 
 
-async def with_retries(attempt: Callable[[], Awaitable[None]], retries: int) -> None:
+T = TypeVar("T")
+
+
+async def with_retries(attempt: Callable[[], Awaitable[T]], retries: int) -> T:
     """Run `attempt`; retry only what `attempt` marks retryable, at most `retries` times."""
-    for remaining in range(retries, -1, -1):
+    remaining = retries
+    while True:
         try:
-            await attempt()
-            return
+            return await attempt()
         except Retryable as failure:
             if not remaining:
                 raise failure.error from None
+            remaining -= 1
             log.debug("invoke retry", extra={"reason": str(failure.error)})
 
 
@@ -216,25 +227,48 @@ class LeanInvoker:
         frozen = self.credentials.get_frozen_credentials()
         self.signer = DailyKeySigV4Auth(frozen, "lambda", self.target.region)
         self.url = self.target.endpoint_url.rstrip("/") + self.target.path
-        self.pool = Pool(
-            self.target.endpoint_url, settings.invoke_connections, settings.invoke_timeout
+        self.invocation_type = settings.invocation_type
+        self.synchronous = self.invocation_type == "RequestResponse"
+        # A synchronous invoke holds its connection while the render runs: one per request.
+        connections = settings.max_pending if self.synchronous else settings.invoke_connections
+        self.pool = Pool(self.target.endpoint_url, connections, settings.invoke_timeout)
+        self.answer_timeout = (
+            settings.function_timeout + settings.invoke_timeout
+            if self.synchronous
+            else settings.invoke_timeout
         )
         self.target_bytes = self.target.path.encode()
         self.retries = settings.invoke_retries
         self.refresher: asyncio.Task[None] | None = None
+        self.calls = Calls()
 
     async def invoke(self, payload: bytes) -> None:
+        await self.send(payload)
+
+    def start(self, payload: bytes) -> asyncio.Task[RenderEnded]:
+        return self.calls.start(self.call(payload))
+
+    async def call(self, payload: bytes) -> RenderEnded:
+        return render_ended(await self.send(payload))
+
+    async def send(self, payload: bytes) -> Reply:
         if self.refresher is None:
             self.refresher = asyncio.get_running_loop().create_task(self.refresh_credentials())
-        await with_retries(lambda: self.attempt(payload), self.retries)
+        return await with_retries(lambda: self.attempt(payload), self.retries)
 
-    async def attempt(self, payload: bytes) -> None:
+    async def attempt(self, payload: bytes) -> Reply:
         try:
-            reply = await self.pool.request(b"POST", self.target_bytes, self.sign(payload), payload)
-        except RequestFailed as exc:
+            reply = await self.pool.request(
+                b"POST", self.target_bytes, self.sign(payload), payload, self.answer_timeout
+            )
+        except ConnectFailed as exc:
             raise Retryable(unreachable(str(exc))) from None
-        if reply.status == 202:
-            return
+        except RequestFailed as exc:
+            if self.synchronous:  # it was sent: the render may be running, never start it twice
+                raise unreachable(str(exc)) from None
+            raise Retryable(unreachable(str(exc))) from None
+        if reply.status == (200 if self.synchronous else 202):
+            return reply
         error = classify(reply.status, error_type(reply), error_message(reply.body))
         if reply.status >= 500:
             raise Retryable(error)
@@ -247,7 +281,7 @@ class LeanInvoker:
             url=self.url,
             data=payload,
             headers={
-                "X-Amz-Invocation-Type": "Event",
+                "X-Amz-Invocation-Type": self.invocation_type,
                 "Host": self.pool.authority,
                 "Content-Length": str(len(payload)),
             },
@@ -267,6 +301,7 @@ class LeanInvoker:
                 log.exception("AWS credential refresh failed; keeping the previous credentials")
 
     def close(self) -> None:
+        self.calls.close()
         if self.refresher is not None:
             self.refresher.cancel()
         self.pool.close()
@@ -303,6 +338,10 @@ class Boto3Invoker:
     async def invoke(self, payload: bytes) -> None:
         await with_retries(lambda: self.attempt(payload), self.retries)
 
+    def start(self, payload: bytes) -> asyncio.Task[RenderEnded]:
+        """Never called: the settings refuse RequestResponse with boto3 (a thread per render)."""
+        raise RuntimeError('invocation_type "RequestResponse" needs invoke_client "lean"')
+
     async def attempt(self, payload: bytes) -> None:
         loop = asyncio.get_running_loop()
         try:
@@ -338,3 +377,25 @@ def error_message(body: bytes) -> str:
     if not isinstance(document, dict):
         return ""
     return str(document.get("message") or document.get("Message") or "")
+
+
+def render_ended(reply: Reply) -> RenderEnded:
+    """How the function ended, from a synchronous invoke's 200: X-Amz-Function-Error says it
+    raised (or ran out of time), and its body's errorType which error. The message (it may hold
+    secrets) is only looked at for Lambda's "Task timed out", never kept."""
+    if reply.header(b"x-amz-function-error") is None:
+        return RenderEnded()
+    try:
+        document = json.loads(reply.body)
+    except ValueError:
+        document = None
+    if not isinstance(document, dict):
+        document = {}
+    kind = document.get("errorType")
+    message = document.get("errorMessage")
+    timed_out = kind == TIMED_OUT_ERROR_TYPE or (
+        isinstance(message, str) and "Task timed out" in message
+    )
+    if not isinstance(kind, str) or not kind:
+        kind = TIMED_OUT_ERROR_TYPE if timed_out else "Unhandled"
+    return RenderEnded(error_type=printable(kind), timed_out=timed_out)
