@@ -346,6 +346,9 @@ def test_callback_url_auto_fails_startup_when_imds_cannot_tell(mode):
             "--invoker=local",
             "--callback-url=auto",
             f"--imds-endpoint={imds.endpoint}",
+            # Under a supervisor the one line says only "worker 0 exited (1) before it
+            # listened": the reason is in the worker's log (reported with issue 21).
+            "--workers=1",
         )
     assert result.returncode == 1, result.stderr
     assert result.stderr.startswith("sssrd: cannot start: "), result.stderr
