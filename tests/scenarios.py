@@ -88,6 +88,13 @@ def viewer_leaves(event: dict, conductor: Conductor, query: dict) -> None:
             raise
 
 
+def handover(event: dict, conductor: Conductor, query: dict) -> None:
+    """Hands the callback URL and token to the test, which plays the Lambda itself
+    (harness.PlayedLambda): it then holds the callback connection and reads sssrd's answer even
+    after this process is gone."""
+    conductor.report("callback", url=event["sssrd"]["callbackUrl"], token=event["sssrd"]["token"])
+
+
 def raw_callback(event: dict, headers: dict[str, str]) -> http.client.HTTPConnection:
     url = urlsplit(event["sssrd"]["callbackUrl"])
     conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)

@@ -4,8 +4,8 @@ Everything is resolved once, at startup, and any gap stops startup with one line
 setting: the region (setting, AWS_REGION, then botocore's AWS_DEFAULT_REGION/profile, then
 IMDSv2 on EC2), and through botocore the endpoint (including AWS_ENDPOINT_URL_LAMBDA) and the
 credentials with their refresh. The lean invoker then signs each invoke
-with botocore's SigV4 signer (its signing key derived once a day, not per invoke) and sends it on
-sssrd's own keep-alive pool on the event loop; the
+with sigv4.InvokeSigner (botocore's SigV4, worked out once for the one URL it signs) and sends it
+on sssrd's own keep-alive pool on the event loop; the
 boto3 invoker calls boto3's invoke() on a thread pool. Both share `classify` (what the viewer
 gets) and the retry rule: at most `invoke_retries` more attempts, only after a connection
 failure or a 5xx, never after a throttle or another 4xx (a retry storm would deepen a throttle).
@@ -20,8 +20,6 @@ since the render may be running.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
 import logging
 import os
@@ -34,8 +32,6 @@ from urllib.parse import quote, urlsplit
 
 import boto3
 import botocore.session
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials, ReadOnlyCredentials
 from botocore.exceptions import BotoCoreError, ClientError, ProfileNotFound
@@ -44,6 +40,7 @@ from sssrd import ec2
 from sssrd.config import Settings
 from sssrd.httpclient import ConnectFailed, Pool, Reply, RequestFailed
 from sssrd.invokers.base import TIMED_OUT_ERROR_TYPE, Calls, InvokeError, RenderEnded, printable
+from sssrd.invokers.sigv4 import InvokeSigner
 from sssrd.outcomes import Outcome
 
 log = logging.getLogger("sssrd")
@@ -195,38 +192,11 @@ class Retryable(Exception):
         self.error = error
 
 
-class DailyKeySigV4Auth(SigV4Auth):
-    """botocore's SigV4 signer, deriving the signing key once per UTC day instead of per request.
-
-    The key (four chained HMACs) depends only on the secret, the date, the region and the
-    service; a signer holds one frozen credential set, and a refresh builds a new signer. Only
-    `signature` is replaced: botocore still builds the canonical request and the string to sign.
-    """
-
-    def __init__(self, credentials: ReadOnlyCredentials, service: str, region: str) -> None:
-        super().__init__(credentials, service, region)
-        self.key_scope = (region, service, "aws4_request")
-        self.day_key: tuple[str, bytes] | None = None
-
-    def signature(self, string_to_sign: str, request: AWSRequest) -> str:
-        day = request.context["timestamp"][0:8]
-        if self.day_key is None or self.day_key[0] != day:
-            key = f"AWS4{self.credentials.secret_key}".encode()
-            for part in (day, *self.key_scope):
-                key = hmac.new(key, part.encode(), hashlib.sha256).digest()
-            self.day_key = (day, key)
-        return hmac.new(self.day_key[1], string_to_sign.encode(), hashlib.sha256).hexdigest()
-
-
 class LeanInvoker:
-    """Signs with botocore, sends on sssrd's own pooled HTTP/1.1 client."""
+    """Signs with InvokeSigner, sends on sssrd's own pooled HTTP/1.1 client."""
 
     def __init__(self, settings: Settings) -> None:
         self.target, self.credentials = resolve_target(settings)
-        # Built once per credential refresh, not per invoke: it holds a frozen copy.
-        frozen = self.credentials.get_frozen_credentials()
-        self.signer = DailyKeySigV4Auth(frozen, "lambda", self.target.region)
-        self.url = self.target.endpoint_url.rstrip("/") + self.target.path
         self.invocation_type = settings.invocation_type
         self.synchronous = self.invocation_type == "RequestResponse"
         # A synchronous invoke holds its connection while the render runs: one per request.
@@ -237,6 +207,8 @@ class LeanInvoker:
             if self.synchronous
             else settings.invoke_timeout
         )
+        # Built once per credential refresh, not per invoke: it holds a frozen copy.
+        self.signer = self.new_signer(self.credentials.get_frozen_credentials())
         self.target_bytes = self.target.path.encode()
         self.retries = settings.invoke_retries
         self.refresher: asyncio.Task[None] | None = None
@@ -275,19 +247,13 @@ class LeanInvoker:
         raise error
 
     def sign(self, payload: bytes) -> list[tuple[bytes, bytes]]:
-        """SigV4 headers for this payload (botocore's signer; ~60 µs)."""
-        request = AWSRequest(
-            method="POST",
-            url=self.url,
-            data=payload,
-            headers={
-                "X-Amz-Invocation-Type": self.invocation_type,
-                "Host": self.pool.authority,
-                "Content-Length": str(len(payload)),
-            },
-        )
-        self.signer.add_auth(request)
-        return [(name.encode(), value.encode()) for name, value in request.headers.items()]
+        """SigV4 headers for this payload."""
+        return self.signer.sign(payload)
+
+    def new_signer(self, frozen: ReadOnlyCredentials) -> InvokeSigner:
+        fixed = (("X-Amz-Invocation-Type", self.invocation_type),)
+        region, host = self.target.region, self.pool.authority
+        return InvokeSigner(frozen, region, host, self.target.path, fixed)
 
     async def refresh_credentials(self) -> None:
         """Keep a fresh frozen copy; botocore's refresh may block (IMDS), so off the loop."""
@@ -296,7 +262,7 @@ class LeanInvoker:
             await asyncio.sleep(CREDENTIAL_REFRESH_INTERVAL)
             try:
                 frozen = await loop.run_in_executor(None, self.credentials.get_frozen_credentials)
-                self.signer = DailyKeySigV4Auth(frozen, "lambda", self.target.region)
+                self.signer = self.new_signer(frozen)
             except Exception:
                 log.exception("AWS credential refresh failed; keeping the previous credentials")
 
