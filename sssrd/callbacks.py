@@ -68,44 +68,44 @@ class CallbackConnection(StatefulConnection):
         if request.method != b"POST":
             await self.refuse(request, refusal, 405, "callbacks are POSTed", [(b"allow", b"POST")])
             return
-        stream = self.stream_for(request, request_id, refusal)
+        callback = self.claimed(request, request_id, refusal)
         try:
             token = bearer_token(request.headers)
-            if stream.error_report and refusal is None:
+            if callback.error_report and refusal is None:
                 self.state.pending.authenticate(request_id, token, tokenless)
-                await self.read_error_report(request, stream)
-            self.state.pending.claim(request_id, token, stream, tokenless=tokenless)
+                await self.read_error_report(request, callback)
+            self.state.pending.claim(request_id, token, callback, tokenless=tokenless)
         except CallbackRefused as refused:
-            if stream.refusal is None:  # a refused head or report was counted as malformed
+            if callback.refusal is None:  # a refused head or report was counted as malformed
                 self.state.tally.callback_rejected(refused.reason)
-            await self.refuse(request, stream.refusal, refused.status, str(refused))
+            await self.refuse(request, callback.refusal, refused.status, str(refused))
             return
         if refusal is None and self.conn.h11.they_are_waiting_for_100_continue:
             await self.conn.send(h11.InformationalResponse(status_code=100, headers=[]))
-        outcome = await stream.finished
-        if outcome.kind is Outcome.DELIVERED:
-            summary = {"requestId": request_id, "bytes": outcome.body_bytes}
-            if stream.body is not None:  # always, once delivered: the body was read to its end
-                self.conn.body_ended_elsewhere(stream.body.unused)
+        end = await callback.finished
+        if end.kind is Outcome.DELIVERED:
+            summary = {"requestId": request_id, "bytes": end.body_bytes}
+            if callback.body is not None:  # always, once delivered: the body was read to its end
+                self.conn.body_ended_elsewhere(callback.body.unused)
             keep = asks_keep_alive(request.headers) and not self.state.draining
             await self.reply(request, 200, summary, close=not keep)
-        elif outcome.kind is Outcome.RENDER_ERROR:  # the report was read whole, by h11
+        elif end.kind is Outcome.RENDER_ERROR:  # the report was read whole, by h11
             keep = asks_keep_alive(request.headers) and not self.state.draining
             answer = {"requestId": request_id, "reported": True}
             await self.reply(request, 200, answer, close=not keep)
-        elif outcome.kind is Outcome.BAD_CALLBACK:
-            await self.reply(request, outcome.status, {"error": outcome.message})
+        elif end.kind is Outcome.BAD_CALLBACK:
+            await self.reply(request, end.status, {"error": end.message})
         # Other ends: finish() has already answered and closed.
 
-    async def read_error_report(self, request: h11.Request, stream: ClaimedCallback) -> None:
-        """Read an authenticated error report (bounded in size and time) into the stream's
+    async def read_error_report(self, request: h11.Request, callback: ClaimedCallback) -> None:
+        """Read an authenticated error report (bounded in size and time) into the callback's
         `error_type`; a malformed one becomes its `refusal` (its viewer still gets 502)."""
         try:
             body = await self.report_body(request)
-            stream.error_type = parse_error_report(body)
+            callback.error_type = parse_error_report(body)
         except BadHead as bad:
             self.state.tally.callback_rejected(RejectReason.MALFORMED)
-            stream.refusal = bad
+            callback.refusal = bad
 
     async def report_body(self, request: h11.Request) -> bytes:
         """The body of an error report, read within head_timeout; BadHead (413, 408, 400)."""
@@ -132,7 +132,7 @@ class CallbackConnection(StatefulConnection):
             raise BadHead(400, "the error report's framing is invalid", request) from None
         return bytes(body)
 
-    def stream_for(
+    def claimed(
         self, request: h11.Request, request_id: str, refusal: BadHead | None
     ) -> ClaimedCallback:
         content_type = first_header(request.headers, b"content-type")

@@ -197,8 +197,8 @@ class BodyRelay:
         self.in_pipe = 0
         self.copied = 0
         self.spliced = 0
-        self.pending: list[bytes] = []  # copied payload not yet framed and sent
-        self.pending_size = 0
+        self.unframed: list[bytes] = []  # copied payload not yet framed and sent
+        self.unframed_size = 0
         self.wire: list[bytes | memoryview] = []  # viewer bytes passed through, not yet sent
         self.wire_size = 0
         self.read_size = COPY_READ
@@ -388,15 +388,15 @@ class BodyRelay:
             buffers += self.wire
             self.wire = []
             self.wire_size = 0
-        if self.pending_size:
-            for piece in frame_around(self.sink.h11, Placeholder(self.pending_size)):
+        if self.unframed_size:
+            for piece in frame_around(self.sink.h11, Placeholder(self.unframed_size)):
                 if isinstance(piece, Placeholder):
-                    buffers.extend(self.pending)
+                    buffers.extend(self.unframed)
                 else:
                     buffers.append(piece)
-            self.copied += self.pending_size
-            self.pending = []
-            self.pending_size = 0
+            self.copied += self.unframed_size
+            self.unframed = []
+            self.unframed_size = 0
         return buffers
 
     async def flush(self, more: bool = False) -> None:
@@ -424,8 +424,8 @@ class BodyRelay:
     async def relay(self, first: bytes) -> None:
         """Forward `first` then the rest of the body, as it arrives, then end the response."""
         if first:
-            self.pending.append(first)
-            self.pending_size = len(first)
+            self.unframed.append(first)
+            self.unframed_size = len(first)
         if isinstance(self.decoder, ChunkedDecoder) and self.viewer_is_chunked():
             await self.pass_through(self.decoder)
             return
@@ -435,9 +435,9 @@ class BodyRelay:
                 await self.end()
                 return
             if isinstance(event, bytes):
-                self.pending.append(event)
-                self.pending_size += len(event)
-                if self.pending_size >= COPY_READ:  # a fast sender must not grow it unbounded
+                self.unframed.append(event)
+                self.unframed_size += len(event)
+                if self.unframed_size >= COPY_READ:  # a fast sender must not grow it unbounded
                     await self.flush()
             elif self.worth_splicing():
                 await self.splice_payload()
