@@ -1,0 +1,72 @@
+"""A FastAPI and a Flask app, wrapped by one line each, stream through the real daemon.
+
+The examples in examples/fastapi and examples/flask run under the daemon's local invoker
+(tests/web_apps.py gates their slow data calls on the test): the page head and first section
+reach the viewer while the next section's data is still loading, and a viewer who leaves stops
+the render (FastAPI: the pending data call is cancelled at once; Flask: the template generator
+is closed at its next section, and no later section is loaded).
+"""
+
+from __future__ import annotations
+
+import pytest
+from harness import Conductor, Daemon, Viewer, daemon, header
+
+pytestmark = pytest.mark.daemon
+
+APPS = ["fastapi", "flask"]
+
+
+@pytest.fixture(scope="module")
+def web(conductor: Conductor):
+    with daemon(conductor, "--handler=web_apps:handler") as running:
+        yield running
+
+
+def read_until(viewer: Viewer, marker: bytes, seen: bytes = b"") -> bytes:
+    while marker not in seen:
+        piece = viewer.chunk()
+        assert piece is not None, f"the body ended before {marker!r}"
+        seen += piece
+    return seen
+
+
+@pytest.mark.parametrize("app", APPS)
+def test_first_section_reaches_the_viewer_before_the_next_is_loaded(web, conductor, app):
+    tag = f"{app}-progressive"
+    viewer = Viewer(web.viewer)
+    viewer.send("GET", f"/?app={app}&tag={tag}")
+    conductor.wait_waiting(f"{tag}:news")
+    head = viewer.head()
+    assert head.status_code == 200
+    assert header(head, b"content-type") == b"text/html; charset=utf-8"
+    seen = read_until(viewer, b'<section id="news">')
+    conductor.release(f"{tag}:news")
+    seen = read_until(viewer, b"news story 3", seen)
+    conductor.wait_waiting(f"{tag}:weather")  # weather's data is not loaded yet ...
+    assert b"weather story" not in seen  # ... and the viewer already has the news
+    conductor.release(f"{tag}:weather")
+    conductor.release(f"{tag}:sport")
+    seen += viewer.body()
+    assert seen.rstrip().endswith(b"</html>") and b"sport story 3" in seen
+    assert conductor.report(tag, "returned")
+    assert web.access(request_id=header(head, b"x-request-id").decode())["status"] == 200
+
+
+@pytest.mark.parametrize("app", APPS)
+def test_viewer_leaving_stops_the_apps_generator(web: Daemon, conductor, app):
+    tag = f"{app}-leaves"
+    viewer = Viewer(web.viewer)
+    viewer.send("GET", f"/?app={app}&tag={tag}")
+    conductor.release(f"{tag}:news")
+    head = viewer.head()
+    read_until(viewer, b"news story 3")
+    conductor.wait_waiting(f"{tag}:weather")
+    viewer.close()
+    web.access(request_id=header(head, b"x-request-id").decode())  # sssrd saw the viewer go
+    if app == "fastapi":
+        # http.disconnect reached Starlette at once: the data call it waited on was cancelled.
+        assert conductor.report(tag, "cancelled")["section"] == "weather"
+    conductor.release(f"{tag}:weather")  # a sync app learns it at its next write
+    assert conductor.report(tag, "returned")
+    assert conductor.count(tag, "loading") == 2  # sport was never loaded

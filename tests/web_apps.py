@@ -1,0 +1,68 @@
+"""The FastAPI and Flask examples as the daemon's local invoker runs them (`web_apps:handler`).
+
+Each example is loaded from examples/ unchanged, its own one-line `handler` included; only its
+slow data call is replaced by one that reports to the test's Conductor and waits for the test to
+release it (`<tag>:<section>`), so "the first section reached the viewer before the slow one
+was loaded" is an ordering the test controls, not a race.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from scenarios import Conductor
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+current: dict[str, Conductor] = {}  # the conductor of the invocation in flight
+
+
+def load_example(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"{name}_example", EXAMPLES / name / "app.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # Flask finds its templates through its module
+    spec.loader.exec_module(module)
+    return module
+
+
+def gated_load(name: str, delay_s: float) -> list[str]:
+    conductor = current["conductor"]
+    conductor.report("loading", section=name)
+    conductor.wait(name)
+    conductor.report("loaded", section=name)
+    return [f"{name} story {number}" for number in range(1, 4)]
+
+
+async def gated_load_async(name: str, delay_s: float) -> list[str]:
+    conductor = current["conductor"]
+    try:
+        return await asyncio.to_thread(gated_load, name, delay_s)
+    except asyncio.CancelledError:
+        conductor.report("cancelled", section=name)
+        raise
+
+
+fastapi_example = load_example("fastapi")
+fastapi_example.load_section = gated_load_async
+flask_example = load_example("flask")
+flask_example.load_section = gated_load
+HANDLERS = {"fastapi": fastapi_example.handler, "flask": flask_example.handler}
+
+
+def handler(event: dict, context: Any) -> None:
+    query = event.get("queryStringParameters") or {}
+    conductor = Conductor(query["tag"])
+    current["conductor"] = conductor
+    try:
+        HANDLERS[query["app"]](event, context)
+        conductor.report("returned")
+    except BaseException as error:
+        conductor.report("raised", error=type(error).__name__)
+        raise
+    finally:
+        conductor.close()
