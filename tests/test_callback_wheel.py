@@ -51,10 +51,12 @@ def test_wheel_installs_alone_and_imports_the_adapters_without_daemon_dependenci
     )
     probe = (
         "import sys; from sssrd.callback import asgi, wsgi; import sssrd.callback as c;"
-        "print(c.__file__); print(sorted({'h11','uvloop','boto3','prometheus_client'} & set(sys.modules)))"
+        "print(c.__file__);"
+        "print(sorted({'h11', 'uvloop', 'boto3', 'prometheus_client'} & set(sys.modules)))"
     )
+    script = f"import sys; sys.path.insert(0, {str(target)!r}); {probe}"
     shown = subprocess.run(
-        [sys.executable, "-I", "-S", "-c", f"import sys; sys.path.insert(0, {str(target)!r}); {probe}"],
+        [sys.executable, "-I", "-S", "-c", script],
         check=True,
         capture_output=True,
         text=True,
