@@ -68,5 +68,7 @@ def test_viewer_leaving_stops_the_apps_generator(web: Daemon, conductor, app):
         # http.disconnect reached Starlette at once: the data call it waited on was cancelled.
         assert conductor.report(tag, "cancelled")["section"] == "weather"
     conductor.release(f"{tag}:weather")  # a sync app learns it at its next write
+    if app == "flask":
+        assert conductor.report(tag, "closed")  # the response iterable's close(), PEP 3333
     assert conductor.report(tag, "returned")
     assert conductor.count(tag, "loading") == 2  # sport was never loaded

@@ -51,6 +51,16 @@ fastapi_example = load_example("fastapi")
 fastapi_example.load_section = gated_load_async
 flask_example = load_example("flask")
 flask_example.load_section = gated_load
+
+
+@flask_example.app.after_request
+def report_close(response: Any) -> Any:
+    """Shows that the adapter called the response iterable's close() (PEP 3333)."""
+    conductor = current["conductor"]
+    response.call_on_close(lambda: conductor.report("closed"))
+    return response
+
+
 HANDLERS = {"fastapi": fastapi_example.handler, "flask": flask_example.handler}
 
 
