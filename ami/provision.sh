@@ -29,8 +29,21 @@ deb="$(realpath "$1")"
 [[ -f $deb ]] || die "$1 is not a file"
 ((EUID == 0)) || die "run as root"
 
+# On EC2 the build instance's first boot is still under way when Packer connects: cloud-init
+# may be running apt itself (package updates, its own modules), and an apt-get racing it fails
+# on "Could not get lock". Wait for cloud-init to finish; where it is absent (the local image
+# test's container) there is nothing to wait for. A cloud-init that finished with errors is
+# reported and the bake goes on: what matters here is that it no longer holds apt.
+if command -v cloud-init >/dev/null; then
+    cloud-init status --wait >/dev/null \
+        || echo "provision.sh: cloud-init finished with errors ($(cloud-init status 2>&1 | tr '\n' ' '))" >&2
+fi
+
 export DEBIAN_FRONTEND=noninteractive
-apt_options=(-q -y -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold)
+# Anything else holding dpkg's lock (apt-daily, unattended-upgrades) is waited for, up to ten
+# minutes, rather than failing the bake at once.
+apt_options=(-q -y -o DPkg::Lock::Timeout=600
+    -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold)
 scratch="$(mktemp -d)"
 trap 'rm -rf "$scratch"' EXIT
 if [[ -n $apt_source ]]; then
@@ -46,7 +59,13 @@ apt_get() { apt-get "${apt_options[@]}" "$@"; }
 # up to the bake (Debian stable's updates are security and serious fixes only). full-upgrade
 # so that a kernel update's new ABI package is installed too; the next boot (every instance's
 # first) runs it.
-apt_get update
+# The lists lock (apt-get update's) is not covered by DPkg::Lock::Timeout on every apt: a few
+# bounded tries; an update run twice is the same update.
+for attempt in 1 2 3 4 5 6; do
+    apt_get update && break
+    ((attempt < 6)) || die "apt-get update failed $attempt times"
+    sleep 10
+done
 apt_get full-upgrade
 
 # sssrd itself, and the packages packages.txt names: prometheus-node-exporter (host metrics on

@@ -10,7 +10,9 @@ so only a Lambda whose last callback was accepted reuses a connection, and each 
 still needs its own token. Every head is answered: one
 refused before routing gets its status (400, 408, 431) at once; one refused after parsing still
 goes through route and token, so that its own viewer learns at once (502) rather than at the
-deadline.
+deadline. An error report (RENDER_ERROR_CONTENT_TYPE: the render failed before its first write)
+is a callback too: its token is checked before its small JSON body is read, it claims the entry
+like any callback, the viewer gets 502 at once, and it is answered 200 `{"reported": true}`.
 Nothing that arrives here can touch any entry but the one its token names.
 """
 
@@ -35,13 +37,16 @@ from sssrd.prelude import PRELUDE_CONTENT_TYPE
 from sssrd.served import ServedConnection
 
 CALLBACK_PREFIX = b"/v1/callback/"
+RENDER_ERROR_CONTENT_TYPE = b"application/vnd.sssrd.render-error+json"
+MAX_ERROR_REPORT_BYTES = 4096
+MAX_ERROR_TYPE_CHARS = 128
 
 
 @dataclass(slots=True)
 class StreamEnd:
     """How a stream ended, as the callback side answers it."""
 
-    kind: Outcome  # DELIVERED, BAD_CALLBACK, NO_BODY, or a StreamAborted kind
+    kind: Outcome  # DELIVERED, BAD_CALLBACK, or a StreamAborted kind
     body_bytes: int = 0
     message: str = ""
     status: int = 400  # what a malformed callback is answered
@@ -61,6 +66,8 @@ class ClaimedCallback:
     chunked: bool
     finished: asyncio.Future[StreamEnd] = field(repr=False)
     refusal: BadHead | None = None  # the head was refused: the viewer gets 502, no body is read
+    error_report: bool = False  # an error report, not a response: its body is read here
+    error_type: str | None = None  # a valid error report's (sanitised) type: the viewer gets 502
     body: BodyDecoder | None = field(default=None, repr=False)
 
     def decoder(self) -> BodyDecoder:
@@ -90,9 +97,11 @@ class ClaimedCallback:
 
 
 # Outcomes the callback task answers itself (200, or a refusal followed by a lingering close).
-ANSWERED_BY_CALLBACK_TASK = frozenset({Outcome.DELIVERED, Outcome.BAD_CALLBACK})
+ANSWERED_BY_CALLBACK_TASK = frozenset(
+    {Outcome.DELIVERED, Outcome.BAD_CALLBACK, Outcome.RENDER_ERROR}
+)
 # Outcomes after which the render must stop: told 410 (ViewerGone) and closed at once.
-STOP_RENDERING = frozenset({Outcome.VIEWER_ABORT, Outcome.VIEWER_STALLED, Outcome.NO_BODY})
+STOP_RENDERING = frozenset({Outcome.VIEWER_ABORT, Outcome.VIEWER_STALLED})
 
 
 def answer_now(conn: Connection, status: int, body: dict[str, Any]) -> None:
@@ -136,11 +145,14 @@ class CallbackConnection(ServedConnection):
         stream = self.stream_for(request, request_id, refusal)
         try:
             token = bearer_token(request.headers)
+            if stream.error_report and refusal is None:
+                self.state.pending.authenticate(request_id, token, tokenless)
+                await self.read_error_report(request, stream)
             self.state.pending.claim(request_id, token, stream, tokenless=tokenless)
         except Rejection as rejection:
-            if refusal is None:  # a refused head was counted as malformed already
+            if stream.refusal is None:  # a refused head or report was counted as malformed
                 self.state.tally.callback_rejected(rejection.reason)
-            await self.refuse(request, refusal, rejection.status, str(rejection))
+            await self.refuse(request, stream.refusal, rejection.status, str(rejection))
             return
         if refusal is None and self.conn.h11.they_are_waiting_for_100_continue:
             await self.conn.send(h11.InformationalResponse(status_code=100, headers=[]))
@@ -151,9 +163,50 @@ class CallbackConnection(ServedConnection):
                 self.conn.body_ended_elsewhere(stream.body.unused)
             keep = asks_keep_alive(request.headers) and not self.state.draining
             await self.reply(request, 200, summary, close=not keep)
+        elif outcome.kind is Outcome.RENDER_ERROR:  # the report was read whole, by h11
+            keep = asks_keep_alive(request.headers) and not self.state.draining
+            answer = {"requestId": request_id, "reported": True}
+            await self.reply(request, 200, answer, close=not keep)
         elif outcome.kind is Outcome.BAD_CALLBACK:
             await self.reply(request, outcome.status, {"error": outcome.message})
         # Other ends: finish() has already answered and closed.
+
+    async def read_error_report(self, request: h11.Request, stream: ClaimedCallback) -> None:
+        """Read an authenticated error report (bounded in size and time) into the stream's
+        `error_type`; a malformed one becomes its `refusal` (its viewer still gets 502)."""
+        try:
+            body = await self.report_body(request)
+            stream.error_type = parse_error_report(body)
+        except BadHead as bad:
+            self.state.tally.callback_rejected(Rejected.MALFORMED)
+            stream.refusal = bad
+
+    async def report_body(self, request: h11.Request) -> bytes:
+        """The body of an error report, read within head_timeout; BadHead (413, 408, 400)."""
+        too_large = BadHead(
+            413, f"an error report is at most {MAX_ERROR_REPORT_BYTES} bytes", request
+        )
+        length = first_header(request.headers, b"content-length")
+        if length is not None and int(length) > MAX_ERROR_REPORT_BYTES:
+            raise too_large
+        if self.conn.h11.they_are_waiting_for_100_continue:
+            await self.conn.send(h11.InformationalResponse(status_code=100, headers=[]))
+        body = bytearray()
+        self.conn.deadline = self.state.loop.time() + self.state.settings.head_timeout
+        try:
+            while not isinstance(event := await self.conn.next_event(), h11.EndOfMessage):
+                if not isinstance(event, h11.Data):  # h11.ConnectionClosed
+                    raise BadHead(400, "the error report ended early", request)
+                body += event.data
+                if len(body) > MAX_ERROR_REPORT_BYTES:
+                    raise too_large
+        except TimeoutError:
+            raise BadHead(408, "the error report was not received in time", request) from None
+        except h11.RemoteProtocolError:
+            raise BadHead(400, "the error report's framing is invalid", request) from None
+        finally:
+            self.conn.deadline = None
+        return bytes(body)
 
     def stream_for(
         self, request: h11.Request, request_id: str, refusal: BadHead | None
@@ -163,10 +216,10 @@ class CallbackConnection(ServedConnection):
         return ClaimedCallback(
             conn=self.conn,
             request_id=request_id,
-            prelude=content_type is not None
-            and content_type.split(b";")[0].strip().lower() == PRELUDE_CONTENT_TYPE,
+            prelude=media_type(content_type) == PRELUDE_CONTENT_TYPE,
             status_header=first_header(request.headers, b"x-status-code"),
             content_type=content_type,
+            error_report=media_type(content_type) == RENDER_ERROR_CONTENT_TYPE,
             content_length=int(length) if length is not None and refusal is None else None,
             chunked=(first_header(request.headers, b"transfer-encoding") or b"").lower()
             == b"chunked",
@@ -222,3 +275,26 @@ def asks_keep_alive(headers: Iterable[tuple[bytes, bytes]]) -> bool:
     written when every answer closed may read its answer until the connection ends."""
     value = first_header(headers, b"connection") or b""
     return b"keep-alive" in (token.strip().lower() for token in value.split(b","))
+
+
+def media_type(content_type: bytes | None) -> bytes:
+    """A Content-Type's media type, lower-cased, without parameters (b"" when absent)."""
+    return b"" if content_type is None else content_type.split(b";")[0].strip().lower()
+
+
+def parse_error_report(body: bytes) -> str:
+    """An error report's `errorType`, as printable ASCII (anything else becomes "?"), so that
+    it is safe in a log line; BadHead(400) unless the body is a JSON object whose `errorType`
+    is a string of 1 to MAX_ERROR_TYPE_CHARS characters. Other keys are ignored: a helper
+    never sends the error's message, and sssrd would not keep it."""
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        raise BadHead(400, "the error report is not JSON") from None
+    if not isinstance(document, dict):
+        raise BadHead(400, "the error report is not a JSON object")
+    error_type = document.get("errorType")
+    if not isinstance(error_type, str) or not 0 < len(error_type) <= MAX_ERROR_TYPE_CHARS:
+        message = f"errorType must be a string of 1 to {MAX_ERROR_TYPE_CHARS} characters"
+        raise BadHead(400, message)
+    return "".join(char if " " <= char <= "~" else "?" for char in error_type)

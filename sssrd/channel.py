@@ -1,7 +1,9 @@
 """The supervisor ↔ worker channel: length-prefixed JSON messages over one socketpair.
 
 With `workers` > 1 each worker is a child of the supervisor and holds one end of a stream
-socketpair. A worker tells the supervisor what a single-process daemon tells systemd, as
+socketpair. The supervisor's first message is `{"settings": "<Settings.as_toml()>"}`, what the
+worker runs; `{"reload": "<as_toml>"}` carries the settings of a reload it accepted. A worker
+tells the supervisor what a single-process daemon tells systemd, as
 `{"notify": {"READY": "1", ...}}` (READY, RELOADING, STOPPING, STATUS and WATCHDOG, the last
 being its heartbeat), says `{"listening": {"callback_url": ...}}` once it serves, and answers
 every `{"metrics": null}` with `{"metrics": "<its exposition>"}`, in order. Each message is a

@@ -24,6 +24,7 @@ from sssrd.config import (
     ConfigError,
     Settings,
     load_settings,
+    unknown_env,
 )
 from sssrd.invokers import make_invoker
 from sssrd.server import Server
@@ -61,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument(
                 "--" + field.name.replace("_", "-"), dest=field.name, help=field.help
             )
+        if name == "check-config":
+            command.add_argument(
+                "--strict",
+                action="store_true",
+                help="exit 2 on warnings too (an SSSRD_ variable that names no setting)",
+            )
     commands.add_parser("version", help="print the version")
     commands.add_parser("loadtest", help="load-test a URL (sssrd loadtest --help)", add_help=False)
     return parser
@@ -79,9 +86,7 @@ def settings_from(arguments: argparse.Namespace) -> Settings:
     return load_settings(config_path(arguments), flags=flags, defaults=defaults)
 
 
-async def run_daemon(
-    settings: Settings, arguments: argparse.Namespace, argv: Sequence[str]
-) -> None:
+async def run_daemon(settings: Settings, arguments: argparse.Namespace) -> None:
     notifier = Notifier.from_environment()
     invoker = make_invoker(settings)  # a bad region, credentials or ARN fail here, in one line
     if settings.workers > 1:
@@ -90,7 +95,6 @@ async def run_daemon(
         invoker.close()  # each worker builds its own; this one only proved it can be built
         supervisor = Supervisor(
             settings,
-            argv,
             inherited=listen_fds(),
             notifier=notifier,
             reload_settings=lambda: settings_from(arguments),
@@ -135,13 +139,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"sssrd: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    warnings = unknown_env(os.environ)
     if arguments.command == "check-config":
+        for warning in warnings:
+            print(f"sssrd: warning: {warning}", file=sys.stderr)
         sys.stdout.write(settings.as_toml())
-        return 0
+        return EXIT_CONFIG if warnings and arguments.strict else 0
     logs.configure(settings.log_level)
+    for warning in warnings:
+        logs.log.warning("environment variable ignored", extra={"warning": warning})
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(run_daemon(settings, arguments, argv))
+            runner.run(run_daemon(settings, arguments))
     except (OSError, ValueError) as exc:
         print(f"sssrd: cannot start: {exc}", file=sys.stderr)
         return EXIT_STARTUP

@@ -461,8 +461,10 @@ class Settings:
     head_timeout: float = setting(
         parse_positive_float,
         10.0,
-        "seconds to receive a whole request head",
-        "A whole request head must arrive within this (slowloris guard; 408 otherwise).",
+        "seconds to receive a whole request head, and then its body",
+        "On both listeners a request head must arrive whole within this (of the connection's "
+        "start, or of its first byte on a kept connection), and a viewer's body within this of "
+        "its head (slowloris guard; 408 otherwise).",
         section=Section.TIMEOUTS,
         reloadable=True,
     )
@@ -495,9 +497,10 @@ class Settings:
     keepalive_timeout: float = setting(
         parse_positive_float,
         75.0,
-        "idle viewer connection lifetime; keep above the ALB's idle timeout (60 s)",
-        "Idle keep-alive viewer connections close after this. Keep it above the ALB's idle "
-        "timeout (60 s by default) so the ALB never reuses a connection sssrd is closing.",
+        "idle kept connection lifetime; keep above the ALB's idle timeout (60 s)",
+        "Kept-alive connections (viewer, and callback after a delivered callback) that stay "
+        "idle between requests this long close. Keep it above the ALB's idle timeout (60 s by "
+        "default) so the ALB never reuses a connection sssrd is closing.",
         section=Section.TIMEOUTS,
         reloadable=True,
     )
@@ -585,17 +588,37 @@ def read_toml(path: str) -> dict[str, Any]:
 
 
 def read_env(environ: Mapping[str, str]) -> dict[str, str]:
-    """SSSRD_<NAME> values; any other SSSRD_ name is a typo, refused as the file's are."""
+    """SSSRD_<NAME> values of settings; other SSSRD_ names are left to unknown_env's warnings."""
     values = {}
     for key, value in environ.items():
-        if not key.startswith(ENV_PREFIX) or key == CONFIG_ENV:
-            continue
         name = key[len(ENV_PREFIX) :].lower()
-        if name not in FIELDS_BY_NAME:
-            hint = did_you_mean(name, ENV_PREFIX)
-            raise ConfigError(f"{key}: unknown setting{hint} (environment variable)")
-        values[name] = value
+        if key.startswith(ENV_PREFIX) and name in FIELDS_BY_NAME:
+            values[name] = value
     return values
+
+
+# What Kubernetes injects for a Service named sssrd (service links, on by default).
+SERVICE_LINK = re.compile(
+    ENV_PREFIX
+    + r"(SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT(_\d+_(TCP|UDP|SCTP)(_(PROTO|PORT|ADDR))?)?)"
+)
+
+
+def unknown_env(environ: Mapping[str, str]) -> list[str]:
+    """A warning for each SSSRD_ variable that names no setting: a typo (with a guess), or
+    someone else's (Kubernetes service links, wrappers using the prefix). Never a refusal: a
+    daemon must start in a namespace that happens to hold a Service named sssrd."""
+    warnings = []
+    for key in sorted(environ):
+        name = key[len(ENV_PREFIX) :].lower()
+        if not key.startswith(ENV_PREFIX) or key == CONFIG_ENV or name in FIELDS_BY_NAME:
+            continue
+        if SERVICE_LINK.fullmatch(key):
+            hint = "; a Kubernetes service link?"
+        else:
+            hint = did_you_mean(name, ENV_PREFIX)
+        warnings.append(f"{key}: not a setting, ignored{hint} (environment variable)")
+    return warnings
 
 
 def did_you_mean(name: str, prefix: str) -> str:
@@ -637,6 +660,12 @@ def load_settings(
     settings = Settings(**values)
     check_consistency(settings)
     return settings
+
+
+def settings_from_toml(text: str) -> Settings:
+    """Settings from `as_toml()` text alone (no file, env or flags): how a supervisor hands
+    the settings it validated to its workers."""
+    return load_settings(environ={}, flags=tomllib.loads(text))
 
 
 def check_consistency(settings: Settings) -> None:

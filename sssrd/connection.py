@@ -24,6 +24,8 @@ from typing import Protocol, cast
 
 import h11
 
+from sssrd.headers import is_host
+
 RECV_SIZE = 65_536
 # h11's own bound on any incomplete event (a head, a chunk-size line): only a backstop. The
 # configured max_head_bytes is enforced by next_request per request, so a reload reaches heads on
@@ -33,9 +35,14 @@ INCOMPLETE_EVENT_CEILING = 1 << 20
 # refused peer's input is read and dropped before closing.
 LINGER_SECONDS = 5.0
 LINGER_BYTES = 4 << 20
-# Host = uri-host [ ":" port ] (RFC 9112 section 3.2, RFC 3986 section 3.2.2): an IP literal in
-# brackets or a reg-name of unreserved, percent-encoded and sub-delim characters.
-HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::[0-9]*)?")
+# Where h11 ends a head (it accepts a bare LF), and the head RFC 9112 allows (sections 2.2, 5.2):
+# every line ends in CRLF, no field line starts with whitespace (obs-fold, which h11 unfolds into
+# the previous line), no control byte but HTAB anywhere. A recipient MAY refuse all three; sssrd
+# does, since a front end that reads them differently frames the message differently.
+HEAD_END = re.compile(rb"\n\r?\n")
+STRICT_HEAD = re.compile(
+    rb"[^\x00-\x1f\x7f]*\r\n(?:[^\x00-\x20\x7f][^\x00-\x08\n-\x1f\x7f]*\r\n)*\r\n"
+)
 # What reading a message yields: an event, or PAUSED once the peer's message has ended and the
 # next cycle has not started.
 Incoming = h11.Event | type[h11.PAUSED]
@@ -137,13 +144,22 @@ def check_head(request: h11.Request) -> None:
         raise BadHead(505, "only HTTP/1.0 and HTTP/1.1 are served", request)
     length = coding = False
     for name, value in request.headers:
-        if name == b"host" and HOST.fullmatch(value) is None:
+        if name == b"host" and not is_host(value):
             raise BadHead(400, "bad request: the Host header is not a valid host[:port]", request)
         length = length or name == b"content-length"
         coding = coding or name == b"transfer-encoding"
     if length and coding:
         raise BadHead(
             400, "bad request: both Content-Length and Transfer-Encoding were sent", request
+        )
+
+
+def check_raw_head(received: bytes, request: h11.Request) -> None:
+    """Refuse a head that h11 parsed leniently: `received` starts with its bytes, as read."""
+    end = HEAD_END.search(received)
+    if end is not None and STRICT_HEAD.fullmatch(received, 0, end.end()) is None:
+        raise BadHead(
+            400, "bad request: a folded line, a bare LF or a control byte in the head", request
         )
 
 
@@ -239,32 +255,40 @@ class Connection:
             self.h11.receive_data(data)
 
     async def next_request(self, current: Callable[[], HeadLimits]) -> h11.Request | None:
-        """The next request head; None if the peer closes or idles past keepalive_timeout.
+        """The next request head; None if the peer closes, or idles past keepalive_timeout
+        between requests.
 
         `current()` gives the settings in force (keepalive_timeout, head_timeout,
         max_head_bytes, send_timeout), asked again once the head starts arriving, so that a
-        reload during the keep-alive wait applies to it. Raises BadHead when the head is too
-        slow (408: the whole head within head_timeout, slowloris), too large (431), malformed
-        (400) or refused by check_head.
+        reload during the keep-alive wait applies to it. A connection's first head must arrive
+        whole within head_timeout of this call, a later one within head_timeout of its first
+        byte. Raises BadHead when the head is too slow (408; also a new connection that sends
+        nothing: slowloris), too large (431), malformed (400) or refused by check_head.
         """
-        if self.fresh:  # saves registering a reader (epoll_ctl) when the head is here already
+        first = self.fresh
+        if first:  # saves registering a reader (epoll_ctl) when the head is here already
             self.fresh = False
             self.try_receive()
         loop = self.loop
-        buffered = len(self.h11.trailing_data[0])
-        try:
-            if not buffered:
-                self.deadline = loop.time() + current().keepalive_timeout
-                await self.wait_readable()
-        except TimeoutError:
-            return None
-        finally:
-            self.deadline = None
+        received = self.h11.trailing_data[0]
         limits = current()
+        started = loop.time()
+        if not received:
+            self.deadline = started + (limits.head_timeout if first else limits.keepalive_timeout)
+            try:
+                await self.wait_readable()
+            except TimeoutError:
+                if first:
+                    raise BadHead(408, "request head not received in time") from None
+                return None
+            finally:
+                self.deadline = None
+            if not first:
+                limits, started = current(), loop.time()
         self.send_timeout = limits.send_timeout
         try:
-            self.deadline = loop.time() + limits.head_timeout
-            event = await self._read_head(buffered, limits.max_head_bytes)
+            self.deadline = started + limits.head_timeout
+            event, received = await self._read_head(received, limits.max_head_bytes)
         except TimeoutError:
             raise BadHead(408, "request head not received in time") from None
         except h11.RemoteProtocolError as exc:
@@ -278,18 +302,24 @@ class Connection:
             return None
         if head_size(event) > limits.max_head_bytes:
             raise BadHead(431, "request head too large", event)
+        check_raw_head(received, event)
         check_head(event)
         return event
 
-    async def _read_head(self, buffered: int, limit: int) -> Incoming:
-        """The next h11 event, reading as needed; 431 once an unfinished head exceeds `limit`."""
+    async def _read_head(self, received: bytes, limit: int) -> tuple[Incoming, bytes]:
+        """The next h11 event, reading as needed, and every byte h11 was given for it (starting
+        with `received`, which it already holds); 431 once an unfinished head exceeds `limit`."""
+        pieces = [received]
+        buffered = len(received)
         while (event := self.h11.next_event()) is h11.NEED_DATA:
             if buffered > limit:
                 raise BadHead(431, "request head too large")
             data = await self.receive()
             buffered += len(data)
+            pieces.append(data)
             self.h11.receive_data(data)
-        return cast(Incoming, event)  # not NEED_DATA: mypy cannot narrow h11's sentinels
+        # not NEED_DATA: mypy cannot narrow h11's sentinels
+        return cast(Incoming, event), pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     def body_ended_elsewhere(self, unused: bytes) -> None:
         """The request's body was read to its end by another decoder (h11 never saw it), which

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
-from sssrd.headers import hop_by_hop_names, preview
+from sssrd.headers import hop_by_hop_names, is_host, preview
 
 # Months spelled out here because strftime("%b") follows the process locale.
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -65,6 +65,9 @@ def build_event(
     origin-form or absolute-form ASCII."""
     path, query = split_target(target)
     cookies, joined = _collect_headers(headers)
+    authority = target_authority(target)
+    if authority is not None:
+        joined["host"] = authority
     host = joined.get("host", "")
     domain_name = _strip_port(host)
     domain_prefix = domain_name.split(".", 1)[0]
@@ -135,6 +138,19 @@ def split_target(target: bytes) -> tuple[str, str]:
             target = b"/" + target
     path, _, query = target.decode("ascii").partition("?")
     return path, query
+
+
+def target_authority(target: bytes) -> str | None:
+    """The host[:port] of an absolute-form target, which replaces the Host header (RFC 9112
+    section 3.2.2; userinfo is dropped); None for origin-form. Raises InvalidTarget when it is
+    not a valid, non-empty host[:port]."""
+    prefix = _ABSOLUTE_FORM_PREFIX.match(target)
+    if prefix is None:
+        return None
+    authority = target[target.index(b"://") + 3 : prefix.end()].rpartition(b"@")[2]
+    if not authority or not is_host(authority):
+        raise InvalidTarget(f"request target {preview(target)} has no valid host[:port]")
+    return authority.decode("ascii")
 
 
 def format_request_time(time_epoch_ms: int) -> str:

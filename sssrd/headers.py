@@ -35,6 +35,10 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # either end (whitespace there is optional whitespace around the value, not part of it).
 _FIELD_VALUE = re.compile(rb"(?:[!-~\x80-\xff](?:[\t -~\x80-\xff]*[!-~\x80-\xff])?)?")
 
+# Host = uri-host [ ":" port ] (RFC 9112 section 3.2, RFC 3986 section 3.2.2): an IP literal in
+# brackets or a reg-name of unreserved, percent-encoded and sub-delim characters.
+_HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::[0-9]*)?")
+
 _CONNECTION_SEPARATOR = re.compile(rb"[ \t]*,[ \t]*")
 
 
@@ -48,6 +52,11 @@ def is_field_value(value: bytes) -> bool:
     (no CR, LF, NUL or other control byte), with no whitespace at either end. Such a value can
     be sent by h11 unchanged and cannot split a message."""
     return _FIELD_VALUE.fullmatch(value) is not None
+
+
+def is_host(value: bytes) -> bool:
+    """True if `value` is host[:port] (possibly empty), the grammar of a Host header."""
+    return _HOST.fullmatch(value) is not None
 
 
 def first_header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:

@@ -38,10 +38,12 @@ __all__ = [
     "LISTENERS",
     "OUTCOMES",
     "REJECT_REASONS",
+    "RENDER_ERROR_SOURCES",
     "TIMEOUT_KINDS",
     "MergedCollector",
     "Metrics",
     "TimeoutKind",
+    "carried",
 ]
 
 # The text format every Prometheus server reads; generate_latest() writes exactly this.
@@ -54,6 +56,10 @@ REJECT_REASONS = tuple(Rejected)
 TimeoutKind = Literal["head", "deadline", "idle", "send"]
 TIMEOUT_KINDS: tuple[TimeoutKind, ...] = get_args(TimeoutKind)
 ABORT_SIDES = ("viewer", "lambda")
+# Where sssrd learnt that a render failed: the render's own error callback (a helper caught the
+# exception before its first write), or the answer of a RequestResponse invoke.
+RenderErrorSource = Literal["callback", "invoke"]
+RENDER_ERROR_SOURCES: tuple[RenderErrorSource, ...] = get_args(RenderErrorSource)
 LISTENERS = ("viewer", "callback", "admin")
 BODY_PATHS = ("splice", "copy")
 STATUS_CLASSES = ("2xx", "3xx", "4xx", "5xx")
@@ -78,6 +84,7 @@ EXPECTED_REQUEST_SERIES = (
     (Outcome.LAMBDA_ABORT, "2xx"),
     (Outcome.LAMBDA_ABORT, "5xx"),
     (Outcome.BAD_CALLBACK, "5xx"),
+    (Outcome.RENDER_ERROR, "5xx"),
     (Outcome.TOO_LARGE, "4xx"),
     (Outcome.BAD_REQUEST, "4xx"),
     (Outcome.HEALTH, "2xx"),
@@ -191,6 +198,14 @@ class Metrics:
             "sssrd_aborts", "Streams cut short because one side went away.", "side"
         )
         self.aborts_by_side = _children(self.aborts, "side", ABORT_SIDES)
+        # No error-type label: error types are the render's words, unbounded (the access line
+        # carries each request's).
+        self.render_errors = self._labelled_counter(
+            "sssrd_render_errors",
+            "Renders that failed before their response head, by where sssrd learnt of it.",
+            "source",
+        )
+        self.render_errors_by_source = _children(self.render_errors, "source", RENDER_ERROR_SOURCES)
 
     def _labelled_counter(self, name: str, documentation: str, label: str) -> Counter:
         return Counter(name, documentation, [label], registry=self.registry)
@@ -285,6 +300,19 @@ class MergedCollector(Collector):
         registry = CollectorRegistry(auto_describe=False)
         registry.register(self)
         return generate_latest(registry)
+
+
+# What a process that has exited (or not answered) still contributes to the daemon's sums: what
+# it counted stays counted, or the daemon's counters would drop and read as a reset. Its gauges
+# (open connections, memory, limits) described a present it is no longer part of.
+CARRIED_TYPES = frozenset({"counter", "histogram", "summary"})
+
+
+def carried(exposition: str) -> str:
+    """The counters and histograms of `exposition`, in the text format."""
+    merged = MergedCollector([exposition])
+    merged.families = [family for family in merged.families if family.type in CARRIED_TYPES]
+    return merged.text().decode()
 
 
 def merge_families(expositions: Iterable[str]) -> list[Metric]:

@@ -13,13 +13,14 @@ from enum import StrEnum
 
 class Outcome(StrEnum):
     OK = "ok"
-    TIMEOUT = "timeout"  # 504 before the head, 408 for a slow head
+    TIMEOUT = "timeout"  # 504 before the head, 408 for a slow head or body
     INVOKE_THROTTLED = "invoke_throttled"
     INVOKE_FAILED = "invoke_failed"
     SHED = "shed"  # max_pending reached: 503
     VIEWER_ABORT = "viewer_abort"  # the viewer went away (before or during its response)
     LAMBDA_ABORT = "lambda_abort"  # the callback broke off, or its framing was invalid
     BAD_CALLBACK = "bad_callback"  # the callback's head or prelude was malformed: 502
+    RENDER_ERROR = "render_error"  # the render reported or returned an error before its head: 502
     TOO_LARGE = "too_large"
     BAD_REQUEST = "bad_request"
     HEALTH = "health"  # /healthz on the viewer listener
@@ -27,7 +28,6 @@ class Outcome(StrEnum):
     DELIVERED = "delivered"  # the callback's whole body reached the viewer (also an entry's end)
     VIEWER_STALLED = "viewer_stalled"  # the viewer took no bytes for send_timeout
     IDLE = "idle"  # the Lambda sent nothing for idle_timeout
-    NO_BODY = "no_body"  # HEAD, 204 or 304: the callback's body is not needed
     # How a pending entry ended, besides DELIVERED and VIEWER_ABORT:
     LATE = "late"  # its callback deadline passed
     FAILED = "failed"  # its request ended any other way
@@ -42,6 +42,7 @@ REQUEST_OUTCOMES = (
     Outcome.VIEWER_ABORT,
     Outcome.LAMBDA_ABORT,
     Outcome.BAD_CALLBACK,
+    Outcome.RENDER_ERROR,
     Outcome.TOO_LARGE,
     Outcome.BAD_REQUEST,
     Outcome.HEALTH,

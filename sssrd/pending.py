@@ -115,14 +115,10 @@ class PendingRegistry:
         self._entries[request_id] = entry
         return entry
 
-    def claim(
-        self, request_id: str, token: str | None, stream: object, tokenless: bool = False
-    ) -> Pending:
-        """Hand `stream` to the waiting viewer, once; raises Rejection otherwise.
-
-        `tokenless` is for the seed protocol (compat mode), where the unguessable id is the
-        only capability.
-        """
+    def authenticate(self, request_id: str, token: str | None, tokenless: bool = False) -> None:
+        """Check that `token` is the capability for `request_id`; raises Rejection (404, 401)
+        otherwise. Claiming checks it too; a callback that reads a body before it claims checks
+        it first, so that no unauthenticated body is ever parsed."""
         if len(request_id) != ID_LENGTH or not all(c in "0123456789abcdef" for c in request_id):
             raise Rejection(404, Rejected.UNKNOWN, "no such callback")
         # Compared as bytes: compare_digest refuses str with non-ASCII characters (TypeError).
@@ -131,6 +127,16 @@ class PendingRegistry:
             or not hmac.compare_digest(token.encode(), self.token_for(request_id).encode())
         ):
             raise Rejection(401, Rejected.BAD_TOKEN, "missing or invalid callback token")
+
+    def claim(
+        self, request_id: str, token: str | None, stream: object, tokenless: bool = False
+    ) -> Pending:
+        """Hand `stream` to the waiting viewer, once; raises Rejection otherwise.
+
+        `tokenless` is for the seed protocol (compat mode), where the unguessable id is the
+        only capability.
+        """
+        self.authenticate(request_id, token, tokenless)
         entry = self._entries.get(request_id)
         if entry is None:
             why = self._finished.get(request_id, Outcome.LATE)

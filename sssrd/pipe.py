@@ -51,6 +51,14 @@ class StreamAborted(Exception):
         self.kind = kind
 
 
+class BadFraming(StreamAborted):
+    """The callback's body framing is invalid (a Lambda abort once the viewer's response has
+    begun; before that, a malformed callback that is answered 400)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(Outcome.LAMBDA_ABORT, message)
+
+
 class PipePool:
     """Reusable pipes for splicing, bounded (non-root users share a limited pipe page budget).
 
@@ -189,6 +197,7 @@ class BodyRelay:
         self.last_activity = self.loop.time()  # of the Lambda: its last bytes, or our last wait
         self.viewer_wait_since: float | None = None  # while blocked on the viewer
         self.abort: StreamAborted | None = None
+        self.committed = False  # some byte of the viewer's response has been sent
         self._wakeup: asyncio.Future[None] | None = None
         self.reading = False  # the callback's reader is registered (kept across waits)
         self.waiting_to_read = False
@@ -284,7 +293,7 @@ class BodyRelay:
         try:
             return self.decoder.next_event()
         except FramingError as exc:
-            raise StreamAborted(Outcome.LAMBDA_ABORT, f"bad callback framing: {exc}") from None
+            raise BadFraming(f"bad callback framing: {exc}") from None
 
     async def fill(self) -> None:
         """Read what the callback has sent: everything, or only the framing when the payload
@@ -320,6 +329,12 @@ class BodyRelay:
             await self.fill()
         return event if isinstance(event, bytes) else None
 
+    async def discard(self) -> None:
+        """Read the rest of the body and drop it (the viewer needs none), in large reads."""
+        self.pipes = None
+        while await self.next_payload() is not None:
+            pass
+
     # -- writing to the viewer ------------------------------------------------------------------
 
     async def write(self, data: Sequence[bytes], more: bool = False) -> None:
@@ -331,6 +346,7 @@ class BodyRelay:
         while buffers:
             try:
                 sent = sock.sendmsg(buffers, (), flags)
+                self.committed = True
             except BlockingIOError:
                 await self._wait(self.sink, writable=True)
                 continue

@@ -3,7 +3,8 @@
 A ServedConnection is handed the ServerState and one Connection. `run()` reads a head (a refused
 one is answered by `refuse_head`), lets `handle` serve the request, starts the next cycle while
 both sides allow it (h11 says whether they do: an answer that said close, or a body left unread,
-ends the connection), and ends the connection so that the peer reads the last answer.
+ends the connection), and ends the connection so that the peer reads the last answer (after a
+refused head, always by a lingering close).
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ class ServedConnection:
                 request = await conn.next_request(self.state.current_settings)
             except BadHead as bad:
                 await self.refuse_head(bad)
-                break
+                # Even a peer that has sent nothing yet (408) may be about to: it reads why.
+                await conn.linger_close()
+                return
             if request is None:
                 break
             await self.handle(request)

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 
 from sssrd import logs
-from sssrd.metrics import Metrics, TimeoutKind
+from sssrd.metrics import Metrics, RenderErrorSource, TimeoutKind
 from sssrd.outcomes import Outcome, Rejected
 
 VIEWER_ABORT_STATUS = 499  # nginx's "client closed request": no status was ever sent
@@ -34,6 +34,7 @@ class RequestRecord:
     callback_wait: float | None = None
     ttfb: float | None = None
     error: str = ""  # for the access log only
+    error_type: str = ""  # the render's own error type (sanitised), for the access log only
 
 
 class Tally:
@@ -84,6 +85,9 @@ class Tally:
         if kind is Outcome.IDLE:
             self.timed_out("idle")
 
+    def render_failed(self, source: RenderErrorSource) -> None:
+        self.metrics.render_errors_by_source[source].inc()
+
     def callback_rejected(self, reason: Rejected) -> None:
         self.metrics.callbacks_rejected_by_reason[reason].inc()
 
@@ -107,6 +111,8 @@ def access_record(record: RequestRecord, status: int, now: float) -> dict[str, o
     }
     if record.error:
         line["error"] = record.error
+    if record.error_type:
+        line["error_type"] = record.error_type
     return line
 
 

@@ -37,19 +37,27 @@ from sssrd.event import (
     build_compat_event,
     build_event,
     encode_event,
+    split_target,
+    target_authority,
 )
 from sssrd.forwarded import client_address
 from sssrd.headers import first_header
 from sssrd.invokers import InvokeError
+from sssrd.metrics import RenderErrorSource
 from sssrd.outcomes import ENTRY_END_OF, VIEWER_SIDE, Outcome
 from sssrd.pending import Pending, PendingFull, WaitEnded
-from sssrd.pipe import SPLICE_MIN, BodyRelay, StreamAborted, ViewerWatch
+from sssrd.pipe import SPLICE_MIN, BadFraming, BodyRelay, StreamAborted, ViewerWatch
 from sssrd.prelude import PreludeError, PreludeReader, ResponseHead, plain_head
 from sssrd.served import ServedConnection
 from sssrd.state import ServerState
 from sssrd.tally import RequestRecord
 
 NO_BODY_STATUSES = frozenset({204, 304})
+# Methods no render can answer through sssrd: CONNECT asks for a tunnel (h11 would take the
+# render's 2xx for a protocol switch). A 405 lists what is served: RFC 9110's other methods and
+# PATCH (any other token method is served too).
+UNSERVED_METHODS = frozenset({b"CONNECT"})
+ALLOW = (b"allow", b"GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH")
 TEXT = b"text/plain; charset=utf-8"
 
 
@@ -127,6 +135,10 @@ class RequestCycle:
         await self.conn.send_quietly(answer)
 
     async def serve(self) -> None:
+        if self.request.method in UNSERVED_METHODS:
+            message = f"{self.method} is not served here"
+            await self.reply(405, message, Outcome.BAD_REQUEST, [ALLOW], close=True)
+            return
         body = await self.read_body()
         if body is None:
             return
@@ -161,7 +173,10 @@ class RequestCycle:
         """The whole request body, or None once the viewer has been answered (413/408/400).
 
         h11 reads it; a chunked body is also screened by sssrd's own strict framing rules,
-        which refuse what h11 lets through (control bytes in a chunk extension).
+        which refuse what h11 lets through (control bytes in a chunk extension). The body is
+        timed as the head is (the viewer's request is the viewer's clock, not the Lambda's):
+        it must arrive whole within head_timeout of the head (or of the 100 Continue). A
+        viewer that hangs up halfway is a viewer abort (PeerGone), not a framing error.
         """
         settings = self.state.settings
         declared = self.declared_length()
@@ -171,10 +186,10 @@ class RequestCycle:
         body = bytearray()
         if self.conn.h11.they_are_waiting_for_100_continue:
             await self.conn.send(h11.InformationalResponse(status_code=100, headers=[]))
+        self.conn.deadline = self.loop.time() + settings.head_timeout
         try:
             screen = self.framing_check()
             while True:
-                self.conn.deadline = self.loop.time() + settings.idle_timeout
                 event = await self.conn.next_event(screen)
                 if isinstance(event, h11.EndOfMessage):
                     return bytes(body)
@@ -186,10 +201,10 @@ class RequestCycle:
                     return None
         except TimeoutError:
             self.tally.timed_out("head")
-            await self.reply(
-                408, "request body not received in time", Outcome.BAD_REQUEST, close=True
-            )
+            await self.reply(408, "request body not received in time", Outcome.TIMEOUT, close=True)
         except (h11.RemoteProtocolError, FramingError):
+            if self.conn.h11.trailing_data[1]:  # h11 refuses a body cut short by the peer's close
+                raise PeerGone("viewer closed while sending its body") from None
             message = "the request body's framing is invalid"
             await self.reply(400, f"bad request: {message}", Outcome.BAD_REQUEST, close=True)
         finally:
@@ -242,6 +257,10 @@ class RequestCycle:
                     self.conn.close()
                 return
             self.record.callback_wait = perf_counter() - self.record.started
+            if stream.error_type is not None:
+                stream.finish(StreamEnd(Outcome.RENDER_ERROR, message="error reported"))
+                await self.render_failed(stream.error_type, "callback")
+                return
             await self.stream(stream, watch)
         finally:
             watch.stop()
@@ -252,6 +271,13 @@ class RequestCycle:
                 delivered.finish(
                     StreamEnd(Outcome.VIEWER_ABORT, message="the viewer's request ended")
                 )
+
+    async def render_failed(self, error_type: str, source: RenderErrorSource) -> None:
+        """The render failed before its response head: 502 at once. Its error type goes to the
+        access line and the metric, never to the viewer (nor does its message, anywhere)."""
+        self.record.error_type = error_type
+        self.tally.render_failed(source)
+        await self.reply(502, "the render failed", Outcome.RENDER_ERROR)
 
     async def invoke(self, payload: bytes) -> InvokeError | None:
         started = perf_counter()
@@ -290,11 +316,18 @@ class RequestCycle:
         )
 
     def viewer_url(self) -> str:
-        """The URL the viewer asked for, as the seed protocol's `url`."""
+        """The URL the viewer asked for, as the seed protocol's `url` (an absolute-form
+        target's authority is its host, as in the event)."""
         headers = self.request.headers
         scheme = (first_header(headers, b"x-forwarded-proto") or b"http").decode("latin-1")
-        host = (first_header(headers, b"host") or b"").decode("latin-1")
-        return f"{scheme}://{host}{self.request.target.decode('latin-1')}"
+        target = self.request.target.decode("latin-1")
+        host = target_authority(self.request.target)
+        if host is None:
+            host = (first_header(headers, b"host") or b"").decode("latin-1")
+        else:
+            path, query = split_target(self.request.target)
+            target = f"{path}?{query}" if query else path
+        return f"{scheme}://{host}{target}"
 
     async def stream(self, stream: ClaimedCallback, watch: ViewerWatch) -> None:
         """Send the callback's response to the viewer; tell the callback side how it ended.
@@ -329,17 +362,20 @@ class RequestCycle:
             relay.hold(self.head_bytes(head, body_length))
             if self.request.method == b"HEAD" or head.status in NO_BODY_STATUSES:
                 await relay.end()
-                relay.close()
-                stream.finish(StreamEnd(Outcome.NO_BODY, message="the viewer needs no body"))
+                await self.discard_body(stream, relay, watch)
                 return
             await relay.relay(first)
             relay.close()
             stream.finish(StreamEnd(Outcome.DELIVERED, body_bytes=relay.copied + relay.spliced))
         except PreludeError as exc:
             relay.close()
-            status = stream.refusal.status if stream.refusal else 400
-            stream.finish(StreamEnd(Outcome.BAD_CALLBACK, message=str(exc), status=status))
-            await self.reply(502, "the render sent a malformed response", Outcome.BAD_CALLBACK)
+            await self.refuse_callback(stream, str(exc), stream.refusal)
+        except BadFraming as abort:
+            relay.close()
+            if relay.committed:
+                await self.abort_stream(stream, abort, relay)
+            else:
+                await self.refuse_callback(stream, str(abort), None)
         except StreamAborted as abort:
             relay.close()
             await self.abort_stream(stream, abort, relay)
@@ -348,12 +384,42 @@ class RequestCycle:
             self.record.body_bytes = relay.copied + relay.spliced
             self.tally.stream_ended(perf_counter() - started, relay.copied, relay.spliced)
 
+    async def discard_body(
+        self, stream: ClaimedCallback, relay: BodyRelay, watch: ViewerWatch
+    ) -> None:
+        """The viewer has its whole response (HEAD, 204, 304): the callback's body is read to
+        its end and dropped, so that the Lambda is answered as delivered (and keeps its
+        connection if it asked). The viewer leaving now changes nothing; the Lambda failing
+        now is its own abort, not the viewer's request's."""
+        watch.stop()
+        try:
+            await relay.discard()
+        except StreamAborted as abort:
+            if abort.kind not in VIEWER_SIDE:  # the viewer left before its response was sent
+                self.tally.lambda_aborted(abort.kind)
+            stream.finish(StreamEnd(abort.kind, message=str(abort)))
+        else:
+            stream.finish(StreamEnd(Outcome.DELIVERED))
+        finally:
+            relay.close()
+
+    async def refuse_callback(
+        self, stream: ClaimedCallback, message: str, refusal: BadHead | None
+    ) -> None:
+        """The callback is malformed and nothing of the viewer's response has left: the Lambda
+        is told why (400, or its refused head's status), the viewer gets 502."""
+        status = 400 if refusal is None else refusal.status
+        stream.finish(StreamEnd(Outcome.BAD_CALLBACK, message=message, status=status))
+        await self.reply_before_commit(
+            502, "the render sent a malformed response", Outcome.BAD_CALLBACK
+        )
+
     async def abort_stream(
         self, stream: ClaimedCallback, abort: StreamAborted, relay: BodyRelay
     ) -> None:
         stream.finish(StreamEnd(abort.kind, message=str(abort)))
         viewer_side = abort.kind in VIEWER_SIDE
-        if not viewer_side and self.response_started:
+        if not viewer_side and relay.committed:
             relay.salvage()
         if viewer_side:
             self.record.outcome = Outcome.VIEWER_ABORT
@@ -363,11 +429,12 @@ class RequestCycle:
             self.record.outcome = Outcome.LAMBDA_ABORT
             self.tally.lambda_aborted(abort.kind)
         # Closing without the final chunk is how the viewer (and CloudFront) learn the response
-        # is incomplete; a 502 is only possible while no head has gone out.
-        if self.response_started or viewer_side:
+        # is incomplete; a 502 is only possible while no byte of it has gone out.
+        if relay.committed or viewer_side:
             self.conn.close()
         else:
-            await self.reply(502, f"the render failed: {abort}", self.record.outcome, close=True)
+            message = f"the render failed: {abort}"
+            await self.reply_before_commit(502, message, self.record.outcome, close=True)
 
     async def read_head(
         self, stream: ClaimedCallback, relay: BodyRelay
@@ -400,6 +467,22 @@ class RequestCycle:
         self.record.ttfb = perf_counter() - self.record.started
         self.response_started = True
         return self.conn.h11.send(response(head.status, headers)) or b""
+
+    async def reply_before_commit(
+        self, status: int, message: str, outcome: Outcome, close: bool = False
+    ) -> None:
+        """A short answer while no byte of the response has left. The render's head may
+        already be framed (h11 then counts it as sent, though it never left): the answer then
+        goes around h11, and the connection closes after it."""
+        if not self.response_started:
+            await self.reply(status, message, outcome, close=close)
+            return
+        self.record.status = status
+        self.record.outcome = outcome
+        head_request = self.request.method == b"HEAD"
+        extra = tuple(self.request_id_header())
+        answer = canned_response(status, f"{message}\n".encode(), TEXT, head_request, extra)
+        await self.conn.send_quietly(answer)
 
     def request_id_header(self) -> list[tuple[bytes, bytes]]:
         """X-Request-Id for tracing; never in compat mode, where the id is the capability."""

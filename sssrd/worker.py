@@ -1,19 +1,26 @@
 """One worker of several: a Server on sockets its supervisor handed down, reporting over a channel.
 
 The supervisor (workers.py) runs `python -m sssrd.worker --index I --viewer-fd V --callback-fd C
---channel-fd K <the daemon's own arguments>`. The worker loads its settings from those
-arguments exactly as the supervisor did (so SIGHUP re-reads the same file, env and flags),
-serves the inherited viewer and callback sockets with an ordinary Server (no admin listener: the
-supervisor owns it) and sends its sd_notify fields to the supervisor (channel.py). It answers
-metrics requests with its own exposition, and drains when told SIGTERM or when the supervisor's
-end of the channel closes (a supervisor gone must not leave orphans serving).
+--channel-fd K --supervisor-pid P`. Its first message on the channel is the settings to run (the
+ones the supervisor validated last: a replacement never re-reads the config file, so it cannot
+diverge from its siblings or trip over an unreloaded edit); a later `reload` message carries the
+settings of a SIGHUP the supervisor accepted. The worker serves the inherited viewer and callback
+sockets with an ordinary Server (no admin listener: the supervisor owns it), sends its sd_notify
+fields to the supervisor (channel.py) and answers metrics requests with its own exposition.
+
+A worker never outlives its supervisor: the kernel sends it SIGTERM when the supervisor dies
+(PR_SET_PDEATHSIG), and any end of the channel (EOF, a broken framing, EPIPE, which uvloop may
+raise on the read after a failed write) means the same. Either way it drains and exits.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import dataclasses
+import os
+import signal
 import socket
 import sys
 from collections.abc import Sequence
@@ -22,10 +29,15 @@ import uvloop
 
 from sssrd import logs
 from sssrd.channel import ChannelError, ChannelNotifier, encode, read_message
-from sssrd.cli import build_parser, settings_from
-from sssrd.config import Settings
+from sssrd.config import Settings, settings_from_toml
 from sssrd.invokers import make_invoker
 from sssrd.server import Server
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+class CannotStart(Exception):
+    """Why this worker could not start, in one line (the supervisor backs off and retries)."""
 
 
 def worker_settings(settings: Settings) -> Settings:
@@ -33,57 +45,96 @@ def worker_settings(settings: Settings) -> Settings:
     return dataclasses.replace(settings, admin_listen=None)
 
 
-async def serve(index: int, fds: argparse.Namespace, daemon: argparse.Namespace) -> None:
+def die_with_supervisor(supervisor_pid: int) -> bool:
+    """Ask the kernel for SIGTERM when the supervisor dies; False if it is already gone.
+
+    The check comes after the prctl: a supervisor that died before it would never signal us,
+    and then our parent is no longer the supervisor.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    return os.getppid() == supervisor_pid
+
+
+async def serve(fds: argparse.Namespace) -> bool:
+    """Run until drained (True), or until stopped before serving anything (False)."""
+    loop = asyncio.get_running_loop()
     channel = socket.socket(fileno=fds.channel_fd)
     reader, writer = await asyncio.open_unix_connection(sock=channel)
-    settings = worker_settings(settings_from(daemon))
-    inherited = {
-        "viewer": [socket.socket(fileno=fds.viewer_fd)],
-        "callback": [socket.socket(fileno=fds.callback_fd)],
-    }
-    server = Server(
-        settings,
-        make_invoker(settings),
-        inherited=inherited,
-        notifier=ChannelNotifier(writer),
-        reload_settings=lambda: worker_settings(settings_from(daemon)),
-        worker_index=index,
-    )
-    await server.start()
+    first = await read_message(reader)
+    if first is None:
+        return False  # the supervisor went away before it said what to run
+    latest = {"settings": str(first["settings"])}
+    settings = settings_from_toml(latest["settings"])
+    logs.set_level(settings.log_level)
+    starting = asyncio.current_task()
+    assert starting is not None
+    for signum in (signal.SIGTERM, signal.SIGINT):  # until the Server's own handlers replace them
+        loop.add_signal_handler(signum, starting.cancel)
+    try:
+        server = Server(
+            settings,
+            make_invoker(settings),
+            inherited={
+                "viewer": [socket.socket(fileno=fds.viewer_fd)],
+                "callback": [socket.socket(fileno=fds.callback_fd)],
+            },
+            notifier=ChannelNotifier(writer),
+            reload_settings=lambda: settings_from_toml(latest["settings"]),
+            worker_index=fds.index,
+        )
+        await server.start()
+    except asyncio.CancelledError:
+        return False  # told to stop (or orphaned) before it served anything: nothing to drain
+    except Exception as exc:
+        raise CannotStart(str(exc) or type(exc).__name__) from None
     writer.write(encode({"listening": {"callback_url": server.state.callback_base}}))
-    answering = asyncio.get_running_loop().create_task(answer(reader, writer, server))
+    answering = loop.create_task(answer(reader, writer, server, latest))
     await server.wait_stopped()
     answering.cancel()
     writer.close()
+    return True
 
 
 async def answer(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    server: Server,
+    latest: dict[str, str],
 ) -> None:
-    """Answer the supervisor's requests until it goes away (or breaks the framing); then drain."""
+    """Answer the supervisor until it goes away or the channel breaks in any way; then drain."""
     try:
         while (message := await read_message(reader)) is not None:
             if "metrics" in message:
                 text = server.tally.metrics.text().decode()
                 writer.write(encode({"metrics": text}))
-    except ChannelError:
-        server.log.exception("supervisor channel broken; draining")
+            elif "reload" in message:
+                latest["settings"] = str(message["reload"])
+                server.reload()
+        server.log.warning("supervisor gone; draining")
+    except (ChannelError, OSError) as exc:
+        server.log.warning("supervisor channel broken; draining", extra={"error": repr(exc)})
     server.stop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sssrd-worker")
-    for name in ("--index", "--viewer-fd", "--callback-fd", "--channel-fd"):
+    for name in ("--index", "--viewer-fd", "--callback-fd", "--channel-fd", "--supervisor-pid"):
         parser.add_argument(name, type=int, required=True)
-    parser.add_argument("daemon", nargs=argparse.REMAINDER)
     fds = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    daemon = build_parser().parse_args(fds.daemon)
-    logs.configure(worker_settings(settings_from(daemon)).log_level, fields={"worker": fds.index})
+    logs.configure("info", fields={"worker": fds.index})  # the supervisor's level comes next
+    if not die_with_supervisor(fds.supervisor_pid):
+        return 0  # orphaned before it started: nobody to serve for
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(serve(fds.index, fds, daemon))
-    except (OSError, ValueError) as exc:  # the supervisor logs the exit; this says why
-        print(f"sssrd: worker {fds.index} cannot start: {exc}", file=sys.stderr)
+            if not runner.run(serve(fds)):
+                # Cut short while starting, perhaps inside a blocking IMDS request in an
+                # executor thread that closing the loop would join: nothing is held, so leave.
+                sys.stdout.flush()
+                os._exit(0)
+    except (CannotStart, ChannelError, OSError) as exc:
+        logs.log.error("worker cannot start", extra={"error": str(exc)})
         return 1
     return 0
 

@@ -9,13 +9,19 @@ socket, port `callback_listen` + i (or the i-th fd named `callback`), and advert
 Lambda's callback goes to the worker holding its viewer; each worker's HMAC secret is its own,
 so a callback sent to another worker's port is refused (401) even so.
 
-Workers report over a channel (channel.py). The supervisor owns the admin listener: `/metrics`
-asks every worker for its exposition and sums them with its own (metrics.MergedCollector), and
-`/healthz` is the daemon's. To systemd it says READY=1 once every worker listens, STATUS= with
-totals, RELOADING=1 … READY=1 around a SIGHUP that every worker has answered, STOPPING=1 while
-SIGTERM drains every worker; it pings WATCHDOG=1 from its own loop. A worker that exits is
-logged and respawned with the same index and sockets; one whose heartbeats stop for the watchdog
-timeout is killed (SIGKILL) and respawned, so a wedged worker costs its own streams only.
+Workers report over a channel (channel.py); the supervisor's first message to each is the
+settings it validated last, so a replacement runs what its siblings run (a SIGHUP the supervisor
+accepts is the only way new settings arrive, sent to every worker). The supervisor owns the admin
+listener: `/metrics` asks every worker for its exposition and sums them with its own and with
+what departed workers had counted (metrics.MergedCollector, metrics.carried), so counters never
+go backwards; `/healthz` is the daemon's. To systemd it says READY=1 once every worker listens,
+STATUS= with totals, RELOADING=1 … READY=1 around a reload every worker has answered,
+STOPPING=1 while SIGTERM drains every worker; it pings WATCHDOG=1 from its own loop. Its signal
+handlers are in place before the first worker starts: a stop during start-up drains what has
+started. A worker that exits is logged and respawned with the same index and sockets, after a
+pause that doubles while its starts keep failing (which /healthz reports); one whose heartbeats
+stop for the watchdog timeout is killed (SIGKILL) and respawned, so a wedged worker costs its
+own streams only.
 """
 
 from __future__ import annotations
@@ -28,11 +34,12 @@ import signal
 import socket
 import sys
 from collections import deque
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
 import h11
+from prometheus_client import Counter
 
 from sssrd import logs
 from sssrd.admin import AdminConnection
@@ -40,17 +47,20 @@ from sssrd.channel import ChannelError, encode, read_message
 from sssrd.config import Address, ConfigError, Settings, merge_reload
 from sssrd.connection import INCOMPLETE_EVENT_CEILING, Connection
 from sssrd.listeners import ACCEPT_ERROR_PAUSE, bind_named
-from sssrd.metrics import MergedCollector, exposition_response
+from sssrd.metrics import MergedCollector, carried, exposition_response
 from sssrd.pending import PendingRegistry
 from sssrd.pipe import PipePool
 from sssrd.state import ServerState
 from sssrd.systemd import STATUS_INTERVAL, Notifier, watchdog_interval
 from sssrd.tally import Tally
+from sssrd.worker import worker_settings
 
 HEARTBEAT = 1.0  # seconds between a worker's heartbeats (at most)
 WEDGED_AFTER = 30.0  # silence that marks a worker wedged when systemd sets no watchdog
 SCRAPE_TIMEOUT = 5.0  # a worker that does not answer a metrics request in time is left out
 RESPAWN_PAUSE = 1.0  # between a worker's exit and its replacement: no hot crash loop
+MAX_RESPAWN_PAUSE = 30.0  # the pause doubles per failed start up to this
+DEGRADED_AFTER = 2  # failed starts in a row that make /healthz report the daemon degraded
 
 
 class NoInvoker:
@@ -74,8 +84,11 @@ class Worker:
     callback_url: str = ""
     listening: bool = False
     heard: float = 0.0  # loop time of the last message (every message is a sign of life)
-    scrapes: deque[asyncio.Future[str]] = field(default_factory=deque)
+    scrapes: deque[asyncio.Future[str]] = field(default_factory=deque)  # this process's
     listened: asyncio.Event = field(default_factory=asyncio.Event)
+    last_metrics: str | None = None  # this process's last answered exposition
+    settings_sent: str = ""  # the settings (as TOML) this process was last given
+    failed_starts: int = 0  # exits before listening, in a row
 
 
 class DaemonAdminConnection(AdminConnection):
@@ -92,7 +105,9 @@ class DaemonAdminConnection(AdminConnection):
     def trouble(self) -> str:
         if self.state.draining:
             return "draining"
-        return "" if self.supervisor.serving() else "no worker listening"
+        if not self.supervisor.serving():
+            return "no worker listening"
+        return self.supervisor.degraded()
 
 
 class Supervisor:
@@ -101,14 +116,12 @@ class Supervisor:
     def __init__(
         self,
         settings: Settings,
-        argv: Sequence[str],
         *,
         inherited: dict[str, list[socket.socket]] | None = None,
         notifier: Notifier | None = None,
         reload_settings: Callable[[], Settings] | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
-        self.argv = list(argv)
         self.inherited = inherited or {}
         self.notifier = notifier or Notifier(None)
         self.reload_settings = reload_settings
@@ -129,6 +142,8 @@ class Supervisor:
         self.tasks: set[asyncio.Task[None]] = set()
         self.reload_waiting: set[int] = set()
         self.started = False  # every worker listened once: from now on, exits are replaced
+        self.starting = False
+        self.departed = ""  # the counters and histograms of workers that exited, summed
         self.stopped = asyncio.Event()
         interval = watchdog_interval()
         self.watchdog = interval
@@ -136,6 +151,11 @@ class Supervisor:
         metrics = self.state.tally.metrics
         metrics.connections_open_by_listener["admin"].set_function(
             functools.partial(len, self.admin_connections)
+        )
+        self.start_failures = Counter(
+            "sssrd_worker_start_failures",
+            "Worker processes that exited before they listened (each is retried, backing off).",
+            registry=metrics.registry,
         )
 
     @property
@@ -147,6 +167,11 @@ class Supervisor:
     async def start(self) -> None:
         """Bind or adopt every listener, start every worker, READY=1 once all listen."""
         settings = self.settings
+        # Before any worker exists: a signal during start-up drains what has started. There is
+        # nothing to reload yet, so SIGHUP then is taken as the hang-up it most likely is.
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            self.loop.add_signal_handler(signum, self.stop)
+        self.starting = True
         try:
             self.viewer = self.listener("viewer", settings.listen)
             if settings.admin_listen is not None or self.inherited.get("admin"):
@@ -155,16 +180,23 @@ class Supervisor:
                 Worker(index, sock) for index, sock in enumerate(self.callback_sockets())
             ]
             for worker in self.workers:
+                if self.state.draining:
+                    break
                 await self.spawn(worker)
             for worker in self.workers:
+                if self.state.draining:
+                    break
                 await self.wait_listening(worker)
         except BaseException:
             await self.kill_all()
             self.close_listeners()
             raise
+        finally:
+            self.starting = False
+        if self.state.draining:
+            self.finish_once_all_stopped()
+            return
         self.started = True
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            self.loop.add_signal_handler(signum, self.stop)
         self.loop.add_signal_handler(signal.SIGHUP, self.reload)
         if self.admin is not None:
             self.spawn_task(self.accept_admin(self.admin))
@@ -227,7 +259,7 @@ class Supervisor:
             f"--viewer-fd={fds[0]}",
             f"--callback-fd={fds[1]}",
             f"--channel-fd={fds[2]}",
-            *self.argv,
+            f"--supervisor-pid={os.getpid()}",
         ]
         # A worker heartbeats through its own watchdog timer: WATCHDOG_USEC twice the interval.
         beat = min(HEARTBEAT, self.wedged_after / 4)
@@ -237,10 +269,16 @@ class Supervisor:
         finally:
             theirs.close()
         reader, worker.writer = await asyncio.open_unix_connection(sock=ours)
+        worker.settings_sent = worker_settings(self.settings).as_toml()
+        worker.writer.write(encode({"settings": worker.settings_sent}))
         worker.heard = self.loop.time()
         worker.listening = False
         worker.listened.clear()
-        self.spawn_task(self.listen_to(worker, reader))
+        worker.last_metrics = None
+        worker.scrapes = deque()  # a new channel: nothing asked of it yet
+        if self.state.draining:  # stop() came while it was being created
+            self.signal(worker, signal.SIGTERM)
+        self.spawn_task(self.listen_to(worker, reader, worker.writer, worker.scrapes))
         self.spawn_task(self.watch_exit(worker, worker.process))
 
     async def wait_listening(self, worker: Worker) -> None:
@@ -250,14 +288,22 @@ class Supervisor:
         await asyncio.wait((exited, listened), return_when=asyncio.FIRST_COMPLETED)
         exited.cancel()
         listened.cancel()
-        if not worker.listened.is_set():
+        if not worker.listened.is_set() and not self.state.draining:
             raise OSError(
                 f"worker {worker.index} exited ({worker.process.returncode}) before it listened"
             )
 
     # -- what workers say -------------------------------------------------------------------
 
-    async def listen_to(self, worker: Worker, reader: asyncio.StreamReader) -> None:
+    async def listen_to(
+        self,
+        worker: Worker,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        scrapes: deque[asyncio.Future[str]],
+    ) -> None:
+        """Until the channel ends; then it is closed, and whatever it was asked is answered
+        "left out" at once rather than at SCRAPE_TIMEOUT."""
         try:
             while (message := await read_message(reader)) is not None:
                 worker.heard = self.loop.time()
@@ -266,19 +312,22 @@ class Supervisor:
                 elif "listening" in message:
                     worker.callback_url = str(message["listening"]["callback_url"])
                     worker.listening = True
+                    worker.failed_starts = 0
                     worker.listened.set()
-                elif "metrics" in message and worker.scrapes:
-                    scrape = worker.scrapes.popleft()
+                    self.send_settings(worker)  # a reload may have come while it started
+                elif "metrics" in message and scrapes:
+                    scrape = scrapes.popleft()
                     if not scrape.done():
                         scrape.set_result(str(message["metrics"]))
-        except ChannelError as exc:
+        except (ChannelError, OSError) as exc:
             self.log.error(
                 "worker channel broken", extra={"worker": worker.index, "error": str(exc)}
             )
         finally:
-            for scrape in worker.scrapes:
+            writer.close()
+            for scrape in scrapes:
                 scrape.cancel()
-            worker.scrapes.clear()
+            scrapes.clear()
 
     def heard_notify(self, worker: Worker, fields: dict[str, str]) -> None:
         if fields.get("READY") == "1" and worker.index in self.reload_waiting:
@@ -289,21 +338,32 @@ class Supervisor:
         worker.listening = False
         if worker.writer is not None:
             worker.writer.close()
+        self.retire_metrics(worker)
         self.reload_answered(worker.index)
         if self.state.draining:
             self.log.info("worker stopped", extra={"worker": worker.index, "code": code})
-            if all(w.process is None or w.process.returncode is not None for w in self.workers):
-                self.finish()
+            self.finish_once_all_stopped()
             return
-        if self.started and worker.process is process:
-            self.log.error(
-                "worker exited; starting a replacement",
-                extra={"worker": worker.index, "code": code, "pid": process.pid},
-            )
-            await asyncio.sleep(RESPAWN_PAUSE)
-            if not self.state.draining:
-                await self.spawn(worker)
-                await self.wait_listening_quietly(worker)
+        if not self.started or worker.process is not process:
+            return
+        if not worker.listened.is_set():
+            worker.failed_starts += 1
+            self.start_failures.inc()
+        pause = min(RESPAWN_PAUSE * 2 ** max(worker.failed_starts - 1, 0), MAX_RESPAWN_PAUSE)
+        self.log.error(
+            "worker exited; starting a replacement",
+            extra={
+                "worker": worker.index,
+                "code": code,
+                "pid": process.pid,
+                "failed_starts": worker.failed_starts,
+                "pause": pause,
+            },
+        )
+        await asyncio.sleep(pause)
+        if not self.state.draining:
+            await self.spawn(worker)
+            await self.wait_listening_quietly(worker)
 
     async def wait_listening_quietly(self, worker: Worker) -> None:
         try:
@@ -323,27 +383,58 @@ class Supervisor:
     def serving(self) -> bool:
         return any(worker.listening for worker in self.workers)
 
+    def degraded(self) -> str:
+        """Why the daemon serves with fewer workers than it should ("" when it does not)."""
+        failing = [worker for worker in self.workers if worker.failed_starts >= DEGRADED_AFTER]
+        return "; ".join(
+            f"degraded: worker {worker.index} failed to start {worker.failed_starts} times in a row"
+            for worker in failing
+        )
+
     # -- metrics and status -----------------------------------------------------------------
 
     async def merged_metrics(self) -> MergedCollector:
-        """Every listening worker's exposition and the supervisor's own, combined."""
-        scrapes = [self.scrape(worker) for worker in self.workers if worker.listening]
-        texts = await asyncio.gather(*scrapes)
-        own = self.state.tally.metrics.text().decode()
-        return MergedCollector([own, *(text for text in texts if text is not None)])
+        """The daemon's metrics: the supervisor's own, every worker's fresh exposition, and
+        for a worker that did not answer, the counters and histograms it last reported, plus
+        those of every worker that has exited. So no counter goes backwards while the
+        supervisor lives; gauges are the present, which only fresh answers describe."""
+        listening = [worker for worker in self.workers if worker.listening]
+        answered = await asyncio.gather(*(self.scrape(worker) for worker in listening))
+        fresh = {worker.index: text for worker, text in zip(listening, answered, strict=True)}
+        expositions = [self.state.tally.metrics.text().decode(), self.departed]
+        for worker in self.workers:
+            text = fresh.get(worker.index)
+            if text is not None:
+                expositions.append(text)
+            elif worker.last_metrics is not None:
+                expositions.append(carried(worker.last_metrics))
+        return MergedCollector(expositions)
 
     async def scrape(self, worker: Worker) -> str | None:
-        if worker.writer is None or worker.writer.is_closing():
+        """The worker's exposition (kept as its last), or None if it did not answer in time."""
+        process = worker.process
+        if worker.writer is None or worker.writer.is_closing() or process is None:
             return None
         scrape: asyncio.Future[str] = self.loop.create_future()
         worker.scrapes.append(scrape)
         worker.writer.write(encode({"metrics": None}))
         try:
             async with asyncio.timeout(SCRAPE_TIMEOUT):
-                return await scrape
+                text = await scrape
         except (TimeoutError, asyncio.CancelledError):
             self.log.warning("worker left out of /metrics", extra={"worker": worker.index})
             return None
+        if worker.process is not process or process.returncode is not None:
+            return None  # it exited meanwhile: what it counted is in self.departed (or soon)
+        worker.last_metrics = text
+        return text
+
+    def retire_metrics(self, worker: Worker) -> None:
+        """An exited worker's last counters and histograms stay in the daemon's sums."""
+        if worker.last_metrics is not None:
+            merged = MergedCollector([self.departed, carried(worker.last_metrics)])
+            self.departed = merged.text().decode()
+            worker.last_metrics = None
 
     async def status_text(self) -> str:
         merged = await self.merged_metrics()
@@ -414,18 +505,41 @@ class Supervisor:
     # -- reload and stop --------------------------------------------------------------------
 
     def reload(self) -> None:
-        """SIGHUP: every worker reloads; READY=1 once each has reloaded or refused."""
+        """SIGHUP: the supervisor validates the settings once and sends them to every worker
+        (and to every later replacement); READY=1 once each listening worker has applied them."""
         self.notifier.reloading()
-        if self.reload_settings is not None:
-            try:
-                self.state.settings, _, _ = merge_reload(self.settings, self.reload_settings())
-                logs.set_level(self.settings.log_level)
-            except ConfigError:
-                pass  # each worker loads the same files and logs why it refused
-        self.reload_waiting = {w.index for w in self.workers if w.listening and w.process}
-        for index in sorted(self.reload_waiting):
-            self.signal(self.workers[index], signal.SIGHUP)
+        self.reload_waiting = set()
+        try:
+            loaded = self.reload_settings_now()
+        except ConfigError as exc:
+            self.log.error("reload refused: invalid configuration", extra={"error": str(exc)})
+        except Exception:
+            self.log.exception("reload failed; the previous settings stay in force")
+        else:
+            self.state.settings, _, refused = merge_reload(self.settings, loaded)
+            logs.set_level(self.settings.log_level)
+            if refused:
+                self.log.warning(
+                    "some changed settings apply only after a restart", extra={"settings": refused}
+                )
+            for worker in self.workers:
+                if worker.listening and self.send_settings(worker):
+                    self.reload_waiting.add(worker.index)
         self.reload_answered(None)
+
+    def send_settings(self, worker: Worker) -> bool:
+        """Give a listening worker the current settings, if it runs others; True if sent."""
+        text = worker_settings(self.settings).as_toml()
+        if worker.writer is None or worker.settings_sent == text:
+            return False
+        worker.settings_sent = text
+        worker.writer.write(encode({"reload": text}))
+        return True
+
+    def reload_settings_now(self) -> Settings:
+        if self.reload_settings is None:
+            return self.settings
+        return self.reload_settings()
 
     def reload_answered(self, index: int | None) -> None:
         if index is not None:
@@ -452,7 +566,12 @@ class Supervisor:
             self.viewer.close()
         for worker in self.workers:
             self.signal(worker, signal.SIGTERM)
-        if not any(w.process and w.process.returncode is None for w in self.workers):
+        self.finish_once_all_stopped()
+
+    def finish_once_all_stopped(self) -> None:
+        if self.starting:
+            return  # start() may be creating a worker; it calls this again when done
+        if all(w.process is None or w.process.returncode is not None for w in self.workers):
             self.finish()
 
     def signal(self, worker: Worker, signum: signal.Signals) -> None:

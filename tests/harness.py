@@ -119,8 +119,10 @@ class Daemon:
         command: str = "serve",
         wrapper: list[str] | None = None,
         pass_fds: tuple[int, ...] = (),
+        ready: bool = True,
         **env: str,
     ) -> None:
+        """`ready=False` returns at once, for tests of what happens while it starts."""
         argv = [
             *(wrapper or []),
             sys.executable,
@@ -153,6 +155,10 @@ class Daemon:
         self.scraper: http.client.HTTPConnection | None = None
         self.condition = threading.Condition()
         threading.Thread(target=self._read_stdout, daemon=True).start()
+        if ready:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
         listening = self.wait_line(lambda line: line.get("message") == "sssrd listening")
         self.viewer = parse_address(listening["viewer"])
         self.callback = parse_address(listening["callback"])

@@ -8,6 +8,7 @@ Reports and waits go to the test's Conductor over TCP (SCENARIO_CONDUCTOR).
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import inspect
 import json
@@ -260,8 +261,11 @@ def reused_callback(event: dict, conductor: Conductor, query: dict) -> None:
 
 
 def kept_alive_answer(event: dict, conductor: Conductor, query: dict) -> None:
-    """A chunked callback asking for keep-alive, ended when the test says; reports the answer."""
+    """A chunked callback asking for keep-alive (status `s`, default 200), ended when the test
+    says; reports the answer."""
     headers = {"transfer-encoding": "chunked", "connection": "keep-alive"}
+    if "s" in query:
+        headers["x-status-code"] = query["s"]
     conn = raw_callback(event, {**bearer(event), **headers, "content-type": "text/plain"})
     conn.send(b"5\r\nfirst\r\n")
     conductor.wait("finish")
@@ -284,6 +288,31 @@ def misdirected(event: dict, conductor: Conductor, query: dict) -> None:
     callback.respond(event, "the real body")
 
 
+def render_error(event: dict, conductor: Conductor, query: dict) -> None:
+    """Fails before its first write and says so in an error report, asking for keep-alive as
+    the helpers do; reports sssrd's answer and whether the connection stayed open."""
+    url = urlsplit(event["sssrd"]["callbackUrl"])
+    report = {"errorType": query.get("type", "ValueError"), "errorMessage": "password hunter2"}
+    headers = {
+        **bearer(event),
+        "content-type": "application/vnd.sssrd.render-error+json",
+        "connection": "keep-alive",
+    }
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+    conn.request("POST", url.path, body=json.dumps(report).encode(), headers=headers)
+    response = conn.getresponse()
+    answer = json.loads(response.read())
+    connection = response.getheader("connection")
+    conductor.report("answered", status=response.status, answer=answer, connection=connection)
+    conn.close()
+
+
+def hands_over(event: dict, conductor: Conductor, query: dict) -> None:
+    """Tells the test its callback URL and token, and waits: the test calls back by hand."""
+    conductor.report("callback", url=event["sssrd"]["callbackUrl"], token=event["sssrd"]["token"])
+    conductor.wait("done")
+
+
 def bad_prelude(event: dict, conductor: Conductor, query: dict) -> None:
     kinds = {
         "crlf": {"statusCode": 200, "headers": {"x-evil": "a\r\nset-cookie: stolen=1"}},
@@ -294,6 +323,40 @@ def bad_prelude(event: dict, conductor: Conductor, query: dict) -> None:
     raw = b"{not json" if prelude is None else json.dumps(prelude).encode()
     status = post(event, raw + b"\0" * 8 + b"body", {**bearer(event), "content-type": PRELUDE_TYPE})
     conductor.report("answered", status=status)
+
+
+# Callbacks with a valid URL and token whose head or body breaks RFC 9112 (`kind`).
+MALFORMED_CALLBACKS = {
+    "fold": (b"x-note: a\r\n folded\r\ncontent-length: 5\r\n", b"hello"),
+    "bare_lf": (b"x-note: a\ncontent-length: 5\r\n", b"hello"),
+    "control": (b"x-note: a\x01b\r\ncontent-length: 5\r\n", b"hello"),
+    "misframed": (b"transfer-encoding: chunked\r\n", b"5\nhello\r\n0\r\n\r\n"),
+    "misframed_prelude": (
+        b"transfer-encoding: chunked\r\ncontent-type: " + PRELUDE_TYPE.encode() + b"\r\n",
+        b"5\nhello\r\n0\r\n\r\n",
+    ),
+}
+
+
+def malformed_callback(event: dict, conductor: Conductor, query: dict) -> None:
+    """Sends one MALFORMED_CALLBACKS entry over a raw socket, head and body in one write (so
+    the body is already there when sssrd reads the head); reports sssrd's status (0 if the
+    connection closed unanswered)."""
+    url = urlsplit(event["sssrd"]["callbackUrl"])
+    headers, body = MALFORMED_CALLBACKS[query["kind"]]
+    head = b"POST %s HTTP/1.1\r\nhost: x\r\nauthorization: Bearer %s\r\n%s\r\n" % (
+        url.path.encode(),
+        event["sssrd"]["token"].encode(),
+        headers,
+    )
+    received = b""
+    with socket.create_connection((url.hostname, url.port), timeout=30) as sock:
+        sock.sendall(head + body)
+        with contextlib.suppress(ConnectionResetError):  # closed with our body unread
+            while piece := sock.recv(65536):
+                received += piece
+    status = re.match(rb"HTTP/1\.1 (\d{3})", received)
+    conductor.report("answered", status=int(status[1]) if status else 0)
 
 
 def framing_headers(event: dict, conductor: Conductor, query: dict) -> None:

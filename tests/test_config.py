@@ -18,9 +18,12 @@ from sssrd.config import (
     load_settings,
     merge_reload,
     parse_address,
+    settings_from_toml,
+    unknown_env,
 )
 
 sys.path.insert(0, str(ROOT))  # tools/ is not an installed package
+from sssrd.cli import main
 from sssrd.server import shift_port
 from tools import settings_docs
 
@@ -145,14 +148,59 @@ def test_integer_settings_take_whole_numbers_from_every_source(tmp_path, name):
     assert getattr(load_settings(environ={}, flags={name: "5"}, defaults=LOCAL), name) == 5
 
 
-def test_unknown_sssrd_variable_is_an_error_naming_it():
-    with pytest.raises(ConfigError) as error:
-        load_settings(environ={"SSSRD_MAX_PENDNG": "5"}, flags={})
-    assert str(error.value) == (
-        "SSSRD_MAX_PENDNG: unknown setting; did you mean SSSRD_MAX_PENDING? (environment variable)"
+KUBERNETES_SERVICE_LINKS = {  # what a Service named sssrd injects into every pod
+    "SSSRD_PORT": "tcp://10.96.0.7:8080",
+    "SSSRD_PORT_8080_TCP": "tcp://10.96.0.7:8080",
+    "SSSRD_PORT_8080_TCP_ADDR": "10.96.0.7",
+    "SSSRD_PORT_8080_TCP_PORT": "8080",
+    "SSSRD_PORT_8080_TCP_PROTO": "tcp",
+    "SSSRD_SERVICE_HOST": "10.96.0.7",
+    "SSSRD_SERVICE_PORT": "8080",
+    "SSSRD_SERVICE_PORT_HTTP": "8080",
+}
+
+
+def test_unknown_sssrd_variables_are_warnings_naming_them_never_refusals():
+    environ = KUBERNETES_SERVICE_LINKS | {"SSSRD_MAX_PENDNG": "5", "SSSRD_COLOUR": ""}
+    assert load_settings(environ=environ, defaults=LOCAL) == load_settings(
+        environ={}, defaults=LOCAL
     )
-    with pytest.raises(ConfigError, match=r"^SSSRD_COLOUR: unknown setting \(environment"):
-        load_settings(environ={"SSSRD_COLOUR": ""}, flags={})
+    warnings = unknown_env(environ | {"SSSRD_CONFIG": "/x.toml", "SSSRD_MAX_PENDING": "5"})
+    assert warnings[:2] == [
+        "SSSRD_COLOUR: not a setting, ignored (environment variable)",
+        "SSSRD_MAX_PENDNG: not a setting, ignored; did you mean SSSRD_MAX_PENDING? "
+        "(environment variable)",
+    ]
+    assert warnings[2:] == [
+        f"{name}: not a setting, ignored; a Kubernetes service link? (environment variable)"
+        for name in sorted(KUBERNETES_SERVICE_LINKS)
+    ]
+
+
+@pytest.mark.parametrize(("strict", "code"), [((), 0), (("--strict",), 2)])
+def test_check_config_warns_of_unknown_variables_and_strict_refuses_them(
+    monkeypatch, capsys, strict, code
+):
+    for name in [name for name in os.environ if name.startswith("SSSRD_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("SSSRD_MAX_PENDNG", "5")
+    args = ["check-config", "--callback-url=http://10.0.0.1:1", "--invoker=local", *strict]
+    assert main(args) == code
+    output = capsys.readouterr()
+    assert output.err == (
+        "sssrd: warning: SSSRD_MAX_PENDNG: not a setting, ignored; "
+        "did you mean SSSRD_MAX_PENDING? (environment variable)\n"
+    )
+    assert "max_pending = 10000" in output.out
+
+
+def test_settings_survive_the_trip_to_a_worker_unchanged():
+    settings = load_settings(
+        environ={},
+        defaults=LOCAL,
+        flags={"admin_listen": "off", "trusted_proxies": "10.0.0.0/8,::1", "idle_timeout": "2.5"},
+    )
+    assert settings_from_toml(settings.as_toml()) == settings
 
 
 def test_sssrd_config_names_the_file_and_is_no_setting():

@@ -3,20 +3,34 @@ see it. Every test drives the real supervisor and its real workers over real soc
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import platform
 import signal
 import socket
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import h11
 import pytest
-from harness import WAIT, Conductor, Daemon, Viewer, daemon, http_get, socket_activation, wait_for
+from harness import (
+    WAIT,
+    Conductor,
+    Daemon,
+    Viewer,
+    daemon,
+    http_get,
+    parse_address,
+    socket_activation,
+    wait_for,
+)
+from prometheus_client.parser import text_string_to_metric_families
 from test_operations import notices_until, receive
 
 from sssrd import __version__
+from sssrd.testing import FakeIMDS
 
 pytestmark = pytest.mark.daemon
 
@@ -214,3 +228,257 @@ def test_one_worker_is_the_single_process_of_before(conductor):
         with open(children) as listed:
             assert listed.read().split() == []  # no supervisor, no workers
         assert not any(line.get("message") == "worker listening" for line in sssrd.lines)
+
+
+# -- the supervisor gone, or stopped while it starts (no worker outlives it) ----------------
+
+
+class SlowIMDS:
+    """An instance metadata service that answers one byte at a time, forever: every worker
+    asking it for `callback_url = "auto"` stays in start-up (each byte beats the client's read
+    timeout) until the test is done. Counts the workers that have asked."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.asked = threading.Semaphore(0)
+        self.done = threading.Event()
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.asked.release()
+            threading.Thread(target=self.trickle, args=(conn,), daemon=True).start()
+
+    def trickle(self, conn: socket.socket) -> None:
+        with conn:
+            for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"z" * 1000:
+                if self.done.wait(0.2):  # the pace of a slow server, not a synchronisation
+                    return
+                try:
+                    conn.send(bytes([byte]))
+                except OSError:
+                    return
+
+    def wait_asked(self, times: int) -> None:
+        for _ in range(times):
+            assert self.asked.acquire(timeout=WAIT), "a worker never asked the metadata service"
+
+    def close(self) -> None:
+        self.done.set()
+        self.listener.close()
+
+
+@pytest.fixture
+def slow_imds():
+    imds = SlowIMDS()
+    yield imds
+    imds.close()
+
+
+def starting(conductor: Conductor, imds_endpoint: str) -> Daemon:
+    """A two-worker daemon whose workers are all inside start-up (asking the slow IMDS)."""
+    return Daemon(
+        conductor,
+        *WORKERS,
+        "--callback-url=auto",
+        f"--imds-endpoint={imds_endpoint}",
+        ready=False,
+    )
+
+
+def children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as listed:
+        return [int(child) for child in listed.read().split()]
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's zombie may wait for a reaper that never comes)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize(
+    "signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=["TERM", "INT", "HUP"]
+)
+def test_a_signal_while_the_workers_start_stops_them_all_and_exits_zero(
+    conductor, slow_imds, signum
+):
+    sssrd = starting(conductor, slow_imds.endpoint)
+    try:
+        slow_imds.wait_asked(2)
+        workers = children(sssrd.process.pid)
+        assert len(workers) == 2
+        sssrd.signal(signum)
+        assert sssrd.wait_exit() == 0
+        assert not [pid for pid in workers if running(pid)]
+        assert not any(line.get("message") == "sssrd listening" for line in sssrd.lines)
+    finally:
+        sssrd.stop_now()
+
+
+def test_a_supervisor_killed_while_its_workers_start_leaves_none_behind(conductor, slow_imds):
+    sssrd = starting(conductor, slow_imds.endpoint)
+    try:
+        slow_imds.wait_asked(2)
+        workers = children(sssrd.process.pid)
+        sssrd.process.kill()
+        # The metadata service still holds every worker in start-up: only the kernel's word
+        # that the supervisor died can end them now.
+        wait_for(lambda: not [pid for pid in workers if running(pid)], what="workers to exit")
+    finally:
+        sssrd.stop_now()
+
+
+def test_a_supervisor_killed_mid_stream_leaves_workers_that_drain_and_free_the_ports(
+    conductor, workers2
+):
+    sssrd = workers2
+    ports = [sssrd.viewer, *(parse_address(url) for url in listening_of(sssrd)["callbacks"])]
+    held = streams_in_both_workers(sssrd, conductor, "orphan")
+    workers = list(worker_pids(sssrd).values())
+    sssrd.process.kill()
+    assert sssrd.wait_exit() == -signal.SIGKILL
+    for viewer in held.values():  # each worker drains: its stream completes
+        conductor.release(f"{viewer.tag}:step1")  # type: ignore[attr-defined]
+        assert viewer.chunk() == b"chunk 1\n"
+        assert viewer.chunk() is None
+    wait_for(lambda: not [pid for pid in workers if running(pid)], what="workers to exit")
+    for address in ports:  # the next start can listen where this daemon did
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+            sock.listen()
+
+
+# -- counters across worker deaths ------------------------------------------------------------
+
+
+def access_lines(sssrd: Daemon, count: int) -> None:
+    wait_for(
+        lambda: sum(line.get("type") == "access" for line in list(sssrd.lines)) == count,
+        what=f"{count} access lines",
+    )
+
+
+def monotonic_samples(sssrd: Daemon) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """A fresh scrape's counter and histogram samples (not their _created timestamps)."""
+    samples = {}
+    for family in text_string_to_metric_families(http_get(sssrd.admin, "/metrics")[2].decode()):
+        if family.type in ("counter", "histogram"):
+            for sample in family.samples:
+                if not sample.name.endswith("_created"):
+                    samples[sample.name, tuple(sorted(sample.labels.items()))] = sample.value
+    return samples
+
+
+def assert_none_decreased(before: dict, after: dict) -> None:
+    fell = {
+        key: (before[key], after.get(key)) for key in before if after.get(key, -1) < before[key]
+    }
+    assert fell == {}
+
+
+def test_daemon_counters_never_go_backwards_when_workers_die_or_miss_a_scrape(conductor, workers2):
+    sssrd = workers2
+    scrapes = []
+    requests = 0
+    for round_ in range(2):  # each round kills the worker that served the most
+        served = spread_requests(sssrd, conductor, f"mono{round_}-")
+        requests += sum(served.values())
+        access_lines(sssrd, requests)
+        scrapes.append(monotonic_samples(sssrd))
+        seen = replacements(sssrd)
+        os.kill(max(served, key=served.__getitem__), signal.SIGKILL)
+        scrapes.append(monotonic_samples(sssrd))  # dead, perhaps not yet noticed
+        wait_for(lambda seen=seen: replacements(sssrd) > seen, what="the replacement")
+        scrapes.append(monotonic_samples(sssrd))
+        requests_ok = ("sssrd_requests_total", (("code", "2xx"), ("outcome", "ok")))
+        assert scrapes[-1][requests_ok] == requests  # what the dead worker counted still counts
+        assert sssrd.metric("sssrd_pending_limit") == 2 * 10_000  # gauges are not carried over
+    silent = worker_pids(sssrd)[0]
+    os.kill(silent, signal.SIGSTOP)  # alive but not answering: left out of this scrape
+    try:
+        scrapes.append(monotonic_samples(sssrd))
+        assert sssrd.metric("sssrd_pending_limit") == 10_000
+    finally:
+        os.kill(silent, signal.SIGCONT)
+    scrapes.append(monotonic_samples(sssrd))
+    for before, after in itertools.pairwise(scrapes):
+        assert_none_decreased(before, after)
+
+
+# -- the settings a replacement runs, and one that cannot start ---------------------------------
+
+
+def test_a_replacement_runs_the_settings_the_supervisor_validated_not_the_edited_file(
+    conductor, tmp_path
+):
+    config = tmp_path / "sssrd.toml"
+    config.write_text("max_pending = 50\n")
+    with daemon(conductor, *WORKERS, f"--config={config}") as sssrd:
+        config.write_text("max_pending = 70\n")  # valid, not reloaded
+        replace_worker(sssrd, 1)
+        assert sssrd.metric("sssrd_pending_limit") == 100  # 50 + 50, not 50 + 70
+        config.write_text("max_pending = [\n")  # not TOML at all, not reloaded
+        replace_worker(sssrd, 0)
+        assert sssrd.metric("sssrd_pending_limit") == 100
+        assert http_get(sssrd.admin, "/healthz")[::2] == (200, b"ok\n")
+        sssrd.signal(signal.SIGHUP)  # the invalid file refused once, by the supervisor
+        refused = sssrd.wait_line(lambda line: line.get("message", "").startswith("reload refused"))
+        assert "worker" not in refused and "not valid TOML" in refused["error"]
+        config.write_text("max_pending = 70\n")
+        sssrd.signal(signal.SIGHUP)  # a reload is how new settings arrive, in every worker
+        sssrd.wait_line(lambda line: line.get("message") == "every worker reloaded")
+        assert sssrd.metric("sssrd_pending_limit") == 140
+    assert not any(line.get("message") == "worker cannot start" for line in sssrd.lines)
+
+
+def replacements(sssrd: Daemon) -> int:
+    return sum(line.get("message") == "worker replaced" for line in list(sssrd.lines))
+
+
+def replace_worker(sssrd: Daemon, index: int) -> None:
+    seen = replacements(sssrd)
+    os.kill(worker_pids(sssrd)[index], signal.SIGKILL)
+    wait_for(lambda: replacements(sssrd) > seen, what=f"worker {index}'s replacement")
+
+
+def test_a_worker_that_cannot_start_says_why_backs_off_and_degrades_health(conductor):
+    with (
+        FakeIMDS(local_ipv4="127.0.0.1") as imds,
+        daemon(
+            conductor, *WORKERS, "--callback-url=auto", f"--imds-endpoint={imds.endpoint}"
+        ) as sssrd,
+    ):
+        imds.set_mode("error")
+        os.kill(worker_pids(sssrd)[1], signal.SIGKILL)
+        exits = [
+            sssrd.wait_line(
+                lambda line, n=n: (
+                    line.get("message") == "worker exited; starting a replacement"
+                    and line["failed_starts"] == n
+                )
+            )
+            for n in (0, 1, 2)
+        ]
+        assert [line["pause"] for line in exits] == [1.0, 1.0, 2.0]  # doubling while it fails
+        cannot = [line for line in sssrd.lines if line.get("message") == "worker cannot start"]
+        assert cannot[0]["worker"] == 1 and "answered 500" in cannot[0]["error"]
+        assert http_get(sssrd.admin, "/healthz")[::2] == (
+            503,
+            b"degraded: worker 1 failed to start 2 times in a row\n",
+        )
+        assert sssrd.metric("sssrd_worker_start_failures_total") == 2
+        imds.set_mode("normal")
+        assert sssrd.wait_line(lambda line: line.get("message") == "worker replaced")["worker"] == 1
+        assert http_get(sssrd.admin, "/healthz")[::2] == (200, b"ok\n")
+        stderr = sssrd.stop_now()
+    assert "Traceback" not in stderr

@@ -22,6 +22,7 @@ from aws_cdk import aws_secretsmanager as secretsmanager
 from cdk_nag import NagSuppressions
 from constructs import Construct
 
+from .exceptions import accept
 from .network import PUBLIC, Network, listener_port
 from .parameters import FleetParameters
 from .timings import Timings
@@ -62,6 +63,14 @@ class Edge(Construct):
                     "originSecretGeneration (cdk/README.md).",
                 }
             ],
+        )
+        accept(
+            self.origin_secret,
+            "CKV_AWS_149",
+            "The AWS managed key (aws/secretsmanager) is enough: the value is also held, "
+            "resolved, in CloudFront's origin header and the ALB listener rule, which anyone "
+            "allowed to describe them can read; a customer managed key would guard the least "
+            "exposed copy only, and adds a key policy that could block the deploy's resolve.",
         )
         secret_value = self.origin_secret.secret_value.unsafe_unwrap()
         self.target_group = self._target_group(network, timings)

@@ -165,6 +165,7 @@ class FleetParameters:
     origin_certificate_arn: str | None = None
     reserved_concurrency: int | None = None
     log_retention_days: int = 30
+    access_log_expiry_days: int = 365
     prometheus: bool = False
     # One port per sssrd worker: two for the default instance type's two vCPUs.
     callback_ports: PortRange = field(
@@ -325,6 +326,7 @@ CONTEXT_KEYS: tuple[tuple[str, str, Callable[[Any], Any]], ...] = (
     ),
     ("reservedConcurrency", "reserved_concurrency", parse_int(1, 100_000)),
     ("logRetentionDays", "log_retention_days", parse_retention),
+    ("accessLogExpiryDays", "access_log_expiry_days", parse_int(1, 3653)),
     ("prometheus", "prometheus", parse_bool),
     ("callbackPorts", "callback_ports", PortRange.parse),
     ("targetConnectionsPerInstance", "target_connections_per_instance", parse_int(10, 1_000_000)),

@@ -21,6 +21,7 @@ from aws_cdk import aws_logs as logs
 from cdk_nag import NagSuppressions
 from constructs import Construct
 
+from .exceptions import accept
 from .network import PRIVATE, Network
 from .parameters import ALIAS_NAME, RETENTION_DAYS, FleetParameters
 
@@ -61,6 +62,14 @@ class RenderFunction(Construct):
             retention=getattr(logs.RetentionDays, RETENTION_DAYS[parameters.log_retention_days]),
             removal_policy=RemovalPolicy.RETAIN,
         )
+        accept(
+            self.log_group,
+            "CKV_AWS_158",
+            "CloudWatch Logs encrypts every log group at rest already; a customer managed key "
+            "would add a key policy to keep right and a way to lose the render's logs (a key "
+            "disabled or mis-granted stops delivery), while whoever may read these logs through "
+            "IAM could be granted kms:Decrypt just the same. Renderers log no secrets.",
+        )
         self.function = lambda_.Function(
             self,
             "Function",
@@ -89,6 +98,15 @@ class RenderFunction(Construct):
             version=self.function.current_version,
             retry_attempts=0,
             max_event_age=MAX_EVENT_AGE,
+        )
+        accept(
+            self.function,
+            "CKV_AWS_116",
+            "No dead-letter queue, on purpose: a render is worth something only while its "
+            "viewer waits (sssrd answers 502/504 by callback_timeout), so a failed event has "
+            "nothing left to retry (retries 0, event age 60 s), and a queue would keep viewers' "
+            "requests (headers, cookies) at rest. Failures show in the function's Errors "
+            "metric and logs, and in sssrd_requests_total by outcome.",
         )
         NagSuppressions.add_resource_suppressions(
             self.function,

@@ -10,7 +10,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from aws_cdk import App, Aspects, CfnOutput, Environment, RemovalPolicy, Stack
+from aws_cdk import App, Aspects, CfnOutput, Duration, Environment, RemovalPolicy, Stack
 from aws_cdk import aws_s3 as s3
 from cdk_nag import AwsSolutionsChecks, NagSuppressions
 from constructs import Construct
@@ -34,7 +34,7 @@ class SssrdStack(Stack):
             description="sssrd: CloudFront -> ALB -> Auto Scaling group -> render Lambda",
         )
         timings = derive_timings(sssrd_settings(parameters))
-        self.log_bucket = logs = self._log_bucket()
+        self.log_bucket = logs = self._log_bucket(parameters.access_log_expiry_days)
         network = Network(self, "Network", parameters, logs)
         render = RenderFunction(self, "Render", parameters, network)
         edge = Edge(self, "Edge", parameters, network, timings, logs)
@@ -52,7 +52,7 @@ class SssrdStack(Stack):
         self.network, self.render, self.edge, self.fleet = network, render, edge, fleet
         self._outputs()
 
-    def _log_bucket(self) -> s3.Bucket:
+    def _log_bucket(self, expiry_days: int) -> s3.Bucket:
         bucket = s3.Bucket(
             self,
             "AccessLogs",
@@ -62,6 +62,14 @@ class SssrdStack(Stack):
             # CloudFront's standard logs are written with an ACL.
             object_ownership=s3.ObjectOwnership.OBJECT_WRITER,
             removal_policy=RemovalPolicy.RETAIN,
+            # Logs are evidence (cdk/README.md), kept for accessLogExpiryDays, not forever.
+            lifecycle_rules=[
+                s3.LifecycleRule(
+                    id="ExpireAccessLogs",
+                    expiration=Duration.days(expiry_days),
+                    abort_incomplete_multipart_upload_after=Duration.days(7),
+                )
+            ],
         )
         NagSuppressions.add_resource_suppressions(
             bucket,

@@ -54,6 +54,7 @@ FULL = {
     "minCapacity": "3",
     "maxCapacity": "9",
     "originSecretGeneration": "2",
+    "accessLogExpiryDays": "90",
     "sssrd": {"drain_timeout": 45, "keepalive_timeout": 90, "trusted_proxies": ["10.20.0.0/16"]},
 }
 

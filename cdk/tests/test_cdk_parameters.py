@@ -53,6 +53,8 @@ def test_defaults_need_only_the_ami():
         ({"prometheus": "yes"}, "context prometheus: expected true or false"),
         ({"callbackPorts": "8084-8081"}, "context callbackPorts: expected ports"),
         ({"logRetentionDays": 31}, "context logRetentionDays: expected one of"),
+        ({"accessLogExpiryDays": 0}, "context accessLogExpiryDays: expected 1..3653"),
+        ({"accessLogExpiryDays": "forever"}, "context accessLogExpiryDays: expected an integer"),
         ({"domainName": "www.example.com"}, "context certificateArn: required together"),
         (
             {"domainName": "www.example.com", "certificateArn": ORIGIN_CERT},

@@ -472,6 +472,33 @@ def test_the_log_bucket_is_private_encrypted_and_tls_only(variant):
     )
 
 
+def test_access_logs_expire_after_a_year_unless_the_context_says_otherwise(default, full):
+    for variant, days in ((default, 365), (full, 90)):
+        bucket = variant.resources[logical_id(variant, variant.stack.log_bucket)]["Properties"]
+        assert bucket["LifecycleConfiguration"]["Rules"] == [
+            {
+                "Id": "ExpireAccessLogs",
+                "Status": "Enabled",
+                "ExpirationInDays": days,
+                "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 7},
+            }
+        ]
+
+
+def test_checkov_findings_the_stack_accepts_are_recorded_with_their_reasons(variant):
+    accepted = {
+        (resource["Type"], skip["id"]): skip["comment"]
+        for resource in variant.resources.values()
+        for skip in resource.get("Metadata", {}).get("checkov", {}).get("skip", [])
+    }
+    assert set(accepted) == {
+        ("AWS::Lambda::Function", "CKV_AWS_116"),  # no dead-letter queue
+        ("AWS::Logs::LogGroup", "CKV_AWS_158"),  # AWS managed encryption
+        ("AWS::SecretsManager::Secret", "CKV_AWS_149"),  # AWS managed key
+    }
+    assert all(len(reason) >= 60 for reason in accepted.values())
+
+
 def test_outputs_name_the_entry_points_and_a_scrape_config_matching_the_tag(default, full):
     outputs = default.json["Outputs"]
     for name in (
