@@ -9,6 +9,7 @@ is closed at its next section, and no later section is loaded).
 
 from __future__ import annotations
 
+import h11
 import pytest
 from harness import Conductor, Daemon, Viewer, daemon, header
 
@@ -72,3 +73,28 @@ def test_viewer_leaving_stops_the_apps_generator(web: Daemon, conductor, app):
         assert conductor.report(tag, "closed")  # the response iterable's close(), PEP 3333
     assert conductor.report(tag, "returned")
     assert conductor.count(tag, "loading") == 2  # sport was never loaded
+
+
+@pytest.mark.parametrize("app", ["asgi-fails", "wsgi-fails"])
+def test_app_failing_before_its_first_byte_gives_the_viewer_502_at_once(web, conductor, app):
+    tag = f"{app}-before"
+    viewer = Viewer(web.viewer)
+    head, body = viewer.get(f"/?app={app}&tag={tag}")
+    assert head.status_code == 502
+    assert b"LookupError" not in body and b"secret" not in body
+    access = web.access(request_id=header(head, b"x-request-id").decode())
+    assert (access["outcome"], access["error_type"]) == ("render_error", "LookupError")
+    assert conductor.report(tag, "raised")["error"] == "LookupError"
+
+
+@pytest.mark.parametrize("app", ["asgi-fails", "wsgi-fails"])
+def test_app_failing_after_its_first_byte_cuts_the_viewers_response(web, conductor, app):
+    tag = f"{app}-after"
+    viewer = Viewer(web.viewer)
+    viewer.send("GET", f"/?app={app}&tag={tag}&after=1")
+    assert viewer.head().status_code == 200
+    assert viewer.chunk() == b"partial"
+    conductor.release(f"{tag}:fail")
+    with pytest.raises(h11.RemoteProtocolError):  # closed without the final chunk
+        viewer.chunk()
+    assert conductor.report(tag, "raised")["error"] == "LookupError"

@@ -17,6 +17,8 @@ from typing import Any
 
 from scenarios import Conductor
 
+from sssrd.callback import asgi, wsgi
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 current: dict[str, Conductor] = {}  # the conductor of the invocation in flight
 
@@ -61,7 +63,31 @@ def report_close(response: Any) -> Any:
     return response
 
 
-HANDLERS = {"fastapi": fastapi_example.handler, "flask": flask_example.handler}
+async def asgi_fails(scope: dict, receive: Any, send: Any) -> None:
+    """Fails before its response starts, or (?after=1) once the test saw its first body piece."""
+    if scope["type"] != "http":
+        return
+    if b"after=1" in scope["query_string"]:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"partial", "more_body": True})
+        await asyncio.to_thread(current["conductor"].wait, "fail")
+    raise LookupError("secret detail")
+
+
+def wsgi_fails(environ: dict, start_response: Any) -> Any:
+    start_response("200 OK", [("content-type", "text/plain")])
+    if "after=1" in environ["QUERY_STRING"]:
+        yield b"partial"
+        current["conductor"].wait("fail")
+    raise LookupError("secret detail")
+
+
+HANDLERS = {
+    "fastapi": fastapi_example.handler,
+    "flask": flask_example.handler,
+    "asgi-fails": asgi.handler(asgi_fails),
+    "wsgi-fails": wsgi.handler(wsgi_fails),
+}
 
 
 def handler(event: dict, context: Any) -> None:

@@ -1,7 +1,7 @@
 #!/bin/sh
 # Build the example's Lambda zip: app.py, its template, its requirements for Lambda's Python 3.11
 # on x86_64, and the sssrd-callback package built from this repository (stdlib only).
-# Usage: build.sh [OUTPUT.zip]   (default: dist/render.zip next to this script); handler app.handler
+# Usage: build.sh [OUTPUT.zip, ending in .zip]   (default: dist/render.zip next to this script); handler app.handler
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 out=$(realpath -m "${1:-$here/dist/render.zip}")
@@ -16,5 +16,6 @@ rm -rf "$work/wheel"
 cp -r "$here/app.py" "$here/templates" "$work/"
 mkdir -p "$(dirname "$out")"
 rm -f "$out"
-(cd "$work" && "$python" -m zipfile -c "$out" .)
+"$python" -c 'import shutil, sys; shutil.make_archive(sys.argv[1], "zip", sys.argv[2])' \
+    "${out%.zip}" "$work"
 echo "$out"

@@ -156,3 +156,23 @@ test('withStream: a normal render ends the body and resolves to the summary', as
   const { result } = await within(settled, 'the handler');
   assert.equal(result.bytes, 5);
 });
+
+test('through sssrd: a render failing before its first write gives the viewer 502 at once', async () => {
+  const fail = async () => {
+    throw new TypeError('secret detail');
+  };
+  sssrd.route('/fails-early', (event) => withStream(event, {}, fail).catch(() => null));
+  sssrd.route(
+    '/shim-fails-early',
+    awslambda.streamifyResponse(async (_event, stream) => {
+      awslambda.HttpResponseStream.from(stream, { statusCode: 200 });
+      await fail();
+    }),
+  );
+  for (const target of ['/fails-early', '/shim-fails-early']) {
+    const viewer = new Viewer(sssrd, target);
+    assert.equal((await viewer.head).statusCode, 502);
+    const { body } = await viewer.rest();
+    assert.ok(!body.includes('TypeError') && !body.includes('secret'), body);
+  }
+});
