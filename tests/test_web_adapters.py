@@ -33,8 +33,10 @@ def read_until(viewer: Viewer, marker: bytes, seen: bytes = b"") -> bytes:
 
 
 @pytest.mark.parametrize("app", APPS)
-def test_first_section_reaches_the_viewer_before_the_next_is_loaded(web, conductor, app):
-    tag = f"{app}-progressive"
+def test_first_section_reaches_the_viewer_before_the_next_is_loaded(
+    web, conductor, app, tag_prefix=""
+):
+    tag = f"{tag_prefix}{app}-progressive"
     viewer = Viewer(web.viewer)
     viewer.send("GET", f"/?app={app}&tag={tag}")
     conductor.wait_waiting(f"{tag}:news")
@@ -55,8 +57,8 @@ def test_first_section_reaches_the_viewer_before_the_next_is_loaded(web, conduct
 
 
 @pytest.mark.parametrize("app", APPS)
-def test_viewer_leaving_stops_the_apps_generator(web: Daemon, conductor, app):
-    tag = f"{app}-leaves"
+def test_viewer_leaving_stops_the_apps_generator(web: Daemon, conductor, app, tag_prefix=""):
+    tag = f"{tag_prefix}{app}-leaves"
     viewer = Viewer(web.viewer)
     viewer.send("GET", f"/?app={app}&tag={tag}")
     conductor.release(f"{tag}:news")

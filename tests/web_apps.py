@@ -1,4 +1,5 @@
-"""The FastAPI and Flask examples as the daemon's local invoker runs them (`web_apps:handler`).
+"""The FastAPI and Flask examples as a render Lambda (`web_apps:handler`), for the daemon's local
+invoker and for the real runtime interface clients; requests without `?app=` go to scenarios.py.
 
 Each example is loaded from examples/ unchanged, its own one-line `handler` included; only its
 slow data call is replaced by one that reports to the test's Conductor and waits for the test to
@@ -15,6 +16,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import scenarios
 from scenarios import Conductor
 
 from sssrd.callback import asgi, wsgi
@@ -92,6 +94,9 @@ HANDLERS = {
 
 def handler(event: dict, context: Any) -> None:
     query = event.get("queryStringParameters") or {}
+    if "app" not in query:  # the helper's own scenarios, for runs under a runtime client
+        scenarios.handler(event, context)
+        return
     conductor = Conductor(query["tag"])
     current["conductor"] = conductor
     try:
