@@ -92,11 +92,20 @@ def test_app_failing_before_its_first_byte_gives_the_viewer_502_at_once(web, con
 @pytest.mark.parametrize("app", ["asgi-fails", "wsgi-fails"])
 def test_app_failing_after_its_first_byte_cuts_the_viewers_response(web, conductor, app):
     tag = f"{app}-after"
-    viewer = Viewer(web.viewer)
-    viewer.send("GET", f"/?app={app}&tag={tag}&after=1")
-    assert viewer.head().status_code == 200
-    assert viewer.chunk() == b"partial"
-    conductor.release(f"{tag}:fail")
+    target = f"/?app={app}&tag={tag}&after=1"
+    assert_cut_after_first_piece(web, conductor, target, (200, b"partial"), f"{tag}:fail")
+    assert conductor.report(tag, "raised")["error"] == "LookupError"
+
+
+def assert_cut_after_first_piece(
+    sssrd: Daemon, conductor: Conductor, target: str, first: tuple[int, bytes], release: str
+) -> None:
+    """The viewer gets the head's status and the first piece; once `release` lets the render
+    fail, the response is closed without its final chunk."""
+    viewer = Viewer(sssrd.viewer)
+    viewer.send("GET", target)
+    assert viewer.head().status_code == first[0]
+    assert viewer.chunk() == first[1]
+    conductor.release(release)
     with pytest.raises(h11.RemoteProtocolError):  # closed without the final chunk
         viewer.chunk()
-    assert conductor.report(tag, "raised")["error"] == "LookupError"
