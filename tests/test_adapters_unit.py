@@ -3,8 +3,10 @@ app sees, one chunk per body piece, and errors before and after the first body b
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import threading
 
 import pytest
 from test_callback_helper import CallbackRecorder, split_prelude
@@ -164,3 +166,27 @@ def test_wsgi_environ_comes_from_the_event_and_each_item_is_one_chunk():
         "cookies": ["a=b"],
     }
     assert chunks[1:] == [b"one", b"two"]
+
+
+def test_asgi_reuses_one_event_loop_whatever_thread_calls_the_handler():
+    loops = []
+
+    async def app(scope, receive, send):
+        if scope["type"] == "lifespan":
+            return
+        loops.append(asyncio.get_running_loop())
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"x"})
+
+    handle = asgi.handler(app)
+
+    def invoke() -> None:
+        with CallbackRecorder() as server:
+            handle(server.event(), None)
+            assert server.all_chunks()[1:] == [b"x"]
+
+    invoke()  # the calling thread, then another one, as a runtime may do
+    caller = threading.Thread(target=invoke)
+    caller.start()
+    caller.join(10)
+    assert len(loops) == 2 and loops[0] is loops[1] and loops[0].is_running()
