@@ -59,6 +59,14 @@ DIST ?= dist
 deb:
 	bash packaging/deb/build.sh $(DIST)
 
+# The fleet in miniature (tests/fleet.py; needs root): sssrd instances in network namespaces behind
+# HAProxy as the ALB, steady / scale-out / scale-in / crash under open-loop load. The last line it
+# prints is the JSON report's path; it exits 1 if a promise did not hold.
+.PHONY: fleet
+fleet: venv
+	bash tests/ensure-system-packages haproxy iproute2 util-linux
+	$(BIN)/python tests/fleet.py $(FLEET_ARGS)
+
 # The benchmark suite against HAProxy and nginx (needs haproxy nginx-light nghttp2-client curl);
 # `make bench BENCH_ARGS=--quick` for a one-minute smoke run. Figures: bench/RESULTS.md.
 .PHONY: bench

@@ -8,7 +8,8 @@ and sssrd with `compat = "lambda-streaming"`) gets that protocol's callback inst
 the origin's root with `x-request-id` and `x-status-code`. Raw sockets rather than
 sssrd.callback keep the fake's CPU per request small, so the fake is less likely the bottleneck.
 Like a warm Lambda with sssrd.callback (or the Node helper's keep-alive agent), each worker
-thread keeps its sssrd callback connection open for its next render when the answer allows it.
+thread keeps its sssrd callback connection open for its next render when the answer allows it,
+unless the viewer's query says `callbacks=fresh` (a cold helper's way: one connection each).
 The seed protocol's callbacks (the proof of concept, sssrd-compat) keep one connection each:
 the proof of concept's proxy failed every request at C=200 when its callback connections were
 reused (bench run of 2026-12-01, 23:18Z).
@@ -57,7 +58,8 @@ def sssrd_callback(event: dict[str, Any]) -> Callback:
         b"Content-Type: %s\r\n" % PRELUDE_CONTENT_TYPE,
         framing_header(workload, len(PRELUDE)),
     ]
-    return Callback(url, head, workload, PRELUDE, keep_alive=True)
+    fresh = "callbacks=fresh" in event.get("rawQueryString", "").split("&")
+    return Callback(url, head, workload, PRELUDE, keep_alive=not fresh)
 
 
 def seed_callback(event: dict[str, Any]) -> Callback:

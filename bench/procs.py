@@ -45,6 +45,16 @@ def user_system_seconds(pid: int) -> tuple[float, float]:
     return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS  # utime, stime
 
 
+def run_seconds(pid: int) -> float:
+    """Seconds on a CPU so far, to the nanosecond (schedstat), summed over the live threads:
+    an idle process's few milliseconds a second are below /proc/<pid>/stat's 10 ms tick."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e9
+
+
 def machine_busy_seconds() -> float:
     fields = [int(value) for value in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
     idle = fields[3] + fields[4]  # idle, iowait
@@ -130,6 +140,10 @@ class Process:
     def cpu(self) -> float:
         return sum(cpu_seconds(pid) for pid in self.measured_pids())
 
+    def run_time(self) -> float:
+        """cpu() to the nanosecond, for the few milliseconds an idle process uses."""
+        return sum(run_seconds(pid) for pid in self.measured_pids())
+
     def system_cpu(self) -> float:
         """The kernel's share of cpu(): syscalls, and loopback TCP work done on our behalf."""
         return sum(user_system_seconds(pid)[1] for pid in self.measured_pids())
@@ -163,12 +177,17 @@ class Fake:
 
 
 def start_fake(
-    stack: contextlib.ExitStack, workdir: Path, behaviour: str = "normal", workers: int = 256
+    stack: contextlib.ExitStack,
+    workdir: Path,
+    behaviour: str = "normal",
+    workers: int = 256,
+    handler: str = "bench.lambda_handler:handler",
 ) -> Fake:
-    """The fake Invoke API running bench.lambda_handler in its own process."""
+    """The fake Invoke API running `handler` (by default bench.lambda_handler) in its own
+    process."""
     log = workdir / f"fake-{behaviour.replace('=', '-')}.log"
     argv = [sys.executable, "-m", "sssrd.testing.fake_lambda", "--listen", "127.0.0.1:0"]
-    argv += ["--handler", "bench.lambda_handler:handler", "--behaviour", behaviour]
+    argv += ["--handler", handler, "--behaviour", behaviour]
     argv += ["--workers", str(workers)]
     process = spawn(stack, "fake", argv, log)
     endpoint = wait_for_line(log, r"^http://", process.popen, "fake lambda").strip()

@@ -1,6 +1,6 @@
 """Turning result rows into the printed table, the issue's targets (pass/miss) and JSON.
 
-Targets and the seed's anchor figures are quoted from issues 4 and 15; each is checked against
+Targets and the seed's anchor figures are quoted from issues 4, 15 and 25; each is checked against
 the row that answers it (sssrd with its default body path unless the target names another), and
 the ratio targets against two rows of the same run. Machine details are collected here so every
 JSON file says where its figures came from.
@@ -128,39 +128,84 @@ def ratio(
     return mine / theirs if theirs else float("nan")
 
 
+def over(mine: float | None, theirs: float | None) -> float | None:
+    if mine is None or theirs is None:
+        return None
+    return mine / theirs if theirs else float("nan")
+
+
+def cpu_vs_poc(peer: str, style: str) -> Callable[[Results], float | None]:
+    """The median over rounds of a round's CPU per request over the proof of concept's."""
+    return lambda r: pick(r, "rendezvous", "cpu_vs_poc", peer=peer, clients=200, callbacks=style)
+
+
+def cpu_vs_w1(style: str) -> Callable[[Results], float | None]:
+    return lambda r: pick(
+        r, "rendezvous", "cpu_vs_w1", peer="sssrd-w2", clients=200, callbacks=style
+    )
+
+
 TARGETS = (
     Target(
         "CPU per request at C=200 <= 0.30 ms",
         "seed 0.64 ms",
-        lambda r: pick(r, "rendezvous", "cpu_ms_per_request", peer="sssrd", clients=200),
+        lambda r: pick(
+            r, "rendezvous", "cpu_ms_per_request", peer="sssrd", clients=200, callbacks="kept"
+        ),
         lambda v: v <= 0.30,
         "ms",
     ),
     Target(
         "CPU per request vs the proof of concept at C=200 <= 0.8x (goal 0.5x)",
         "1.32x (issue 15)",
-        lambda r: ratio(r, "rendezvous", "cpu_ms_per_request", "sssrd", "poc", clients=200),
+        cpu_vs_poc("sssrd", "kept"),
         lambda v: v <= 0.8,
         "x poc",
+    ),
+    *(
+        Target(
+            f"CPU per request vs the proof of concept, one worker, {style} callbacks, C=200 "
+            "<= 0.8x (goal 0.5x)",
+            "0.87x bench, 1.02-1.10x independent (issue 25)",
+            cpu_vs_poc("sssrd-w1", style),
+            lambda v: v <= 0.8,
+            "x poc",
+        )
+        for style in ("kept", "fresh")
+    ),
+    *(
+        Target(
+            f"CPU per request, workers 2 vs 1, {style} callbacks, C=200 <= 1.03x",
+            "~1.10x (issue 25)",
+            cpu_vs_w1(style),
+            lambda v: v <= 1.03,
+            "x w1",
+        )
+        for style in ("kept", "fresh")
     ),
     Target(
         "req/s vs the proof of concept at C=200 >= 1.5x",
         "0.76x (issue 15)",
-        lambda r: ratio(r, "rendezvous", "req_per_s", "sssrd", "poc", clients=200),
+        lambda r: over(
+            pick(r, "rendezvous", "req_per_s", peer="sssrd", clients=200, callbacks="kept"),
+            pick(r, "rendezvous", "req_per_s", peer="poc", clients=200),
+        ),
         lambda v: v >= 1.5,
         "x poc",
     ),
     Target(
         "requests/s scaling, workers 2 vs 1 (same run) at C=200 >= 1.4x",
         "— (issue 15)",
-        lambda r: ratio(r, "rendezvous", "req_per_s", "sssrd-w2", "sssrd-w1", clients=200),
+        lambda r: ratio(
+            r, "rendezvous", "req_per_s", "sssrd-w2", "sssrd-w1", clients=200, callbacks="kept"
+        ),
         lambda v: v >= 1.4,
         "x w1",
     ),
     Target(
         "no failed requests at C=1000",
         "",
-        lambda r: pick(r, "rendezvous", "failed", peer="sssrd", clients=1000),
+        lambda r: pick(r, "rendezvous", "failed", peer="sssrd", clients=1000, callbacks="kept"),
         lambda v: v == 0,
         "failed",
     ),
@@ -186,6 +231,20 @@ TARGETS = (
         "x HAProxy",
     ),
     Target(
+        "bulk chunked MB/s vs HAProxy >= 1.0x",
+        "0.94x (issue 25)",
+        lambda r: pick(r, "bulk", "vs_haproxy", peer="sssrd", framing="chunked"),
+        lambda v: v >= 1.0,
+        "x HAProxy",
+    ),
+    Target(
+        "bulk chunked CPU s/GB vs HAProxy <= 1.0x",
+        "1.27x (issue 25)",
+        lambda r: pick(r, "bulk", "cpu_vs_haproxy", peer="sssrd", framing="chunked"),
+        lambda v: v <= 1.0,
+        "x HAProxy",
+    ),
+    Target(
         "bulk chunked >= 0.6x direct",
         "",
         lambda r: pick(r, "bulk", "vs_direct", peer="sssrd", framing="chunked"),
@@ -208,8 +267,8 @@ TARGETS = (
     ),
     Target(
         "chunk latency added p50 idle vs HAProxy <= 1.0x",
-        "1.7x (issue 15)",
-        lambda r: ratio(r, "latency", "added_idle_p50_us", "sssrd", "haproxy"),
+        "1.9-3.55x (issue 25)",
+        lambda r: pick(r, "latency", "added_vs_haproxy", peer="sssrd"),
         lambda v: v <= 1.0,
         "x HAProxy",
     ),
@@ -245,6 +304,8 @@ def evaluate_targets(results: Results) -> list[Row]:
 def cell(value: Any) -> str:
     if value is None:
         return "-"
+    if isinstance(value, tuple | list):  # a spread: (lowest, highest)
+        return "..".join(cell(item) for item in value)
     if isinstance(value, bool):
         return "yes" if value else "NO"
     if isinstance(value, float):
@@ -276,7 +337,9 @@ def table(title: str, rows: Sequence[Row], columns: Sequence[tuple[str, str]]) -
 
 RENDEZVOUS_COLUMNS = (
     ("clients", "C"),
+    ("callbacks", "callbacks"),
     ("peer", "peer"),
+    ("rounds", "rounds"),
     ("requests", "requests"),
     ("req_per_s", "req/s"),
     ("failed", "failed"),
@@ -284,6 +347,11 @@ RENDEZVOUS_COLUMNS = (
     ("ttfb_p99_ms", "TTFB p99 ms"),
     ("probe_requests", "probed"),
     ("cpu_ms_per_request", "CPU ms/req"),
+    ("cpu_ms_per_request_spread", "spread"),
+    ("cpu_vs_poc", "CPU /poc"),
+    ("cpu_vs_poc_spread", "spread"),
+    ("cpu_vs_w1", "CPU /w1"),
+    ("cpu_vs_w1_spread", "spread"),
     ("kernel_share", "kernel share"),
     ("peer_cores", "peer cores"),
     ("fake_cores", "fake cores"),
@@ -298,14 +366,18 @@ HELD_COLUMNS = (
     ("rss_after_mib", "RSS after MiB"),
     ("kib_per_stream", "KiB/stream"),
     ("seconds_to_hold", "s to admit"),
+    ("idle_cpu_ms_per_s", "idle CPU ms/s"),
 )
 BULK_COLUMNS = (
     ("framing", "framing"),
     ("peer", "peer"),
     ("mb_per_s", "MB/s"),
+    ("mb_per_s_spread", "spread"),
     ("vs_direct", "/direct"),
     ("vs_haproxy", "/HAProxy"),
+    ("vs_haproxy_spread", "spread"),
     ("cpu_s_per_gb", "CPU s/GB"),
+    ("cpu_vs_haproxy", "CPU /HAProxy"),
     ("splice_share", "spliced"),
     ("rounds", "rounds"),
     ("ok", "ok"),
@@ -315,6 +387,9 @@ LATENCY_COLUMNS = (
     ("idle_p50_us", "idle p50 us"),
     ("idle_p99_us", "idle p99 us"),
     ("added_idle_p50_us", "added p50"),
+    ("added_idle_p50_us_spread", "spread"),
+    ("added_vs_haproxy", "/HAProxy"),
+    ("added_vs_haproxy_spread", "spread"),
     ("added_idle_p99_us", "added p99"),
     ("load_p50_us", "load p50 us"),
     ("load_p99_us", "load p99 us"),
@@ -323,6 +398,7 @@ LATENCY_COLUMNS = (
     ("idle_chunks", "chunks idle"),
     ("load_chunks", "chunks load"),
     ("broken_streams", "broken"),
+    ("rounds", "rounds"),
 )
 TARGET_COLUMNS = (
     ("target", "target"),
@@ -373,7 +449,7 @@ def render(results: Results) -> str:
         for row in results.get("bulk", [])
         if not row["ok"]
     ]
-    parts.append(table("targets (issues 4 and 15)", results["targets"], TARGET_COLUMNS))
+    parts.append(table("targets (issues 4, 15 and 25)", results["targets"], TARGET_COLUMNS))
     return "\n\n".join(parts)
 
 

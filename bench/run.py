@@ -1,14 +1,17 @@
 """One command for the whole bench: start every process, run the scenarios, report the ratios.
 
     .venv/bin/python -m bench.run              # full run (~2.5 min here): bench/RESULTS.md
-    .venv/bin/python -m bench.run --quick      # smoke run, ~1 min, small counts and sizes
+    .venv/bin/python -m bench.run --quick      # short run, 3 rounds of small counts and sizes
     .venv/bin/python -m bench.run --scenario bulk --scenario latency --peer sssrd --peer direct
 
 Peers (bulk, latency): sssrd (body_path auto), sssrd-splice, sssrd-copy (forced), direct (the
 client talks to the origin itself), haproxy and nginx (Debian's, in front of the same origin).
 Peers (rendezvous, held): sssrd (`workers = auto`), sssrd-w1 and sssrd-w2 (`workers` 1 and
 2), sssrd-compat (the proof of concept's protocol) and poc, the lambda-streaming proof of
-concept's Node.js proxy (`--poc DIR`, default ../shared/peers/…), all invoking the same fake.
+concept's Node.js proxy (`--poc DIR`, default ../shared/peers/…), all invoking the same fake;
+sssrd's rendezvous rows run with kept-alive callbacks and with one connection per request.
+Every scenario runs `rounds` times interleaved (3 in both modes) and reports the median of the
+rounds with their spread.
 The fake Lambda and the origin are separate processes, so their CPU is never counted as a
 peer's; a peer's own CPU is all of its processes' (nginx's workers, sssrd's supervisor and
 workers).
@@ -69,21 +72,22 @@ class Sizes:
     """How much each scenario does; --quick shrinks everything but the shape."""
 
     rendezvous: tuple[tuple[int, int], ...]  # (clients, requests)
+    rounds: int  # of rendezvous, bulk and latency, interleaved
     held_streams: int
     bulk_bytes: int
-    bulk_rounds: int
     latency_idle_streams: int
     latency_load_streams: int
     latency_load_waves: int
 
 
-FULL = Sizes(((50, 20_000), (200, 30_000), (1000, 30_000)), 5000, GIB, 3, 20, 50, 3)
-QUICK = Sizes(((50, 2000), (200, 3000), (1000, 3000)), 1000, 128 * 2**20, 1, 3, 20, 1)
+FULL = Sizes(((50, 20_000), (200, 30_000), (1000, 30_000)), 3, 5000, GIB, 20, 50, 3)
+# Quick: the issue's figures (C=200, 5,000 held streams) in rounds short enough to repeat.
+QUICK = Sizes(((200, 2000),), 3, 5000, 128 * 2**20, 3, 20, 1)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="short smoke run (~1 min)")
+    parser.add_argument("--quick", action="store_true", help="short run (~2-4 min)")
     parser.add_argument("--scenario", action="append", choices=SCENARIOS, help="repeatable")
     parser.add_argument("--peer", action="append", choices=PEERS, help="repeatable")
     parser.add_argument("--results", type=Path, default=RESULTS_DIR, help="JSON directory")
@@ -176,7 +180,7 @@ def run(args: argparse.Namespace) -> report.Results:
             )
         if "bulk" in scenario_names:
             log("bulk")
-            results["bulk"] = scenarios.bulk(body_peers, sizes.bulk_bytes, sizes.bulk_rounds)
+            results["bulk"] = scenarios.bulk(body_peers, sizes.bulk_bytes, sizes.rounds)
         if "latency" in scenario_names:
             log("chunk latency")
             results["latency"] = scenarios.chunk_latency(
@@ -184,6 +188,7 @@ def run(args: argparse.Namespace) -> report.Results:
                 sizes.latency_idle_streams,
                 sizes.latency_load_streams,
                 sizes.latency_load_waves,
+                sizes.rounds,
             )
         if "held" in scenario_names:
             log("held streams")
@@ -198,15 +203,10 @@ def run(args: argparse.Namespace) -> report.Results:
 
 
 def rendezvous_rows(peers: list[scenarios.Peer], fake: Fake, sizes: Sizes) -> list[report.Row]:
-    """Every peer at every size, the peers taking turns within a size so that drift on a
-    shared machine lands on all of them alike."""
+    """Every peer at every size and callback style, in interleaved rounds."""
     for peer in peers:
         scenarios.warm_up(peer)
-    return [
-        scenarios.rendezvous(peer, fake.process, clients, requests)
-        for clients, requests in sizes.rendezvous
-        for peer in peers
-    ]
+    return scenarios.rendezvous_rounds(peers, fake.process, sizes.rendezvous, sizes.rounds)
 
 
 STARTED = time.monotonic()

@@ -31,6 +31,7 @@ from sssrd import logs
 from sssrd.chunked import BodyDecoder, ChunkedDecoder, LengthDecoder
 from sssrd.connection import BadHead, Connection, canned_response, complete_response
 from sssrd.headers import first_header
+from sssrd.invokers.base import printable
 from sssrd.outcomes import Outcome, Rejected
 from sssrd.pending import Rejection
 from sssrd.prelude import PRELUDE_CONTENT_TYPE
@@ -297,4 +298,4 @@ def parse_error_report(body: bytes) -> str:
     if not isinstance(error_type, str) or not 0 < len(error_type) <= MAX_ERROR_TYPE_CHARS:
         message = f"errorType must be a string of 1 to {MAX_ERROR_TYPE_CHARS} characters"
         raise BadHead(400, message)
-    return "".join(char if " " <= char <= "~" else "?" for char in error_type)
+    return printable(error_type)

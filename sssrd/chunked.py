@@ -7,6 +7,14 @@ skip_payload(n) records that n of them were moved past the decoder (spliced sock
 so the zero-copy path never reads payload into Python. Framing is request-smuggling territory:
 chunk sizes are 1-16 hex digits and nothing else, lines and trailers are bounded, CRLF exactly.
 FramingCheck puts the same rules in front of a lenient parser (h11 reading a viewer's body).
+
+ChunkedDecoder.forward() is the pass-through reading of the same rules: instead of payload
+events it returns everything buffered as the bytes of a chunked response to the viewer, the
+input's own framing kept wherever it is already what sssrd would write (so a buffer holding many
+chunks leaves in one write), re-framed only where it is not: a size line with extensions or
+leading zeros is rewritten, and the last chunk and its trailers are never forwarded (the viewer's
+end of message is written by whoever frames the response). The buffer is immutable bytes, so the
+pieces forward() returns are views of it, never copies.
 """
 
 from __future__ import annotations
@@ -21,6 +29,8 @@ END = object()
 # chunk-size [ chunk-ext ]: hex digits, then ;-separated extensions of visible characters
 # (ignored, but not allowed to hide control bytes). No whitespace before the size.
 SIZE_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})((?:[ \t]*;[ \t]*[!-~][ -~\t]*)?)")
+# A size line forwarded as it is: no extension, no leading zero (sssrd's own framing, as h11's).
+PLAIN_SIZE = re.compile(rb"[1-9A-Fa-f][0-9A-Fa-f]{0,15}")
 TRAILER_LINE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+:[ \t]*[\t -~\x80-\xff]*")
 
 SIZE, PAYLOAD, PAYLOAD_CRLF, TRAILERS, DONE, FAILED = range(6)
@@ -33,24 +43,31 @@ class FramingError(ValueError):
 class BodyDecoder:
     """Shared buffer handling; subclasses decide what the bytes mean."""
 
+    # The input's framing of the current chunk went to the viewer as it is (forward()), so a
+    # splice of its payload goes out unframed; never true for a body read by next_event().
+    synced = False
+
     def __init__(self) -> None:
-        self._buffer = bytearray()
+        self._buffer = b""  # immutable: views handed out by forward() stay valid
         self._start = 0  # consumed prefix of _buffer, dropped lazily
         self.payload_left = 0
         self.chunk_size = 0  # size of the current (or last) chunk: a hint for read sizes
 
     def receive(self, data: bytes) -> None:
-        if self._start:
-            del self._buffer[: self._start]
-            self._start = 0
-        self._buffer += data
+        if self._start < len(self._buffer):
+            self._buffer = self._buffer[self._start :] + data
+        else:  # the usual case: nothing left over, the read's own bytes become the buffer
+            self._buffer = data
+        self._start = 0
 
     @property
     def buffered(self) -> int:
         return len(self._buffer) - self._start
 
     def _take(self, count: int) -> bytes:
-        data = bytes(self._buffer[self._start : self._start + count])
+        start = self._start
+        buffer = self._buffer
+        data = buffer if start == 0 and count >= len(buffer) else buffer[start : start + count]
         self._start += len(data)
         return data
 
@@ -76,7 +93,7 @@ class BodyDecoder:
     def unused(self) -> bytes:
         """Bytes received after the end of the body (the next request on a kept-alive
         connection, or garbage); nothing until the body has ended."""
-        return bytes(self._buffer[self._start :]) if self.ended else b""
+        return self._buffer[self._start :] if self.ended else b""
 
 
 class LengthDecoder(BodyDecoder):
@@ -107,13 +124,90 @@ class ChunkedDecoder(BodyDecoder):
         super().__init__()
         self._state = SIZE
         self._trailer_bytes = 0
+        self._failure: FramingError | None = None  # found by forward(), raised at its next call
 
     def next_event(self) -> object:
+        self.synced = False  # the viewer's framing of this body is no longer the input's
         try:
             return self._next_event()
         except FramingError:
             self._state = FAILED  # sticky: nothing after a framing error is ever decoded
             raise
+
+    def forward(self) -> tuple[list[bytes | memoryview], int]:
+        """Everything buffered, validated, as viewer wire bytes of a chunked response, and how
+        many payload bytes they carry. Incomplete framing stays buffered; at the last chunk the
+        forwarding stops (`ended` once its trailers are read). A framing error is raised after
+        the valid bytes before it were returned: at once if there are none, else at the next
+        call. A chunk whose size line next_event() read is framed afresh, piece by piece."""
+        if self._failure is not None:
+            raise self._failure
+        out: list[bytes | memoryview] = []
+        buffer = self._buffer
+        end = len(buffer)
+        view = memoryview(buffer)
+        run = self._start  # start of the input bytes being forwarded as they are
+        payload = 0
+        failure: FramingError | None = None
+        start = self._start  # where the element being read begins
+        try:
+            while self._state != DONE:
+                state = self._state
+                start = self._start
+                if state == PAYLOAD:
+                    count = min(end - start, self.payload_left)
+                    if not count:
+                        break
+                    if not self.synced:
+                        out += (view[run:start], b"%x\r\n" % count, view[start : start + count])
+                        out.append(b"\r\n")
+                        run = start + count
+                    self._start = start + count
+                    payload += count
+                    self.payload_left -= count
+                    if not self.payload_left:
+                        self._state = PAYLOAD_CRLF
+                elif state == PAYLOAD_CRLF:
+                    if end - start < 2:
+                        break
+                    if buffer[start : start + 2] != b"\r\n":
+                        raise FramingError("chunk payload not followed by CRLF")
+                    self._start = start + 2
+                    if not self.synced:  # its framing was written afresh, CRLF included
+                        run = self._start
+                    self._state = SIZE
+                elif state == SIZE:
+                    line = self._line(MAX_SIZE_LINE, "chunk size line")
+                    if line is None:
+                        break
+                    self.synced = True
+                    if PLAIN_SIZE.fullmatch(line):
+                        self.chunk_size = self.payload_left = int(line, 16)
+                        self._state = PAYLOAD
+                        continue
+                    self._start_chunk(line)
+                    out.append(view[run:start])  # the input's line is replaced, or dropped
+                    run = self._start
+                    if self._state == PAYLOAD:
+                        out.append(b"%x\r\n" % self.chunk_size)
+                    else:  # the last chunk: it and its trailers are the viewer framer's
+                        run = -1
+                else:  # TRAILERS, read and never forwarded (FAILED raises here)
+                    run = -1
+                    if self._next_event() is NEED_DATA:
+                        break
+        except FramingError as error:
+            self._state = FAILED
+            failure = error
+        valid = start if failure else self._start  # a bad line may have been read past
+        if 0 <= run < valid:
+            out.append(view[run:valid])
+        pieces = [piece for piece in out if piece]
+        if failure is not None:
+            if not pieces:
+                raise failure
+            self._failure = failure
+        return pieces, payload
 
     def _next_event(self) -> object:
         while True:
@@ -151,6 +245,11 @@ class ChunkedDecoder(BodyDecoder):
                 raise FramingError("the body's framing already failed")
             else:
                 return END
+
+    @property
+    def failed(self) -> bool:
+        """A framing error was found (forward() raises it at its next call)."""
+        return self._state == FAILED
 
     def _line(self, limit: int, what: str) -> bytes | None:
         end = self._buffer.find(b"\r\n", self._start, self._start + limit)

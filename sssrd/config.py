@@ -172,6 +172,28 @@ def parse_retries(value: Any) -> int:
     return number
 
 
+# Lambda's payload limits by invocation type: what `max_event_bytes = "auto"` follows.
+EVENT_PAYLOAD_LIMITS = {"Event": 1_048_576, "RequestResponse": 6_291_456}
+FOLLOWS_INVOCATION_TYPE = 0  # max_event_bytes "auto", until load_settings resolves it
+
+
+def parse_event_limit(value: Any) -> int:
+    """ "auto" (Lambda's limit for the invocation type) or a positive whole number."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return FOLLOWS_INVOCATION_TYPE
+    return parse_positive_int(value)
+
+
+def parse_invocation_type(value: Any) -> str:
+    """The Invoke API's InvocationType, in AWS's spelling (any case accepted)."""
+    by_lower = {name.lower(): name for name in EVENT_PAYLOAD_LIMITS}
+    expected = "one of " + ", ".join(toml_literal(name) for name in EVENT_PAYLOAD_LIMITS)
+    name = by_lower.get(text(value, expected).lower())
+    if name is None:
+        raise ValueError(f"expected {expected}, got {toml_literal(value)}")
+    return name
+
+
 def parse_networks(value: Any) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
     """CIDRs as a TOML list or a comma-separated string (for env and flags)."""
     expected = 'CIDRs such as "10.0.0.0/8", as a list or comma-separated'
@@ -384,6 +406,29 @@ class Settings:
         "boto3's `invoke()` on a thread pool.",
         section=Section.LAMBDA,
     )
+    invocation_type: str = setting(
+        parse_invocation_type,
+        "Event",
+        "lambda invoker: 'Event' (asynchronous) or 'RequestResponse' (the invoke stays open "
+        "for the render's life, so its errors are answered at once)",
+        '`"Event"`: asynchronous invokes (1 MB payload; a render that fails without an error '
+        'report is noticed only at `callback_timeout`). `"RequestResponse"`: the invoke\'s '
+        "exchange stays open while the render streams through its callback, so a render that "
+        "raises, times out or returns without calling back is answered at once (502/504) and "
+        "one that fails mid-stream is cut at once; 6 MB payload, no duplicate deliveries, one "
+        "open connection to the Invoke API per render in flight (up to `max_pending`). Needs "
+        '`invoke_client = "lean"`. See docs/operations.md.',
+        section=Section.LAMBDA,
+    )
+    function_timeout: float = setting(
+        parse_positive_float,
+        900.0,
+        "the render function's own timeout (RequestResponse waits this + invoke_timeout)",
+        "The render function's own timeout, in seconds (Lambda's maximum by default). A "
+        "RequestResponse invoke waits up to this plus `invoke_timeout` for the function's "
+        "answer; the CDK app sets it from the function.",
+        section=Section.LAMBDA,
+    )
     invoke_timeout: float = setting(
         parse_positive_float,
         5.0,
@@ -442,11 +487,12 @@ class Settings:
         reloadable=True,
     )
     max_event_bytes: int = setting(
-        parse_positive_int,
-        1_048_576,
-        "invoke payload limit; over: 413",
+        parse_event_limit,
+        "auto",
+        "invoke payload limit; over: 413 ('auto': 1 MB for Event, 6 MB for RequestResponse)",
         "The whole invoke payload's limit, after base64 (413 beyond, before any invoke). "
-        "Lambda's asynchronous invoke limit is 1 MB.",
+        '`"auto"` follows `invocation_type`: Lambda\'s limit is 1 MB (1,048,576 bytes) for '
+        "asynchronous invokes and 6 MB (6,291,456) for synchronous ones.",
         section=Section.LIMITS,
         reloadable=True,
     )
@@ -657,6 +703,8 @@ def load_settings(
                 "flag": "--" + field.name.replace("_", "-"),
             }.get(source, source)
             raise ConfigError(f"{field.name}: {exc} (from {origin})") from None
+    if values["max_event_bytes"] == FOLLOWS_INVOCATION_TYPE:
+        values["max_event_bytes"] = EVENT_PAYLOAD_LIMITS[values["invocation_type"]]
     settings = Settings(**values)
     check_consistency(settings)
     return settings
@@ -677,6 +725,13 @@ def check_consistency(settings: Settings) -> None:
         )
     if settings.invoker == "lambda" and not settings.function:
         raise ConfigError('function: required with invoker = "lambda" (a name or ARN)')
+    if settings.invocation_type == "RequestResponse" and (
+        settings.invoker == "lambda" and settings.invoke_client == "boto3"
+    ):
+        raise ConfigError(
+            'invocation_type: "RequestResponse" needs invoke_client = "lean" (boto3 would hold '
+            "a thread for each render in flight)"
+        )
     if settings.max_body_bytes > settings.max_event_bytes:
         raise ConfigError(
             f"max_body_bytes: {settings.max_body_bytes} exceeds max_event_bytes "

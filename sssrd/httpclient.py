@@ -25,6 +25,10 @@ class RequestFailed(Exception):
     """No response: the connection could not be opened, broke, or timed out."""
 
 
+class ConnectFailed(RequestFailed):
+    """The connection could not be opened: nothing was sent."""
+
+
 @dataclass(slots=True)
 class Reply:
     status: int
@@ -129,17 +133,24 @@ class Pool:
         self.waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
     async def request(
-        self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes
+        self,
+        method: bytes,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        timeout: float | None = None,
     ) -> Reply:
-        """One exchange; RequestFailed when no complete response arrived in time."""
+        """One exchange; RequestFailed when no complete response arrived within `timeout` (by
+        default the pool's). A slow exchange holds only its own connection: others go on."""
+        timeout = timeout or self.timeout
         request = h11.Request(method=method, target=target, headers=headers)
         connection = await self.acquire()
         # A timer, not asyncio.timeout(): that costs a getpid() syscall per use on Python 3.11.
-        timer = connection.loop.call_later(self.timeout, connection.expire)
+        timer = connection.loop.call_later(timeout, connection.expire)
         try:
             reply = await connection.exchange(request, body)
         except TimeoutError:
-            raise RequestFailed(f"no response within {self.timeout:g} s") from None
+            raise RequestFailed(f"no response within {timeout:g} s") from None
         except (OSError, h11.LocalProtocolError) as exc:
             raise RequestFailed(str(exc) or type(exc).__name__) from None
         finally:
@@ -178,9 +189,9 @@ class Pool:
                     server_hostname=self.host if self.tls else None,
                 )
         except TimeoutError:
-            raise RequestFailed(f"cannot connect to {self.authority} in time") from None
+            raise ConnectFailed(f"cannot connect to {self.authority} in time") from None
         except OSError as exc:
-            raise RequestFailed(f"cannot connect to {self.authority}: {exc}") from None
+            raise ConnectFailed(f"cannot connect to {self.authority}: {exc}") from None
         return connection
 
     def release(self, connection: ClientConnection) -> None:

@@ -1,9 +1,12 @@
 """Moves a callback's body to the viewer as it arrives: spliced where that pays, copied where not.
 
-sssrd's own decoder (chunked.py) tracks the callback's framing; h11 frames the viewer's response.
-A payload run of at least SPLICE_MIN bytes that is still in the kernel moves socket -> pipe ->
-socket with os.splice and never enters Python: h11 frames it around a placeholder of the right
-length (send_with_data_passthrough). Smaller runs are read and copied, which is cheaper for them.
+sssrd's own decoder (chunked.py) tracks the callback's framing; h11 frames the viewer's response,
+except where a chunked callback meets a chunked viewer: there the callback's framing is passed
+through, validated over whole reads (ChunkedDecoder.forward), so a buffer of many chunks costs
+one recv and one sendmsg, not one of each per chunk. A payload run of at least SPLICE_MIN bytes
+that is still in the kernel moves socket -> pipe -> socket with os.splice and never enters
+Python: h11 frames it around a placeholder of the right length (send_with_data_passthrough), or
+the input's own framing around it goes through. Smaller runs are read and copied.
 Framing bytes are held back and sent with MSG_MORE just before the next payload, so a chunk's
 framing and payload leave together; everything is flushed before any wait, so nothing is delayed.
 
@@ -26,7 +29,7 @@ from typing import cast
 
 import h11
 
-from sssrd.chunked import END, NEED_DATA, BodyDecoder, FramingError
+from sssrd.chunked import END, NEED_DATA, BodyDecoder, ChunkedDecoder, FramingError
 from sssrd.connection import RECV_SIZE, Connection
 from sssrd.outcomes import Outcome
 
@@ -37,6 +40,8 @@ from sssrd.outcomes import Outcome
 SPLICE_MIN = 128 * 1024
 FRAME_READ = 64  # read size for framing when the payload after it should stay in the kernel
 COPY_READ = 65_536
+# Passed through, a read costs the same syscall whatever it holds: larger reads, fewer calls.
+PASS_READ = 262_144
 PIPE_SIZE = 65_536  # as fast as 1 MiB here, and kind to the per-user pipe page budget
 SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
 SPLICE_MORE = getattr(os, "SPLICE_F_MORE", 0)
@@ -193,6 +198,9 @@ class BodyRelay:
         self.spliced = 0
         self.pending: list[bytes] = []  # copied payload not yet framed and sent
         self.pending_size = 0
+        self.wire: list[bytes | memoryview] = []  # viewer bytes passed through, not yet sent
+        self.wire_size = 0
+        self.read_size = COPY_READ
         self.framing = b""  # viewer framing held back to leave with the next bytes
         self.last_activity = self.loop.time()  # of the Lambda: its last bytes, or our last wait
         self.viewer_wait_since: float | None = None  # while blocked on the viewer
@@ -298,7 +306,7 @@ class BodyRelay:
     async def fill(self) -> None:
         """Read what the callback has sent: everything, or only the framing when the payload
         after it is large enough to splice (chunk sizes in one stream tend to repeat)."""
-        size = COPY_READ
+        size = self.read_size
         decoder = self.decoder
         if self.pipes is not None and decoder.chunk_size >= self.splice_min:
             # The rest of a short tail, plus the next framing; never the spliceable payload.
@@ -337,7 +345,7 @@ class BodyRelay:
 
     # -- writing to the viewer ------------------------------------------------------------------
 
-    async def write(self, data: Sequence[bytes], more: bool = False) -> None:
+    async def write(self, data: Sequence[bytes | memoryview], more: bool = False) -> None:
         """Send the buffers in order with one sendmsg (scatter-gather: nothing is joined)."""
         flags = socket.MSG_MORE if more else 0
         sock = self.sink.sock
@@ -363,10 +371,15 @@ class BodyRelay:
         """Bytes for the viewer (the response head) that leave with the relay's next write."""
         self.framing += data
 
-    def take_output(self) -> list[bytes]:
-        """Held-back framing, then the copied payload framed by h11, in wire order."""
-        buffers = [self.framing] if self.framing else []
+    def take_output(self) -> list[bytes | memoryview]:
+        """Held-back framing, bytes passed through, then the copied payload framed by h11, in
+        wire order."""
+        buffers: list[bytes | memoryview] = [self.framing] if self.framing else []
         self.framing = b""
+        if self.wire:
+            buffers += self.wire
+            self.wire = []
+            self.wire_size = 0
         if self.pending_size:
             for piece in frame_around(self.sink.h11, Placeholder(self.pending_size)):
                 if isinstance(piece, Placeholder):
@@ -405,6 +418,9 @@ class BodyRelay:
         if first:
             self.pending.append(first)
             self.pending_size = len(first)
+        if isinstance(self.decoder, ChunkedDecoder) and self.viewer_is_chunked():
+            await self.pass_through(self.decoder)
+            return
         while True:
             event = self.poll()
             if event is END:
@@ -416,6 +432,37 @@ class BodyRelay:
                 if self.pending_size >= COPY_READ:  # a fast sender must not grow it unbounded
                     await self.flush()
             elif self.worth_splicing():
+                await self.splice_payload()
+            else:
+                await self.fill()
+
+    def viewer_is_chunked(self) -> bool:
+        """h11 frames a response without Content-Length as chunked for an HTTP/1.1 viewer (and
+        a chunked callback never gives its viewer a Content-Length); an HTTP/1.0 viewer gets
+        the bare payload, which needs the decoder's events."""
+        return self.sink.h11.their_http_version == b"1.1"
+
+    async def pass_through(self, decoder: ChunkedDecoder) -> None:
+        """The relay for a chunked viewer: the callback's framing is validated and forwarded
+        as it is, one write for all that one or more immediate reads brought."""
+        self.wire = self.take_output()  # the head, and `first` framed by h11
+        self.read_size = PASS_READ
+        while True:
+            try:
+                pieces, payload = decoder.forward()
+            except FramingError as exc:  # the valid bytes before it are in self.wire
+                raise BadFraming(f"bad callback framing: {exc}") from None
+            self.wire += pieces
+            self.wire_size += payload
+            self.copied += payload
+            if decoder.ended:
+                await self.end()
+                return
+            if decoder.failed:  # raised by the next forward(), after these bytes
+                continue
+            if self.wire_size >= PASS_READ:  # a fast sender must not grow it unbounded
+                await self.flush()
+            if self.worth_splicing():
                 await self.splice_payload()
             else:
                 await self.fill()
@@ -438,16 +485,19 @@ class BodyRelay:
             return
         buffers = self.take_output()  # whatever came before this run leaves first...
         size = self.decoder.payload_left
-        pieces = frame_around(self.sink.h11, Placeholder(size))
-        at = next(i for i, piece in enumerate(pieces) if isinstance(piece, Placeholder))
-        # ...in one write with this run's framing, held open
-        buffers.extend(piece for piece in pieces[:at] if isinstance(piece, bytes))
+        after = b""
+        if not self.decoder.synced:  # (else the input's own framing around it goes through)
+            pieces = frame_around(self.sink.h11, Placeholder(size))
+            at = next(i for i, piece in enumerate(pieces) if isinstance(piece, Placeholder))
+            # ...in one write with this run's framing, held open
+            buffers.extend(piece for piece in pieces[:at] if isinstance(piece, bytes))
+            after = b"".join(piece for piece in pieces[at + 1 :] if isinstance(piece, bytes))
         if buffers:
             await self.write(buffers, more=True)
         await self.splice(pipe, size)
         self.decoder.skip_payload(size)
         self.spliced += size
-        self.framing = b"".join(piece for piece in pieces[at + 1 :] if isinstance(piece, bytes))
+        self.framing = after
 
     async def splice(self, pipe: tuple[int, int], count: int) -> None:
         """Move exactly `count` bytes callback -> pipe -> viewer (a pipe's EAGAIN is ambiguous,

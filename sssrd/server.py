@@ -178,20 +178,23 @@ class Server:
     async def drain(self) -> None:
         timeout = self.settings.drain_timeout
         tally = self.tally
+        self.stop_accepting("viewer")  # first: once "draining" is logged, no viewer gets in
         self.log.info("draining", extra={"in_flight": tally.cycles_in_flight, "timeout": timeout})
         self.notifier.stopping()
         self.notifier.extend_timeout(timeout + 5)
-        self.stop_accepting("viewer")
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 await tally.idle.wait()
         left = tally.cycles_in_flight
         for name in list(self.accept_tasks):
             self.stop_accepting(name)
-        tasks = [task for group in self.connections.values() for task in group]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        # Viewers first: each cut cycle answers its callback (410, so the render stops) before
+        # the callback connections are cancelled in turn.
+        for group in self.connections.values():
+            tasks = list(group)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
         self.close_listeners()
         for timer in (self.status_timer, self.watchdog_timer):
             if timer is not None:

@@ -3,14 +3,18 @@
 The connection owns the socket, keep-alive and the head deadlines (first byte within
 keepalive_timeout, then the whole head within head_timeout: slowloris gets a 408). The cycle owns
 one request: read the bounded body, register a pending entry, invoke the Lambda, wait for its
-callback (deadline -> 504), then stream the callback's response to the viewer. A head refused
-before any of that (400, 408, 431, 505) is a cycle too, so that it writes its access line. Every
-path through a cycle releases the entry, finishes any callback it was handed (so the callback is
-always answered or closed) and reports one access record.
+callback (deadline -> 504), then stream the callback's response to the viewer. With
+`invocation_type = "RequestResponse"` it also watches the invoke's answer (the render's end):
+an end before any callback is answered at once (502, 504 for a timeout), one while the
+callback is still open cuts the stream. A head refused before any of that (400, 408, 431, 505)
+is a cycle too, so that it writes its access line. Every path through a cycle releases the
+entry, finishes any callback it was handed (so the callback is always answered or closed) and
+reports one access record.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import time
 from time import perf_counter
@@ -43,6 +47,7 @@ from sssrd.event import (
 from sssrd.forwarded import client_address
 from sssrd.headers import first_header
 from sssrd.invokers import InvokeError
+from sssrd.invokers.base import RenderEnded
 from sssrd.metrics import RenderErrorSource
 from sssrd.outcomes import ENTRY_END_OF, VIEWER_SIDE, Outcome
 from sssrd.pending import Pending, PendingFull, WaitEnded
@@ -82,6 +87,7 @@ class RequestCycle:
         self.loop = state.loop
         self.record = RequestRecord(method=self.method, path=self.path)
         self.response_started = False
+        self.render: asyncio.Task[RenderEnded] | None = None  # a RequestResponse invoke
 
     @property
     def request(self) -> h11.Request:
@@ -239,12 +245,12 @@ class RequestCycle:
         hold = settings.max_head_bytes  # pipelined bytes kept while watching: about one head
         watch = ViewerWatch(self.conn, lambda: entry.end_wait(Outcome.VIEWER_ABORT), hold)
         try:
-            failure = await self.invoke(payload)
-            if failure is not None and not entry.claimed:
-                retry = (
-                    [(b"retry-after", b"%d" % failure.retry_after)] if failure.retry_after else []
-                )
-                await self.reply(failure.status, failure.message, failure.outcome, retry)
+            if settings.invocation_type == "RequestResponse":
+                self.render = self.state.invoker.start(payload)
+                if await self.ended_before_callback(entry, self.render):
+                    return
+            elif (failure := await self.invoke(payload)) is not None and not entry.claimed:
+                await self.refuse_invoke(failure)
                 return
             try:
                 stream: ClaimedCallback = await entry.delivery
@@ -278,6 +284,48 @@ class RequestCycle:
         self.record.error_type = error_type
         self.tally.render_failed(source)
         await self.reply(502, "the render failed", Outcome.RENDER_ERROR)
+
+    async def refuse_invoke(self, failure: InvokeError) -> None:
+        retry = [(b"retry-after", b"%d" % failure.retry_after)] if failure.retry_after else []
+        await self.reply(failure.status, failure.message, failure.outcome, retry)
+
+    async def ended_before_callback(
+        self, entry: Pending, render: asyncio.Task[RenderEnded]
+    ) -> bool:
+        """RequestResponse: wait for a callback or the render's end, whichever comes first.
+        True when the render ended, or could not start, before any callback claimed the
+        request: its viewer has then been answered. Otherwise the wait goes on as for Event."""
+        started = perf_counter()
+        await asyncio.wait((render, entry.delivery), return_when=asyncio.FIRST_COMPLETED)
+        if entry.delivery.done():  # claimed, or the wait ended (deadline, viewer gone)
+            return False
+        self.record.invoke_seconds = perf_counter() - started
+        try:
+            ended = render.result()
+        except InvokeError as failure:
+            self.record.error = failure.detail
+            await self.refuse_invoke(failure)
+            return True
+        if ended.timed_out:
+            self.record.error_type = ended.error_type
+            self.tally.render_failed("invoke")
+            await self.reply(504, "the render timed out", Outcome.TIMEOUT)
+        else:
+            if not ended.error_type:
+                self.record.error = "the render returned without calling back"
+            await self.render_failed(ended.error_type, "invoke")
+        return True
+
+    def cut_when_render_ends(self, relay: BodyRelay, render: asyncio.Task[RenderEnded]) -> None:
+        """The render returned or raised while its callback is still open: nothing more will
+        come, so the stream is cut now rather than at idle_timeout. (An invoke that failed
+        on sssrd's side says nothing about the render: its stream goes on.)"""
+        if render.cancelled() or render.exception() is not None:
+            return
+        ended = render.result()
+        self.record.error_type = ended.error_type
+        message = "the render ended with its callback still open"
+        relay.interrupt(StreamAborted(Outcome.LAMBDA_ABORT, message))
 
     async def invoke(self, payload: bytes) -> InvokeError | None:
         started = perf_counter()
@@ -349,6 +397,9 @@ class RequestCycle:
         watch.on_gone = relay.viewer_gone
         if watch.gone:  # it left between the callback's arrival and now
             relay.viewer_gone()
+        cut = functools.partial(self.cut_when_render_ends, relay)
+        if self.render is not None:
+            self.render.add_done_callback(cut)
         self.tally.stream_started()
         started = perf_counter()
         try:
@@ -380,6 +431,8 @@ class RequestCycle:
             relay.close()
             await self.abort_stream(stream, abort, relay)
         finally:
+            if self.render is not None:
+                self.render.remove_done_callback(cut)
             relay.close()
             self.record.body_bytes = relay.copied + relay.spliced
             self.tally.stream_ended(perf_counter() - started, relay.copied, relay.spliced)

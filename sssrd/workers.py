@@ -46,6 +46,7 @@ from sssrd.admin import AdminConnection
 from sssrd.channel import ChannelError, encode, read_message
 from sssrd.config import Address, ConfigError, Settings, merge_reload
 from sssrd.connection import INCOMPLETE_EVENT_CEILING, Connection
+from sssrd.invokers.base import RenderEnded
 from sssrd.listeners import ACCEPT_ERROR_PAUSE, bind_named
 from sssrd.metrics import MergedCollector, carried, exposition_response
 from sssrd.pending import PendingRegistry
@@ -67,6 +68,9 @@ class NoInvoker:
     """The supervisor's state has no invoker: it accepts no viewer, so nothing renders."""
 
     async def invoke(self, payload: bytes) -> None:
+        raise RuntimeError("the supervisor does not serve viewers")
+
+    def start(self, payload: bytes) -> asyncio.Task[RenderEnded]:
         raise RuntimeError("the supervisor does not serve viewers")
 
     def close(self) -> None:

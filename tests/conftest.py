@@ -54,15 +54,47 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
         running_markers = None
 
 
+# The behaviour suites run under one worker and under two, as operators run the daemon (the
+# default is one per core): a supervisor's inherited viewer socket, one callback port per worker
+# and merged metrics then meet every behaviour, not only tests/test_workers.py.
+UNDER_ONE_AND_TWO_WORKERS = frozenset(
+    {
+        "test_hostile_clients",
+        "test_body_path",
+        "test_lifecycle",
+        "test_streaming",
+        "test_operations",
+        "test_viewer_leaving",
+    }
+)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    uses_the_daemon = {"sssrd", "conductor"} & set(metafunc.fixturenames)
+    if metafunc.module.__name__ in UNDER_ONE_AND_TWO_WORKERS and uses_the_daemon:
+        metafunc.parametrize(
+            "workers", [1, 2], indirect=True, scope="module", ids=["1worker", "2workers"]
+        )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def workers(request: pytest.FixtureRequest) -> Iterator[int]:
+    """How many worker processes the daemons of this module run (harness.Daemon.workers)."""
+    Daemon.workers = getattr(request, "param", 1)
+    yield Daemon.workers
+    Daemon.workers = 1
+
+
 @pytest.fixture(scope="module")
-def conductor() -> Iterator[Conductor]:
+def conductor(workers: int) -> Iterator[Conductor]:
+    """One per module and worker count: the reports of one run never answer the other's."""
     running = Conductor()
     yield running
     running.close()
 
 
 @pytest.fixture(scope="module")
-def sssrd(conductor: Conductor) -> Iterator[Daemon]:
+def sssrd(conductor: Conductor, workers: int) -> Iterator[Daemon]:
     with daemon(conductor) as running:
         yield running
 

@@ -15,6 +15,7 @@ import contextlib
 import http.client
 import json
 import os
+import re
 import socket
 import struct
 import subprocess
@@ -24,6 +25,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import h11
 
@@ -112,6 +114,10 @@ class Conductor:
 class Daemon:
     """`sssrd serve` (or `command`, e.g. dev) in a subprocess on ephemeral 127.0.0.1 ports."""
 
+    # Worker processes unless a test passes --workers=N: the behaviour suites run under 1 and 2
+    # (conftest.py sets this per module), so every behaviour meets the supervisor's sockets.
+    workers = 1
+
     def __init__(
         self,
         conductor: Conductor | None = None,
@@ -123,30 +129,11 @@ class Daemon:
         **env: str,
     ) -> None:
         """`ready=False` returns at once, for tests of what happens while it starts."""
-        argv = [
-            *(wrapper or []),
-            sys.executable,
-            "-m",
-            "sssrd.cli",
-            command,
-            "--listen=127.0.0.1:0",
-            "--callback-listen=127.0.0.1:0",
-            "--admin-listen=127.0.0.1:0",
-            "--invoker=local",
-            "--handler=scenarios:handler",
-            "--workers=1",  # today's single process unless a test passes --workers=N
-            *args,
-        ]
-        environ = {k: v for k, v in os.environ.items() if not k.startswith("SSSRD_")}
-        environ["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests"), str(ROOT)])
-        if conductor is not None:
-            environ["SCENARIO_CONDUCTOR"] = conductor.address
-        environ.update(env)
         self.process = subprocess.Popen(
-            argv,
+            self.command_line(command, *args, wrapper=wrapper),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env=environ,
+            env=self.environment(conductor, **env),
             cwd=ROOT,
             pass_fds=pass_fds,
         )
@@ -164,6 +151,35 @@ class Daemon:
         self.callback = parse_address(listening["callback"])
         self.admin = parse_address(listening["admin"]) if "admin" in listening else None
         self.callback_url = listening["callback_url"]
+        self.processes = int(listening.get("workers", 1))  # that serve viewers: 1 or workers
+
+    @classmethod
+    def command_line(cls, command: str, *args: str, wrapper: list[str] | None = None) -> list[str]:
+        """The daemon's argv: ephemeral 127.0.0.1 ports, the scenario handlers, then `args`."""
+        return [
+            *(wrapper or []),
+            sys.executable,
+            "-m",
+            "sssrd.cli",
+            command,
+            "--listen=127.0.0.1:0",
+            "--callback-listen=127.0.0.1:0",
+            "--admin-listen=127.0.0.1:0",
+            "--invoker=local",
+            "--handler=scenarios:handler",
+            f"--workers={cls.workers}",
+            *args,
+        ]
+
+    @staticmethod
+    def environment(conductor: Conductor | None, **env: str) -> dict[str, str]:
+        """The daemon's environment: no SSSRD_* of ours, the scenarios importable, `env`."""
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("SSSRD_")}
+        environ["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests"), str(ROOT)])
+        if conductor is not None:
+            environ["SCENARIO_CONDUCTOR"] = conductor.address
+        environ.update(env)
+        return environ
 
     def _read_stdout(self) -> None:
         assert self.process.stdout is not None
@@ -195,6 +211,25 @@ class Daemon:
             raise AssertionError(f"no matching line; stdout: {self.lines}; stderr: {stderr}")
         return line
 
+    def serving_lines(self, message: str) -> list[dict[str, Any]]:
+        """Lifecycle lines of the processes that serve viewers (a supervisor's have no
+        `in_flight`/`abandoned`/`applied`): one per worker, or the single process's."""
+        keys = ("in_flight", "abandoned", "applied")
+        return [
+            line
+            for line in list(self.lines)
+            if line.get("message") == message and any(key in line for key in keys)
+        ]
+
+    def wait_draining(self) -> None:
+        """Until every process serving viewers has begun its drain (stopped accepting)."""
+        self.wait_line(lambda _line: len(self.serving_lines("draining")) >= self.processes)
+
+    def abandoned(self) -> int:
+        """Streams cut by the drain timeout, over every process, once the daemon has exited."""
+        self.wait_line(lambda line: line.get("message") == "<eof>")
+        return sum(line["abandoned"] for line in self.serving_lines("stopped"))
+
     def access(self, request_id: str | None = None, path: str | None = None) -> dict[str, Any]:
         """The access line of one request (by id or path), waiting for it."""
         return self.wait_line(
@@ -204,6 +239,14 @@ class Daemon:
                 and (path is None or line.get("path") == path)
             )
         )
+
+    def uninvoked(self, path: str) -> dict[str, Any]:
+        """The access line of the request for `path`, checked to say the daemon never invoked
+        for it: its own record of the invoke, unlike a count of the handlers that ran, cannot
+        race the invoker's threads (a request invoked and then refused fails this)."""
+        access = self.access(path=path)
+        assert access["invoke_ms"] is None, access
+        return access
 
     def metric(self, name: str, text: str | None = None, **labels: str) -> float:
         """A sample's value, from a fresh scrape unless `text` is one."""
@@ -407,6 +450,54 @@ class Viewer:
 
     def close(self) -> None:
         self.sock.close()
+
+
+class PlayedLambda:
+    """The test as the render Lambda of a `handover` request: a chunked callback sent over a
+    raw socket the test holds, so it reads sssrd's own answer (e.g. the 410 that tells a render
+    to stop) wherever the viewer went, even after the daemon exited."""
+
+    def __init__(self, conductor: Conductor, tag: str) -> None:
+        handed = conductor.report(tag, "callback")
+        url = urlsplit(handed["url"])
+        assert url.hostname is not None and url.port is not None
+        self.sock = socket.create_connection((url.hostname, url.port), timeout=WAIT)
+        self.sock.sendall(
+            b"POST %s HTTP/1.1\r\nhost: x\r\nauthorization: Bearer %s\r\n"
+            b"content-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n"
+            % (url.path.encode(), handed["token"].encode())
+        )
+
+    def write(self, data: bytes) -> None:
+        self.sock.sendall(b"%x\r\n%s\r\n" % (len(data), data))
+
+    def finish(self) -> None:
+        """The final chunk: the body is complete."""
+        self.sock.sendall(b"0\r\n\r\n")
+
+    def break_off(self, wire: bytes) -> None:
+        """Send raw bytes (e.g. part of a chunk) and hang up, as a render that dies does."""
+        self.sock.sendall(wire)
+        self.sock.close()
+
+    def write_until_refused(self, limit: int) -> int:
+        """Write 64 KiB chunks until sssrd stops taking them (or `limit` bytes); bytes sent."""
+        piece, sent = b"x" * 65536, 0
+        with contextlib.suppress(OSError):
+            while sent < limit:
+                self.write(piece)
+                sent += len(piece)
+        return sent
+
+    def answer(self) -> int | None:
+        """The status sssrd answered before closing the callback; None if it only closed."""
+        received = b""
+        with contextlib.suppress(ConnectionResetError):
+            while piece := self.sock.recv(65536):
+                received += piece
+        self.sock.close()
+        found = re.search(rb"HTTP/1\.1 (\d{3}) ", received)
+        return int(found[1]) if found else None
 
 
 def reset(sock: socket.socket) -> None:

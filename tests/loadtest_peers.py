@@ -101,7 +101,8 @@ class Edge:
         assert checked.returncode == 0, checked.stdout.decode() + checked.stderr.decode()
         self.log = (workdir / "edge.log").open("wb")
         self.process = subprocess.Popen(
-            ["haproxy", "-db", "-f", str(config)],
+            # setpriv: HAProxy dies with this process, however it ends (tests/fleet.py's too).
+            ["setpriv", "--pdeathsig", "KILL", "haproxy", "-db", "-f", str(config)],
             stdout=self.log,
             stderr=subprocess.STDOUT,
             pass_fds=(self.listener.fileno(),),

@@ -88,6 +88,13 @@ def viewer_leaves(event: dict, conductor: Conductor, query: dict) -> None:
             raise
 
 
+def handover(event: dict, conductor: Conductor, query: dict) -> None:
+    """Hands the callback URL and token to the test, which plays the Lambda itself
+    (harness.PlayedLambda): it then holds the callback connection and reads sssrd's answer even
+    after this process is gone."""
+    conductor.report("callback", url=event["sssrd"]["callbackUrl"], token=event["sssrd"]["token"])
+
+
 def raw_callback(event: dict, headers: dict[str, str]) -> http.client.HTTPConnection:
     url = urlsplit(event["sssrd"]["callbackUrl"])
     conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
@@ -305,6 +312,33 @@ def render_error(event: dict, conductor: Conductor, query: dict) -> None:
     connection = response.getheader("connection")
     conductor.report("answered", status=response.status, answer=answer, connection=connection)
     conn.close()
+
+
+class RenderFailed(Exception):
+    """What the failing scenarios raise; its message must never reach a viewer."""
+
+
+def raises_early(event: dict, conductor: Conductor, query: dict) -> None:
+    """Raises before any callback, as a render with a bug in its first line would."""
+    raise RenderFailed("password hunter2")
+
+
+def returns_early(event: dict, conductor: Conductor, query: dict) -> None:
+    """Returns without ever calling back."""
+
+
+# Callback connections a failing render leaves open, as a Lambda sandbox's would stay open.
+LEFT_OPEN: list[http.client.HTTPConnection] = []
+
+
+def raises_mid_stream(event: dict, conductor: Conductor, query: dict) -> None:
+    """Sends one chunk, then raises with its callback still open (never closed by it)."""
+    headers = {**bearer(event), "transfer-encoding": "chunked", "content-type": "text/plain"}
+    conn = raw_callback(event, headers)
+    conn.send(b"6\r\nfirst\n\r\n")
+    LEFT_OPEN.append(conn)
+    conductor.wait("raise")
+    raise RenderFailed("password hunter2")
 
 
 def hands_over(event: dict, conductor: Conductor, query: dict) -> None:

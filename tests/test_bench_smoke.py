@@ -8,6 +8,7 @@ renders. No figure's size is asserted: timing goals live in bench/, not in tests
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import math
 import sys
@@ -18,7 +19,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/ is not an installed package
 
-from bench import clients, report, scenarios
+from bench import clients, invocation_types, report, scenarios
 from bench.procs import start_fake
 from bench.run import start_peers
 
@@ -36,7 +37,7 @@ def test_bench_scenarios_complete_every_transfer_and_stream(tmp_path: Path) -> N
         timings = clients.probe_until(sssrd.viewer, "/small", threading.Event(), limit=5)
         bulk = scenarios.bulk(peers, size=4 * 2**20, rounds=1)
         latency = scenarios.chunk_latency(peers, idle_streams=1, load_streams=3, load_waves=1)
-    held = scenarios.held_streams(tmp_path, count=20, baseline=5)
+    held = scenarios.held_streams(tmp_path, count=20, baseline=5, idle_seconds=0.2)
 
     assert [(t.status, t.body_bytes) for t in timings] == [(200, SMALL_BODY_BYTES)] * 5
     assert {(row["peer"], row["framing"]) for row in bulk} == {
@@ -45,6 +46,7 @@ def test_bench_scenarios_complete_every_transfer_and_stream(tmp_path: Path) -> N
     for row in bulk:  # every transfer whole, through either peer, with its figures
         assert (row["ok"], row["failure"], row["rounds"], row["bytes"]) == (True, None, 1, 4 << 20)
         assert row["mb_per_s"] > 0 and row["vs_direct"] > 0, row
+        assert row["mb_per_s_spread"] == (row["mb_per_s"], row["mb_per_s"]), row
     spliced = {row["framing"]: row["splice_share"] for row in bulk if row["peer"] == "sssrd"}
     assert spliced["chunked"] == 0  # 64 KiB chunks are under SPLICE_MIN: copied
     assert spliced["length"] > 0.5, spliced  # a long Content-Length run is spliced
@@ -55,6 +57,7 @@ def test_bench_scenarios_complete_every_transfer_and_stream(tmp_path: Path) -> N
     assert by_peer["direct"]["added_idle_p50_us"] == 0
     assert math.isfinite(by_peer["sssrd"]["added_idle_p50_us"])
     assert held["streams"] == 20 and math.isfinite(held["kib_per_stream"])
+    assert held["idle_cpu_ms_per_s"] >= 0
 
     results = {
         "mode": "smoke",
@@ -83,3 +86,36 @@ def test_bench_runs_the_proof_of_concept_and_sssrd_compat_against_one_fake(tmp_p
             for peer in peers
         }
     assert answers == {name: [(200, SMALL_BODY_BYTES)] * 3 for name in ("sssrd-compat", "poc")}
+
+
+def test_rounds_combine_into_medians_spreads_and_sums() -> None:
+    runs = [
+        {"peer": "sssrd", "cpu": 3.0, "failed": 1, "ok": True},
+        {"peer": "sssrd", "cpu": 1.0, "failed": 0, "ok": True},
+        {"peer": "sssrd", "cpu": 1.5, "failed": 2, "ok": True},
+    ]
+    row = scenarios.combine(runs, spreads=("cpu",), sums=("failed",))
+    assert row == {
+        "peer": "sssrd",
+        "cpu": 1.5,  # the median, not the mean
+        "cpu_spread": (1.0, 3.0),
+        "failed": 3,
+        "ok": True,
+        "rounds": 3,
+    }
+    assert report.cell(row["cpu_spread"]) == "1.00..3.00"
+
+
+def test_the_invocation_types_bench_measures_both_modes(tmp_path: Path) -> None:
+    """bench/invocation_types.py at tiny counts: every row of both modes is measured, with the
+    statuses each mode must give (Event's raising render waits for the 2 s deadline)."""
+    arguments = argparse.Namespace(requests=10, concurrency=2, errors=1, held=2, hold_s=1.0)
+    results = invocation_types.measure(arguments, tmp_path)
+    event, synchronous = results["Event"], results["RequestResponse"]
+    assert event["error_raise"]["status"] == 504
+    assert event["error_report"]["status"] == synchronous["error_raise"]["status"] == 502
+    assert event["throttled"]["status"] == synchronous["throttled"]["status"] == 503
+    for figures in (event, synchronous):
+        assert math.isfinite(figures["cpu"]["cpu_ms_per_request"])
+        assert math.isfinite(figures["held"]["kib_per_held_render"])
+    invocation_types.report(results, {"cpus": 2})

@@ -577,6 +577,155 @@ def test_a_framing_error_is_sticky():
             decoder.next_event()
 
 
+# --- 5. pass-through: forward() against next_event() and h11 as oracles -----------------------
+
+VIEWER_HEAD = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+
+
+def viewer_reads(wire: bytes, ended: bool) -> tuple[bytes, bool]:
+    """The payload an HTTP/1.1 client (h11) reads from a chunked response whose body is `wire`
+    (and the end of message sssrd's framer adds once the callback's body `ended`); whether the
+    response was complete. A misframed response raises h11.RemoteProtocolError."""
+    client = h11.Connection(h11.CLIENT)
+    client.send(h11.Request(method="GET", target="/", headers=[("host", "x")]))
+    client.receive_data(VIEWER_HEAD + wire + (b"0\r\n\r\n" if ended else b""))
+    payload = bytearray()
+    while True:
+        event = client.next_event()
+        if isinstance(event, h11.Data):
+            payload += event.data
+        elif isinstance(event, h11.EndOfMessage):
+            return bytes(payload), True
+        elif event is h11.NEED_DATA:
+            return bytes(payload), False
+
+
+@dataclass
+class Forwarded:
+    decoded: Decoded  # as the viewer reads it
+    calls: list[list[bytes | memoryview]]  # what each forward() call returned
+
+
+def forward(pieces: Iterable[bytes], read_first: int = 0) -> Forwarded:
+    """Feeds every piece, as decode() does, calling forward() after each; the first
+    `read_first` payload events are taken with next_event() and framed as h11 frames them (the
+    prelude's path), the rest is passed through."""
+    decoder = ChunkedDecoder()
+    wire = bytearray()
+    calls = []
+    forwarded = 0
+    failed = False
+    try:
+        for piece in pieces:
+            decoder.receive(piece)
+            while read_first and isinstance(event := decoder.next_event(), bytes):
+                wire += b"%x\r\n%s\r\n" % (len(event), event)
+                forwarded += len(event)
+                read_first -= 1
+            out, count = decoder.forward()
+            assert count <= sum(map(len, out))
+            calls.append(out)
+            wire += b"".join(out)
+            forwarded += count
+        if decoder.failed:
+            decoder.forward()  # the error found after the last valid bytes is raised now
+            raise AssertionError("forward() did not raise the framing error it found")
+    except FramingError:
+        failed = True
+    payload, complete = viewer_reads(bytes(wire), decoder.ended)
+    assert complete == decoder.ended and len(payload) == forwarded
+    unused = decoder.unused if decoder.ended else b""
+    return Forwarded(Decoded(payload, decoder.ended, failed, unused), calls)
+
+
+@FUZZ
+@given(body=chunked_bodies(), data=st.data())
+def test_valid_body_passes_through_to_its_payload_under_any_split(body: Body, data: st.DataObject):
+    pieces = split_at(body.wire, data.draw(cuts_for(body.wire)))
+    read_first = data.draw(st.integers(0, 3))
+    expected = Decoded(body.payload, True, False, body.suffix)
+    assert forward(pieces, read_first).decoded == expected
+
+
+@st.composite
+def plain_bodies(draw: st.DrawFn) -> Body:
+    """Chunked bodies framed as sssrd frames them: no extensions, no leading zeros, no trailers."""
+    chunks = draw(st.lists(st.binary(min_size=1, max_size=3000), max_size=8))
+    wire = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for chunk in chunks)
+    suffix = draw(st.one_of(st.just(b""), st.just(NEXT_REQUEST)))
+    return Body(wire + b"0\r\n\r\n" + suffix, b"".join(chunks), suffix)
+
+
+@FUZZ
+@given(body=plain_bodies(), data=st.data())
+def test_a_body_framed_as_sssrd_frames_it_is_forwarded_unchanged_one_piece_per_read(
+    body: Body, data: st.DataObject
+):
+    pieces = split_at(body.wire, data.draw(cuts_for(body.wire)))
+    forwarded = forward(pieces)
+    assert forwarded.decoded == Decoded(body.payload, True, False, body.suffix)
+    assert all(len(out) <= 1 for out in forwarded.calls)
+    last_chunk = len(body.wire) - len(body.suffix) - len(b"0\r\n\r\n")
+    assert b"".join(b"".join(out) for out in forwarded.calls) == body.wire[:last_chunk]
+
+
+@FUZZ
+@given(body=chunked_bodies(max_size=5000, spaced=False), data=st.data())
+def test_forwarded_body_reads_as_h11_reads_the_callback(body: Body, data: st.DataObject):
+    forwarded = forward(split_at(body.wire, data.draw(cuts_for(body.wire))))
+    assert forwarded.decoded == h11_decode(body.wire)
+
+
+@FUZZ
+@given(wire=arbitrary_input, data=st.data())
+def test_arbitrary_input_forwards_exactly_what_the_decoder_accepts(
+    wire: bytes, data: st.DataObject
+):
+    pieces = split_at(wire, data.draw(cuts_for(wire)))
+    assert forward(pieces, data.draw(st.integers(0, 2))).decoded == decode(pieces)
+
+
+@FUZZ
+@given(body=chunked_bodies(max_size=300), data=st.data())
+def test_mutated_valid_body_forwards_exactly_what_the_decoder_accepts(
+    body: Body, data: st.DataObject
+):
+    wire = bytearray(body.wire)
+    for _ in range(data.draw(st.integers(1, 3))):
+        at = data.draw(st.integers(0, len(wire)))
+        wire[at:at] = data.draw(framing_atoms)
+    pieces = split_at(bytes(wire), data.draw(cuts_for(bytes(wire))))
+    assert forward(pieces).decoded == decode(pieces)
+
+
+@pytest.mark.parametrize("feed", ["whole", "bytewise"])
+@pytest.mark.parametrize("wire, valid_prefix", MALFORMED.values(), ids=MALFORMED.keys())
+def test_malformed_body_forwards_its_valid_prefix_and_never_completes(
+    wire: bytes, valid_prefix: bytes, feed: str
+):
+    pieces = [wire] if feed == "whole" else one_byte_at_a_time(wire)
+    assert forward(pieces).decoded == Decoded(valid_prefix, False, True, b"")
+
+
+@pytest.mark.parametrize("feed", ["whole", "bytewise"])
+@pytest.mark.parametrize("body, payload, after", SMUGGLED.values(), ids=SMUGGLED.keys())
+def test_bytes_after_a_forwarded_body_are_left_unused(
+    body: bytes, payload: bytes, after: bytes, feed: str
+):
+    wire = body + after
+    pieces = [wire] if feed == "whole" else one_byte_at_a_time(wire)
+    assert forward(pieces).decoded == Decoded(payload, True, False, after)
+
+
+def test_extensions_leading_zeros_and_trailers_never_reach_the_viewer():
+    wire = b"0003;ext=1\r\nabc\r\n2\r\nde\r\n00;x\r\nx-trailer: 1\r\n\r\n"
+    decoder = ChunkedDecoder()
+    decoder.receive(wire)
+    out, count = decoder.forward()
+    assert b"".join(out) == b"3\r\nabc\r\n2\r\nde\r\n" and count == 5
+    assert decoder.ended and decoder.unused == b""
+
+
 # --- FramingCheck: the same rules in front of h11 (the viewer's request bodies) -------------
 
 

@@ -90,6 +90,29 @@ def test_bad_addresses_are_refused(text):
         parse_address(text)
 
 
+@pytest.mark.parametrize(
+    ("flags", "limit"),
+    [
+        ({}, 1_048_576),
+        ({"invocation_type": "requestresponse"}, 6_291_456),
+        ({"invocation_type": "RequestResponse", "max_event_bytes": "2000000"}, 2_000_000),
+    ],
+)
+def test_the_event_limit_follows_the_invocation_type_unless_set(flags, limit):
+    needed = {"callback_url": "http://10.0.0.1:1", "function": "render"}
+    settings = load_settings(environ={}, flags={**needed, **flags})
+    assert settings.max_event_bytes == limit
+    assert settings.invocation_type == flags.get("invocation_type", "Event").replace(
+        "requestresponse", "RequestResponse"
+    )
+
+
+def test_request_response_with_the_boto3_client_is_refused_at_startup():
+    flags = {"callback_url": "http://10.0.0.1:1", "function": "render", "invoke_client": "boto3"}
+    with pytest.raises(ConfigError, match='invocation_type: "RequestResponse" needs invoke_'):
+        load_settings(environ={}, flags={**flags, "invocation_type": "RequestResponse"})
+
+
 def test_body_limit_cannot_exceed_the_event_limit():
     with pytest.raises(ConfigError, match="max_body_bytes"):
         load_settings(

@@ -192,6 +192,30 @@ def test_request_response_handler_exception_is_unhandled_function_error(fake):
     assert "template" in body["errorMessage"]
 
 
+def test_request_response_over_its_timeout_is_answered_task_timed_out_at_the_timeout():
+    release = threading.Event()
+    with FakeLambda(
+        functions={"slow": lambda event, context: release.wait(10)}, timeout_s=0.2
+    ) as fake:
+        started = time.monotonic()
+        response = lambda_client(fake).invoke(FunctionName="slow")
+        answered_after = time.monotonic() - started
+        release.set()
+    assert response["StatusCode"] == 200 and response["FunctionError"] == "Unhandled"
+    body = json.loads(response["Payload"].read())
+    assert body["errorType"] == "Sandbox.Timedout"
+    assert "Task timed out after 0.20 seconds" in body["errorMessage"]
+    assert answered_after < 5  # at the timeout, not when the handler gave up (10 s)
+
+
+def test_request_response_payload_over_six_megabytes_is_413(fake):
+    payload = json.dumps({"body": "x" * (6 * 1024 * 1024)})
+    with pytest.raises(ClientError) as raised:
+        lambda_client(fake).invoke(FunctionName="render", Payload=payload)
+
+    assert error_of(raised) == ("RequestTooLargeException", 413)
+
+
 def test_context_mimics_the_python_runtime(fake, recorder):
     lambda_client(fake).invoke(FunctionName="render:live")
 

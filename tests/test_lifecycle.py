@@ -8,8 +8,9 @@ import socket
 import subprocess
 import sys
 
+import h11
 import pytest
-from harness import ROOT, WAIT, Viewer, daemon, http_get
+from harness import ROOT, WAIT, PlayedLambda, Viewer, daemon, header, http_get
 
 pytestmark = pytest.mark.daemon
 
@@ -37,7 +38,7 @@ def test_signal_drains_in_flight_streams_then_exits_zero(conductor, signum):
         assert viewer.head().status_code == 200
         assert viewer.chunk() == b"chunk 0\n"
         sssrd.signal(signum)
-        sssrd.wait_line(lambda line: line.get("message") == "draining")
+        sssrd.wait_draining()
         assert http_get(sssrd.admin, "/healthz")[0] == 503
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(sssrd.viewer, timeout=WAIT)
@@ -45,7 +46,7 @@ def test_signal_drains_in_flight_streams_then_exits_zero(conductor, signum):
         assert viewer.chunk() == b"chunk 1\n"
         assert viewer.chunk() is None
         assert sssrd.wait_exit() == 0
-        assert sssrd.wait_line(lambda line: line.get("message") == "stopped")["abandoned"] == 0
+        assert sssrd.abandoned() == 0
 
 
 def test_drain_timeout_cuts_streams_that_do_not_finish(conductor):
@@ -56,24 +57,76 @@ def test_drain_timeout_cuts_streams_that_do_not_finish(conductor):
         assert viewer.chunk_after_head() == b"chunk 0\n"
         sssrd.signal(signal.SIGTERM)
         assert sssrd.wait_exit() == 0
-        assert sssrd.wait_line(lambda line: line.get("message") == "stopped")["abandoned"] == 1
+        assert sssrd.abandoned() == 1
+        with pytest.raises(h11.RemoteProtocolError):  # the viewer sees it cut: no final chunk
+            viewer.chunk()
 
 
-def test_healthz_on_an_open_viewer_connection_says_503_while_draining(conductor):
+MAX_TRIES = 40  # bounded: the kernel picks the worker that accepts, so we try until each did
+
+
+def in_every_worker(sssrd, conductor, tag: str, scenario: str) -> list[tuple[Viewer, str]]:
+    """Viewers sent `scenario` on fresh connections until every worker process holds one; the
+    kept ones (one per process) and their tags. The others are closed."""
+    kept: dict[int, tuple[Viewer, str]] = {}
+    for attempt in range(MAX_TRIES):
+        if len(kept) == sssrd.processes:
+            break
+        viewer, each = Viewer(sssrd.viewer), f"{tag}{attempt}"
+        viewer.send("GET", f"/?scenario={scenario}&tag={each}")
+        pid = conductor.report(each, "invoked")["pid"]
+        if pid in kept:  # that worker holds one already: let this one finish
+            conductor.release(f"{each}:step0")  # (what a stepped render waits for)
+            assert viewer.head().status_code == 200 and viewer.body()
+            viewer.close()
+        else:
+            kept[pid] = (viewer, each)
+    assert len(kept) == sssrd.processes, f"{len(kept)} of {sssrd.processes} workers reached"
+    return list(kept.values())
+
+
+def test_during_a_drain_every_worker_answers_kept_alive_viewers_and_closes_them(conductor):
+    """Each worker with a stream in flight keeps serving its open keep-alive connections while
+    it drains: /healthz says 503, a render request is served, and both say Connection: close."""
     with daemon(conductor) as sssrd:
-        holder = Viewer(sssrd.viewer)
-        holder.send("GET", "/?scenario=stepped&tag=hold&steps=1")
-        probe = Viewer(sssrd.viewer)
-        assert probe.get("/healthz")[0].status_code == 200
-        probe.next_cycle()
+        holders = in_every_worker(sssrd, conductor, "hold", "stepped&steps=1")
+        probes = in_every_worker(sssrd, conductor, "probe", "environment")
+        renders = in_every_worker(sssrd, conductor, "render", "environment")
+        for viewer, _tag in probes + renders:
+            assert viewer.head().status_code == 200 and viewer.body() == b"ok"
+            viewer.next_cycle()
         sssrd.signal(signal.SIGTERM)
-        sssrd.wait_line(lambda line: line.get("message") == "draining")
-        head, _body = probe.get("/healthz")
-        assert head.status_code == 503
-        assert (b"connection", b"close") in head.headers
-        conductor.release("hold:step0")
-        assert holder.chunk_after_head() == b"chunk 0\n"
+        sssrd.wait_draining()
+        for probe, _tag in probes:
+            head, body = probe.get("/healthz")
+            assert (head.status_code, body) == (503, b"draining\n")
+            assert header(head, b"connection") == b"close"
+        for viewer, tag in renders:
+            head, body = viewer.get(f"/?scenario=environment&tag={tag}-again")
+            assert (head.status_code, body) == (200, b"ok")
+            assert header(head, b"connection") == b"close"
+        for holder, tag in holders:
+            conductor.release(f"{tag}:step0")
+            assert holder.chunk_after_head() == b"chunk 0\n"
         assert sssrd.wait_exit() == 0
+        assert sssrd.abandoned() == 0
+
+
+def test_a_callback_first_arriving_during_a_drain_is_served(conductor):
+    with daemon(conductor) as sssrd:
+        viewer = Viewer(sssrd.viewer)
+        viewer.send("GET", "/?scenario=handover&tag=drain-late")
+        conductor.report("drain-late", "callback")
+        sssrd.signal(signal.SIGTERM)
+        sssrd.wait_draining()
+        render = PlayedLambda(conductor, "drain-late")  # the callback arrives only now
+        render.write(b"rendered while draining")
+        render.finish()
+        head = viewer.head()
+        assert (head.status_code, viewer.body()) == (200, b"rendered while draining")
+        assert render.answer() == 200
+        assert sssrd.wait_exit() == 0
+        assert sssrd.abandoned() == 0
 
 
 def test_invalid_config_names_the_key_and_exits_2(tmp_path):

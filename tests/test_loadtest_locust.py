@@ -75,7 +75,7 @@ def test_master_and_two_workers_record_streams_and_truncations(conductor, tmp_pa
         dev.stop_now()
     stats = {(entry["method"], entry["name"]): entry for entry in json.loads(master.stdout)}
     streamed, cut = stats["TTLB", STREAM], stats["TTLB", CUT]
-    assert streamed["num_requests"] == served_ok > 10
+    assert streamed["num_requests"] == served_ok > 0  # how many is bench's question
     assert streamed["num_failures"] == 0
     assert cut["num_requests"] == cut["num_failures"] == served_cut > 0  # truncation fails
     assert stats["TTFB", STREAM]["num_requests"] == streamed["num_requests"]

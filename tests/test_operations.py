@@ -11,7 +11,7 @@ import socket
 import time
 
 import pytest
-from harness import WAIT, Viewer, daemon, header, http_get, socket_activation
+from harness import WAIT, Viewer, daemon, header, http_get, socket_activation, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.daemon
@@ -58,11 +58,46 @@ def test_metrics_move_with_real_traffic_including_failures(conductor):
         assert value(found, "sssrd_streams_in_flight") == 0
         assert value(found, "sssrd_connections_total", listener="viewer") >= 4
         assert value(found, "sssrd_connections_total", listener="callback") >= 2
-        assert value(found, "sssrd_pending_limit") == 10_000
+        assert value(found, "sssrd_pending_limit") == 10_000 * sssrd.processes  # summed
         assert ("sssrd_build_info", ()) not in found  # it has labels: version, python
         assert any(name == "sssrd_build_info" for name, _ in found)
         assert any(name == "process_resident_memory_bytes" for name, _ in found)
         assert ok_head.status_code == 200
+
+
+def test_gauges_count_what_the_daemon_holds_now(conductor):
+    with daemon(conductor, "--max-pending=7") as sssrd:
+        waiting = Viewer(sssrd.viewer)
+        waiting.send("GET", "/?scenario=late&tag=g-wait")
+        conductor.report("g-wait", "invoked")
+        streaming = Viewer(sssrd.viewer)
+        streaming.send("GET", "/?scenario=stepped&tag=g-stream&steps=2")
+        conductor.release("g-stream:step0")
+        assert streaming.chunk_after_head() == b"chunk 0\n"
+        found = samples(http_get(sssrd.admin, "/metrics")[2].decode())
+        assert value(found, "sssrd_pending_callbacks") == 1
+        assert value(found, "sssrd_streams_in_flight") == 1
+        assert value(found, "sssrd_pending_limit") == 7 * sssrd.processes
+        assert value(found, "sssrd_connections_open", listener="viewer") == 2
+        assert value(found, "sssrd_connections_open", listener="callback") == 1
+        conductor.release("g-wait:go")
+        conductor.release("g-stream:step1")
+        assert (waiting.head().status_code, waiting.body()) == (200, b"too late")
+        assert streaming.chunk() == b"chunk 1\n" and streaming.chunk() is None
+        waiting.close()
+        streaming.close()
+        wait_for(
+            lambda: (
+                [
+                    sssrd.metric("sssrd_pending_callbacks"),
+                    sssrd.metric("sssrd_streams_in_flight"),
+                    sssrd.metric("sssrd_connections_open", listener="viewer"),
+                    sssrd.metric("sssrd_connections_open", listener="callback"),
+                ]
+                == [0, 0, 0, 0]
+            ),
+            what="every gauge back to 0",
+        )
 
 
 def test_access_lines_are_json_with_the_request_facts_and_no_secrets(conductor):
@@ -136,23 +171,31 @@ def test_socket_activation_serves_on_the_sockets_it_is_given(conductor):
         assert http_get(("127.0.0.1", ports[2]), "/healthz")[0] == 200
 
 
+def every_worker_logged(sssrd, match) -> dict:
+    """The first line that `match`es, once every process serving viewers has logged one."""
+    sssrd.wait_line(
+        lambda _line: sum(1 for line in list(sssrd.lines) if match(line)) >= sssrd.processes
+    )
+    return next(line for line in sssrd.lines if match(line))
+
+
 def test_sighup_applies_a_new_timeout_live_and_reports_what_needs_a_restart(conductor, tmp_path):
     config = tmp_path / "sssrd.toml"
     config.write_text("callback_timeout = 60.0\n")
     with daemon(conductor, f"--config={config}") as sssrd:
         config.write_text('callback_timeout = 0.3\nhandler = "sssrd.demo:handler"\n')
         sssrd.signal(signal.SIGHUP)
-        reloaded = sssrd.wait_line(lambda line: line.get("message") == "reloaded")
+        reloaded = every_worker_logged(sssrd, lambda line: line.get("message") == "reloaded")
         assert reloaded["applied"] == ["callback_timeout"]
         assert reloaded["needs_restart"] == []  # the --handler flag still wins over the file
         assert Viewer(sssrd.viewer).get("/?scenario=never&tag=hup")[0].status_code == 504
 
         config.write_text("callback_timeout = 0.3\nbacklog = 100\n")
         sssrd.signal(signal.SIGHUP)
-        lines = sssrd.wait_line(
-            lambda line: line.get("message") == "reloaded" and line["needs_restart"]
+        restart = sssrd.wait_line(
+            lambda line: line.get("message") == "some changed settings apply only after a restart"
         )
-        assert lines["needs_restart"] == ["backlog"]
+        assert restart["settings"] == ["backlog"]
 
         config.write_text("callback_timeout = -1\n")
         sssrd.signal(signal.SIGHUP)
@@ -199,7 +242,7 @@ def test_every_reload_ends_with_a_log_line_and_ready(conductor, tmp_path):
                 )
             assert "not UTF-8" in sssrd.wait_line(lambda line: "error" in line)["error"]
             assert line["applied"] == ["max_pending"]
-            assert sssrd.metric("sssrd_pending_limit") == 7
+            assert sssrd.metric("sssrd_pending_limit") == 7 * sssrd.processes
             assert sssrd.alive()
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
 
 import pytest
 
@@ -23,7 +26,10 @@ def test_ids_are_128_bit_hex_and_tokens_are_their_hmac():
         first, second = await registered(registry), await registered(registry)
         assert len(first.request_id) == 32 and int(first.request_id, 16) >= 0
         assert first.request_id != second.request_id
-        assert first.token == registry.token_for(first.request_id)
+        # HMAC-SHA256 of the id under the process secret, unpadded base64url, computed here
+        # rather than by the registry's own token_for.
+        digest = hmac.new(registry._secret, first.request_id.encode(), hashlib.sha256).digest()
+        assert first.token == base64.urlsafe_b64encode(digest).decode().rstrip("=")
         assert PendingRegistry(10).token_for(first.request_id) != first.token  # per-process
         assert first.deadline_epoch_ms == 31_000
 

@@ -2,6 +2,7 @@
 
 import itertools
 import json
+import re
 
 import h11
 import pytest
@@ -477,6 +478,24 @@ def test_any_split_of_a_valid_prelude_and_body_gives_the_one_feed_result(fields,
     assert feed_in_pieces(split_at(data, cuts)) == whole
 
 
+# What a Lambda is told about a malformed prelude (docs/protocol.md): which part is wrong, in
+# printable ASCII, never the raw bytes it sent.
+PRELUDE_FAULTS = re.compile(
+    r"no 8-NUL separator within \d+ bytes of prelude|prelude JSON nests too deeply"
+    r"|prelude is not valid JSON: [A-Za-z' ]+ at \d+|prelude is not valid UTF-8 JSON"
+    r"|prelude must be a JSON object|statusCode must be an integer, not [a-z ]+"
+    r"|statusCode -?\d+ is not a final status \(200 to 599\)"
+    r"|(headers|cookies) must be (an object|a list of strings), not [a-z ]+"
+    r"|header name .{1,80} is not a token|header .{1,80}: value .+"
+)
+
+
+def assert_says_what_was_wrong(error: PreludeError) -> None:
+    message = str(error)
+    assert message.isascii() and message.isprintable() and len(message) < 200, message
+    assert PRELUDE_FAULTS.fullmatch(message), message
+
+
 @settings(deadline=None)
 @given(data=st.binary(max_size=300), cuts=st.lists(st.integers(0, 300), max_size=8))
 def test_arbitrary_bytes_give_a_head_or_prelude_error_and_nothing_else(data, cuts):
@@ -485,7 +504,7 @@ def test_arbitrary_bytes_give_a_head_or_prelude_error_and_nothing_else(data, cut
         try:
             result = reader.feed(piece)
         except PreludeError as error:
-            assert str(error).isascii()
+            assert_says_what_was_wrong(error)
             return
         if result is not None:
             return
@@ -501,7 +520,8 @@ def test_nul_heavy_streams_give_a_head_or_prelude_error_and_nothing_else(data):
         try:
             if reader.feed(piece) is not None:
                 return
-        except PreludeError:
+        except PreludeError as error:
+            assert_says_what_was_wrong(error)
             return
 
 

@@ -41,9 +41,14 @@ STACK_OWNED_SETTINGS = frozenset(
         "imds_endpoint",
         "compat",
         "workers",
+        "invocation_type",
+        "function_timeout",
     }
 )
 ALIAS_NAME = "live"
+# The render function's timeout: sssrd's function_timeout, so that a RequestResponse invoke waits
+# for the function's answer exactly as long as it may run (plus invoke_timeout).
+RENDER_TIMEOUT_S = 300
 # A stand-in for the function ARN while validating (the real ARN is a deploy-time token).
 FUNCTION_PLACEHOLDER = "arn:aws:lambda:region:000000000000:function:render"
 NODE_EXPORTER_PORT = 9100  # the AMI's prometheus-node-exporter
@@ -175,6 +180,9 @@ class FleetParameters:
     )
     target_connections_per_instance: int = 2000
     origin_secret_generation: int = 1
+    # A render that fails is answered in milliseconds instead of callback_timeout (30 s) later,
+    # for one connection to the Invoke API per render in flight (bench/RESULTS.md).
+    invocation_type: str = "RequestResponse"
     sssrd: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -269,6 +277,8 @@ class FleetParameters:
             "callback_listen": f"0.0.0.0:{self.callback_ports.first}",
             # Worker i listens on the first port + i: exactly the range the Lambda may reach.
             "workers": self.callback_ports.count,
+            "invocation_type": self.invocation_type,
+            "function_timeout": RENDER_TIMEOUT_S,
         }
         if self.prometheus:
             settings["admin_listen"] = f"0.0.0.0:{default_port('admin_listen')}"
@@ -331,6 +341,7 @@ CONTEXT_KEYS: tuple[tuple[str, str, Callable[[Any], Any]], ...] = (
     ("callbackPorts", "callback_ports", PortRange.parse),
     ("targetConnectionsPerInstance", "target_connections_per_instance", parse_int(10, 1_000_000)),
     ("originSecretGeneration", "origin_secret_generation", parse_int(1, 1_000_000)),
+    ("invocationType", "invocation_type", sssrd_config.parse_invocation_type),
     ("sssrd", "sssrd", parse_object),
 )
 CONTEXT_PARSERS = {key: parse for key, _, parse in CONTEXT_KEYS}

@@ -1,10 +1,12 @@
 """The render Lambda: examples/lambda/ packaged by its own build.sh, in the VPC, behind an alias.
 
-sssrd invokes it asynchronously, so the alias's event invoke config says: no retries (a render
-retried after the viewer gave up is waste; callbacks are claim-once anyway) and events older than
-60 s are dropped. The instances invoke the alias only, so a deploy moves every instance to the new
-version at once without touching their configuration. The function's security group may reach
-the instances' callback ports and nothing else (network.py).
+sssrd invokes it synchronously by default (context invocationType); for asynchronous invokes the
+alias's event invoke config says: no retries (a render retried after the viewer gave up is
+waste; callbacks are claim-once anyway) and events older than 60 s are dropped. Its timeout is
+sssrd's function_timeout (parameters.RENDER_TIMEOUT_S). The instances invoke the alias only, so
+a deploy moves every instance to the new version at once without touching their configuration.
+The function's security group may reach the instances' callback ports and nothing else
+(network.py).
 """
 
 from __future__ import annotations
@@ -23,14 +25,14 @@ from constructs import Construct
 
 from .exceptions import accept
 from .network import PRIVATE, Network
-from .parameters import ALIAS_NAME, RETENTION_DAYS, FleetParameters
+from .parameters import ALIAS_NAME, RENDER_TIMEOUT_S, RETENTION_DAYS, FleetParameters
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "lambda"
 RUNTIME = lambda_.Runtime.PYTHON_3_14
 MAX_EVENT_AGE = Duration.seconds(60)
 # A render streams for as long as its page takes; sssrd's own limits (callback_timeout, then
 # idle_timeout between chunks) decide earlier when a render has stalled.
-TIMEOUT = Duration.minutes(5)
+TIMEOUT = Duration.seconds(RENDER_TIMEOUT_S)
 
 
 @jsii.implements(ILocalBundling)

@@ -14,7 +14,13 @@ import yaml
 from conftest import ACCOUNT, AMI, CDK_DIR, ORIGIN_CERT, REGION, VIEWER_CERT
 from hypothesis import given
 from hypothesis import strategies as st
-from sssrd_cdk.parameters import FleetParameters, ParameterError, PortRange, sssrd_settings
+from sssrd_cdk.parameters import (
+    RENDER_TIMEOUT_S,
+    FleetParameters,
+    ParameterError,
+    PortRange,
+    sssrd_settings,
+)
 from sssrd_cdk.timings import CLOUDFRONT_READ_TIMEOUT_S, derive_timings
 from sssrd_cdk.user_data import CONFIG_PATH, RESTART, cloud_config
 
@@ -153,6 +159,8 @@ def test_user_data_is_the_ami_contract_and_sssrd_accepts_its_config(tmp_path):
         "callback_url": "auto",
         "callback_listen": "0.0.0.0:8081",
         "workers": 2,
+        "invocation_type": "RequestResponse",
+        "function_timeout": 300,
         "admin_listen": "0.0.0.0:9090",
         "drain_timeout": 45,
         "trusted_proxies": ["10.0.0.0/8"],
@@ -161,6 +169,16 @@ def test_user_data_is_the_ami_contract_and_sssrd_accepts_its_config(tmp_path):
     config.write_text(written["content"])
     settings = sssrd_config.load_settings(path=str(config), environ={})
     assert (settings.function, settings.qualifier, settings.drain_timeout) == (function, "live", 45)
+
+
+def test_the_invocation_type_is_a_parameter_and_the_invoke_waits_as_long_as_the_function():
+    chosen = parameters(invocationType="Event").stack_settings("f")
+    assert chosen["invocation_type"] == "Event"
+    assert chosen["function_timeout"] == RENDER_TIMEOUT_S
+    with pytest.raises(ParameterError, match="context invocationType: expected one of"):
+        parameters(invocationType="DryRun")
+    with pytest.raises(ParameterError, match=r"context sssrd\.invocation_type: set by the stack"):
+        parameters(sssrd={"invocation_type": "Event"})
 
 
 def test_admin_listener_stays_local_without_prometheus():

@@ -1,21 +1,25 @@
-"""Asynchronous invokes of the render Lambda on AWS (InvocationType=Event), two ways, one policy.
+"""Invokes of the render Lambda on AWS, two ways, one policy.
 
 Everything is resolved once, at startup, and any gap stops startup with one line naming the
 setting: the region (setting, AWS_REGION, then botocore's AWS_DEFAULT_REGION/profile, then
 IMDSv2 on EC2), and through botocore the endpoint (including AWS_ENDPOINT_URL_LAMBDA) and the
 credentials with their refresh. The lean invoker then signs each invoke
-with botocore's SigV4 signer (its signing key derived once a day, not per invoke) and sends it on
-sssrd's own keep-alive pool on the event loop; the
+with sigv4.InvokeSigner (botocore's SigV4, worked out once for the one URL it signs) and sends it
+on sssrd's own keep-alive pool on the event loop; the
 boto3 invoker calls boto3's invoke() on a thread pool. Both share `classify` (what the viewer
 gets) and the retry rule: at most `invoke_retries` more attempts, only after a connection
 failure or a 5xx, never after a throttle or another 4xx (a retry storm would deepen a throttle).
+
+With `invocation_type = "RequestResponse"` (lean only) each invoke holds one pooled connection
+for the render's whole life (the pool holds up to `max_pending`, so no render waits behind
+another) and reads the function's answer when it returns, with a time limit of the function's
+own timeout plus `invoke_timeout`; an exchange that broke after it was sent is never retried,
+since the render may be running.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
 import logging
 import os
@@ -23,20 +27,20 @@ import re
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 from urllib.parse import quote, urlsplit
 
 import boto3
 import botocore.session
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials, ReadOnlyCredentials
 from botocore.exceptions import BotoCoreError, ClientError, ProfileNotFound
 
 from sssrd import ec2
 from sssrd.config import Settings
-from sssrd.httpclient import Pool, Reply, RequestFailed
-from sssrd.invokers.base import InvokeError
+from sssrd.httpclient import ConnectFailed, Pool, Reply, RequestFailed
+from sssrd.invokers.base import TIMED_OUT_ERROR_TYPE, Calls, InvokeError, RenderEnded, printable
+from sssrd.invokers.sigv4 import InvokeSigner
 from sssrd.outcomes import Outcome
 
 log = logging.getLogger("sssrd")
@@ -166,15 +170,19 @@ def unreachable(reason: str) -> InvokeError:
     return InvokeError(502, Outcome.INVOKE_FAILED, "the render could not start", detail=reason)
 
 
-async def with_retries(attempt: Callable[[], Awaitable[None]], retries: int) -> None:
+T = TypeVar("T")
+
+
+async def with_retries(attempt: Callable[[], Awaitable[T]], retries: int) -> T:
     """Run `attempt`; retry only what `attempt` marks retryable, at most `retries` times."""
-    for remaining in range(retries, -1, -1):
+    remaining = retries
+    while True:
         try:
-            await attempt()
-            return
+            return await attempt()
         except Retryable as failure:
             if not remaining:
                 raise failure.error from None
+            remaining -= 1
             log.debug("invoke retry", extra={"reason": str(failure.error)})
 
 
@@ -184,76 +192,68 @@ class Retryable(Exception):
         self.error = error
 
 
-class DailyKeySigV4Auth(SigV4Auth):
-    """botocore's SigV4 signer, deriving the signing key once per UTC day instead of per request.
-
-    The key (four chained HMACs) depends only on the secret, the date, the region and the
-    service; a signer holds one frozen credential set, and a refresh builds a new signer. Only
-    `signature` is replaced: botocore still builds the canonical request and the string to sign.
-    """
-
-    def __init__(self, credentials: ReadOnlyCredentials, service: str, region: str) -> None:
-        super().__init__(credentials, service, region)
-        self.key_scope = (region, service, "aws4_request")
-        self.day_key: tuple[str, bytes] | None = None
-
-    def signature(self, string_to_sign: str, request: AWSRequest) -> str:
-        day = request.context["timestamp"][0:8]
-        if self.day_key is None or self.day_key[0] != day:
-            key = f"AWS4{self.credentials.secret_key}".encode()
-            for part in (day, *self.key_scope):
-                key = hmac.new(key, part.encode(), hashlib.sha256).digest()
-            self.day_key = (day, key)
-        return hmac.new(self.day_key[1], string_to_sign.encode(), hashlib.sha256).hexdigest()
-
-
 class LeanInvoker:
-    """Signs with botocore, sends on sssrd's own pooled HTTP/1.1 client."""
+    """Signs with InvokeSigner, sends on sssrd's own pooled HTTP/1.1 client."""
 
     def __init__(self, settings: Settings) -> None:
         self.target, self.credentials = resolve_target(settings)
-        # Built once per credential refresh, not per invoke: it holds a frozen copy.
-        frozen = self.credentials.get_frozen_credentials()
-        self.signer = DailyKeySigV4Auth(frozen, "lambda", self.target.region)
-        self.url = self.target.endpoint_url.rstrip("/") + self.target.path
-        self.pool = Pool(
-            self.target.endpoint_url, settings.invoke_connections, settings.invoke_timeout
+        self.invocation_type = settings.invocation_type
+        self.synchronous = self.invocation_type == "RequestResponse"
+        # A synchronous invoke holds its connection while the render runs: one per request.
+        connections = settings.max_pending if self.synchronous else settings.invoke_connections
+        self.pool = Pool(self.target.endpoint_url, connections, settings.invoke_timeout)
+        self.answer_timeout = (
+            settings.function_timeout + settings.invoke_timeout
+            if self.synchronous
+            else settings.invoke_timeout
         )
+        # Built once per credential refresh, not per invoke: it holds a frozen copy.
+        self.signer = self.new_signer(self.credentials.get_frozen_credentials())
         self.target_bytes = self.target.path.encode()
         self.retries = settings.invoke_retries
         self.refresher: asyncio.Task[None] | None = None
+        self.calls = Calls()
 
     async def invoke(self, payload: bytes) -> None:
+        await self.send(payload)
+
+    def start(self, payload: bytes) -> asyncio.Task[RenderEnded]:
+        return self.calls.start(self.call(payload))
+
+    async def call(self, payload: bytes) -> RenderEnded:
+        return render_ended(await self.send(payload))
+
+    async def send(self, payload: bytes) -> Reply:
         if self.refresher is None:
             self.refresher = asyncio.get_running_loop().create_task(self.refresh_credentials())
-        await with_retries(lambda: self.attempt(payload), self.retries)
+        return await with_retries(lambda: self.attempt(payload), self.retries)
 
-    async def attempt(self, payload: bytes) -> None:
+    async def attempt(self, payload: bytes) -> Reply:
         try:
-            reply = await self.pool.request(b"POST", self.target_bytes, self.sign(payload), payload)
-        except RequestFailed as exc:
+            reply = await self.pool.request(
+                b"POST", self.target_bytes, self.sign(payload), payload, self.answer_timeout
+            )
+        except ConnectFailed as exc:
             raise Retryable(unreachable(str(exc))) from None
-        if reply.status == 202:
-            return
+        except RequestFailed as exc:
+            if self.synchronous:  # it was sent: the render may be running, never start it twice
+                raise unreachable(str(exc)) from None
+            raise Retryable(unreachable(str(exc))) from None
+        if reply.status == (200 if self.synchronous else 202):
+            return reply
         error = classify(reply.status, error_type(reply), error_message(reply.body))
         if reply.status >= 500:
             raise Retryable(error)
         raise error
 
     def sign(self, payload: bytes) -> list[tuple[bytes, bytes]]:
-        """SigV4 headers for this payload (botocore's signer; ~60 µs)."""
-        request = AWSRequest(
-            method="POST",
-            url=self.url,
-            data=payload,
-            headers={
-                "X-Amz-Invocation-Type": "Event",
-                "Host": self.pool.authority,
-                "Content-Length": str(len(payload)),
-            },
-        )
-        self.signer.add_auth(request)
-        return [(name.encode(), value.encode()) for name, value in request.headers.items()]
+        """SigV4 headers for this payload."""
+        return self.signer.sign(payload)
+
+    def new_signer(self, frozen: ReadOnlyCredentials) -> InvokeSigner:
+        fixed = (("X-Amz-Invocation-Type", self.invocation_type),)
+        region, host = self.target.region, self.pool.authority
+        return InvokeSigner(frozen, region, host, self.target.path, fixed)
 
     async def refresh_credentials(self) -> None:
         """Keep a fresh frozen copy; botocore's refresh may block (IMDS), so off the loop."""
@@ -262,11 +262,12 @@ class LeanInvoker:
             await asyncio.sleep(CREDENTIAL_REFRESH_INTERVAL)
             try:
                 frozen = await loop.run_in_executor(None, self.credentials.get_frozen_credentials)
-                self.signer = DailyKeySigV4Auth(frozen, "lambda", self.target.region)
+                self.signer = self.new_signer(frozen)
             except Exception:
                 log.exception("AWS credential refresh failed; keeping the previous credentials")
 
     def close(self) -> None:
+        self.calls.close()
         if self.refresher is not None:
             self.refresher.cancel()
         self.pool.close()
@@ -303,6 +304,10 @@ class Boto3Invoker:
     async def invoke(self, payload: bytes) -> None:
         await with_retries(lambda: self.attempt(payload), self.retries)
 
+    def start(self, payload: bytes) -> asyncio.Task[RenderEnded]:
+        """Never called: the settings refuse RequestResponse with boto3 (a thread per render)."""
+        raise RuntimeError('invocation_type "RequestResponse" needs invoke_client "lean"')
+
     async def attempt(self, payload: bytes) -> None:
         loop = asyncio.get_running_loop()
         try:
@@ -338,3 +343,25 @@ def error_message(body: bytes) -> str:
     if not isinstance(document, dict):
         return ""
     return str(document.get("message") or document.get("Message") or "")
+
+
+def render_ended(reply: Reply) -> RenderEnded:
+    """How the function ended, from a synchronous invoke's 200: X-Amz-Function-Error says it
+    raised (or ran out of time), and its body's errorType which error. The message (it may hold
+    secrets) is only looked at for Lambda's "Task timed out", never kept."""
+    if reply.header(b"x-amz-function-error") is None:
+        return RenderEnded()
+    try:
+        document = json.loads(reply.body)
+    except ValueError:
+        document = None
+    if not isinstance(document, dict):
+        document = {}
+    kind = document.get("errorType")
+    message = document.get("errorMessage")
+    timed_out = kind == TIMED_OUT_ERROR_TYPE or (
+        isinstance(message, str) and "Task timed out" in message
+    )
+    if not isinstance(kind, str) or not kind:
+        kind = TIMED_OUT_ERROR_TYPE if timed_out else "Unhandled"
+    return RenderEnded(error_type=printable(kind), timed_out=timed_out)

@@ -1,15 +1,25 @@
-"""What every invoker is: the `Invoker` interface, and `InvokeError` for a render not started.
+"""What every invoker is: the `Invoker` interface, `InvokeError` for a render not started, and
+`RenderEnded` for how a synchronously invoked render ended.
 
-An invoker has one coroutine, `invoke(payload)`, that returns once the render is accepted (like
-Lambda's 202 for InvocationType=Event) or raises InvokeError saying what the viewer should get;
-`close()` lets go of its threads and connections when the daemon stops.
+An invoker starts renders one of two ways, as `invocation_type` says. `invoke(payload)` (Event)
+returns once the render is accepted (Lambda's 202) or raises InvokeError saying what the viewer
+should get. `start(payload)` (RequestResponse) returns at once a task that ends when the render
+does: with a RenderEnded, or with InvokeError if it never started. The invoker owns those tasks
+(`Calls`): a render may outlive its request (it returns just after its stream was delivered),
+and `close()` must still end it, with the threads and connections the invoker holds.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+import asyncio
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from sssrd.outcomes import Outcome
+
+# Lambda's error type for a function that ran out of time (its message says "Task timed out").
+TIMED_OUT_ERROR_TYPE = "Sandbox.Timedout"
 
 
 class InvokeError(Exception):
@@ -30,7 +40,45 @@ class InvokeError(Exception):
         self.detail = detail
 
 
+@dataclass(frozen=True, slots=True)
+class RenderEnded:
+    """How a synchronously invoked render ended: it returned (`error_type` empty), raised
+    (the function's error type, printable ASCII; never its message), or ran out of time."""
+
+    error_type: str = ""
+    timed_out: bool = False
+
+
+class Calls:
+    """The synchronous invokes in flight of one invoker, each a task it owns until it ends."""
+
+    def __init__(self) -> None:
+        self.tasks: set[asyncio.Task[RenderEnded]] = set()
+
+    def start(self, call: Coroutine[Any, Any, RenderEnded]) -> asyncio.Task[RenderEnded]:
+        task = asyncio.get_running_loop().create_task(call)
+        self.tasks.add(task)
+        task.add_done_callback(self.ended)
+        return task
+
+    def ended(self, task: asyncio.Task[RenderEnded]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: a render that outlived its request needs no answer
+
+    def close(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+
+
 class Invoker(Protocol):
     async def invoke(self, payload: bytes) -> None: ...
 
+    def start(self, payload: bytes) -> asyncio.Task[RenderEnded]: ...
+
     def close(self) -> None: ...
+
+
+def printable(text: str, limit: int = 128) -> str:
+    """An error type as it may appear in a log line: printable ASCII, at most `limit` long."""
+    return "".join(char if " " <= char <= "~" else "?" for char in text[:limit])

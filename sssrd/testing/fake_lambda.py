@@ -5,7 +5,10 @@ An HTTP/1.1 keep-alive server (asyncio in a daemon thread, see _http11) on 127.0
 recomputed with botocore's signer; then the behaviour scripted for the function (normal,
 throttle, error, hang, never, late, twice) decides the answer. Every invocation is recorded, and
 the Python handler runs on a bounded pool of daemon threads: queued as the 202 goes out for Event,
-before the 200 for RequestResponse.
+before the 200 for RequestResponse. A RequestResponse invoke is answered as Lambda answers it:
+200 with the handler's result; 200 with `X-Amz-Function-Error: Unhandled` and the error when it
+raised, or when it outruns `timeout_s` (Lambda's `Sandbox.Timedout`, "Task timed out", at that
+moment: the thread cannot be killed, so it runs on, as a frozen sandbox's sockets stay open).
 """
 
 from __future__ import annotations
@@ -202,6 +205,15 @@ def error_response(error: LambdaError, request_id: str) -> Response:
     return lambda_response(error.status, request_id, json.dumps(error.body).encode(), headers)
 
 
+def timed_out_body(request_id: str, timeout_s: float) -> dict[str, Any]:
+    """What Lambda returns (with X-Amz-Function-Error: Unhandled) when a handler times out."""
+    return {
+        "errorType": "Sandbox.Timedout",
+        "errorMessage": f"RequestId: {request_id} Error: Task timed out after {timeout_s:.2f} "
+        "seconds",
+    }
+
+
 def unhandled_error_body(error: BaseException) -> dict[str, Any]:
     """What Lambda returns (with X-Amz-Function-Error: Unhandled) when a handler raises."""
     return {
@@ -260,8 +272,10 @@ class FakeLambda:
         self._handler_runs = 0
         self._handler_failures: list[HandlerFailure] = []
         self._workers = WorkerPool(workers, "fake-lambda-worker")
+        # Room past the largest payload, so that one over a limit is refused in Lambda's shape
+        # (413 RequestTooLargeException) by _invoke, not by the HTTP layer.
         self._server = LoopbackServer(
-            self._respond, host=host, port=port, max_body=SYNC_PAYLOAD_LIMIT
+            self._respond, host=host, port=port, max_body=2 * SYNC_PAYLOAD_LIMIT
         )
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -499,9 +513,12 @@ class FakeLambda:
         if behaviour.mode == "late":
             await asyncio.sleep(behaviour.delay)
         runs = {"never": 0, "twice": 2}.get(behaviour.mode, 1)
-        payload, failed = await self._in_pool(
-            lambda: self._run_synchronously(invocation, handler, runs)
-        )
+        running = self._in_pool(lambda: self._run_synchronously(invocation, handler, runs))
+        try:
+            payload, failed = await asyncio.wait_for(asyncio.shield(running), self.timeout_s)
+        except TimeoutError:
+            body = timed_out_body(invocation.request_id, self.timeout_s)
+            payload, failed = json.dumps(body).encode(), True
         headers = {
             "Content-Type": "application/json",
             "X-Amz-Executed-Version": executed_version(invocation.qualifier),
