@@ -10,7 +10,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 "$python" -m pip install --quiet --target "$work" --implementation cp --python-version 3.11 \
     --platform manylinux2014_x86_64 --only-binary=:all: -r "$here/requirements.txt"
-"$python" "$here/../../python-callback/build.py" "$work/wheel"
+"$python" "$here/../../python-callback/build.py" "$work/wheel" >/dev/null
 "$python" -m pip install --quiet --target "$work" --no-deps "$work"/wheel/*.whl
 rm -rf "$work/wheel"
 cp -r "$here/app.py" "$here/templates" "$work/"
