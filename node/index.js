@@ -175,8 +175,10 @@ class CallbackStream extends Writable {
     if (this.#request === null) {
       // Nothing was sent: a render error is reported (502 at once); 'close' waits for it, so a
       // handler that awaits the stream is not frozen by the runtime before the report is out.
-      if (error && !(error instanceof CallbackError)) {
-        sendErrorReport(this.#target, error, this.#options).then(
+      // destroy() without an error is a cut, and there is nothing to cut yet: report it too.
+      if (!(error instanceof CallbackError)) {
+        const reported = error ?? new Error('stream destroyed before its first write');
+        sendErrorReport(this.#target, reported, this.#options).then(
           () => callback(error),
           () => callback(error),
         );

@@ -427,6 +427,14 @@ def test_exception_before_first_write_sends_the_error_callback_not_a_stream():
     assert server.extra_after_answer == b""
 
 
+def test_abort_before_the_first_write_reports_an_error_instead_of_leaving_the_viewer_waiting():
+    with CallbackRecorder(answer=(200, b'{"reported": true}')) as server:
+        callback.open_stream(server.event()).abort()
+        assert server.done.wait(WAIT)
+    assert server.headers["content-type"] == "application/vnd.sssrd.render-error+json"
+    assert server.body == error_callback_bytes("RuntimeError")
+
+
 def test_refused_error_callback_does_not_hide_the_render_error():
     with CallbackRecorder(answer=(410, b'{"error": "gone"}')) as server:
         with pytest.raises(ZeroDivisionError), callback.open_stream(server.event()):

@@ -79,6 +79,14 @@ test('destroy(error) before the first write sends the error callback, then close
   recorder.close();
 });
 
+test('destroy() without an error before the first write reports one too', async () => {
+  const recorder = new Recorder();
+  const out = streamResponse(await recorder.listen());
+  out.destroy();
+  expectErrorCallback(await within(recorder.ended, 'the report'), 'Error');
+  recorder.close();
+});
+
 test('withStream: a throw before the first write is reported before the rejection', async () => {
   const recorder = new Recorder();
   const event = await recorder.listen();

@@ -211,8 +211,12 @@ class CallbackStream:
             self.abort()
 
     def abort(self) -> None:
-        """Close without the final chunk, so the viewer sees a truncated response."""
-        self._end()
+        """Close without the final chunk, so the viewer sees a truncated response; before the
+        first write, report an error instead (there is no response to truncate)."""
+        if self.state is StreamState.PENDING:
+            self.fail(RuntimeError("stream aborted before its first write"))
+        else:
+            self._end()
 
     def fileno(self) -> int:
         """The callback socket, once the stream has started (-1 before and after): readable
