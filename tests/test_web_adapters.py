@@ -1,10 +1,10 @@
-"""A FastAPI and a Flask app, wrapped by one line each, stream through the real daemon.
+"""FastAPI, Django and Flask apps, wrapped by one line each, stream through the real daemon.
 
-The examples in examples/fastapi and examples/flask run under the daemon's local invoker
+The examples in examples/{fastapi,django,flask} run under the daemon's local invoker
 (tests/web_apps.py gates their slow data calls on the test): the page head and first section
 reach the viewer while the next section's data is still loading, and a viewer who leaves stops
-the render (FastAPI: the pending data call is cancelled at once; Flask: the template generator
-is closed at its next section, and no later section is loaded).
+the render (FastAPI and Django: the pending data call is cancelled at once; Flask: the template
+generator is closed at its next section, and no later section is loaded).
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from harness import Conductor, Daemon, Viewer, daemon, header
 
 pytestmark = pytest.mark.daemon
 
-APPS = ["fastapi", "flask"]
+APPS = ["fastapi", "django", "flask"]
+ASYNC_APPS = {"fastapi", "django"}  # they hear http.disconnect at once
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,7 @@ def test_first_section_reaches_the_viewer_before_the_next_is_loaded(
     head = viewer.head()
     assert head.status_code == 200
     assert header(head, b"content-type") == b"text/html; charset=utf-8"
-    seen = read_until(viewer, b'<section id="news">')
+    seen = read_until(viewer, b'<h1 id="first">Today</h1>')  # the news is still loading
     conductor.release(f"{tag}:news")
     seen = read_until(viewer, b"news story 3", seen)
     conductor.wait_waiting(f"{tag}:weather")  # weather's data is not loaded yet ...
@@ -67,7 +68,7 @@ def test_viewer_leaving_stops_the_apps_generator(web: Daemon, conductor, app, ta
     conductor.wait_waiting(f"{tag}:weather")
     viewer.close()
     web.access(request_id=header(head, b"x-request-id").decode())  # sssrd saw the viewer go
-    if app == "fastapi":
+    if app in ASYNC_APPS:
         # http.disconnect reached Starlette at once: the data call it waited on was cancelled.
         assert conductor.report(tag, "cancelled")["section"] == "weather"
     conductor.release(f"{tag}:weather")  # a sync app learns it at its next write

@@ -53,6 +53,8 @@ async def gated_load_async(name: str, delay_s: float) -> list[str]:
 
 fastapi_example = load_example("fastapi")
 fastapi_example.load_section = gated_load_async
+django_example = load_example("django")
+django_example.load_section = gated_load_async
 flask_example = load_example("flask")
 flask_example.load_section = gated_load
 
@@ -86,6 +88,7 @@ def wsgi_fails(environ: dict, start_response: Any) -> Any:
 
 HANDLERS = {
     "fastapi": fastapi_example.handler,
+    "django": django_example.handler,
     "flask": flask_example.handler,
     "asgi-fails": asgi.handler(asgi_fails),
     "wsgi-fails": wsgi.handler(wsgi_fails),
