@@ -39,6 +39,7 @@ export interface Summary {
 }
 
 export const PRELUDE_CONTENT_TYPE: 'application/vnd.awslambda.http-integration-response';
+export const RENDER_ERROR_CONTENT_TYPE: 'application/vnd.sssrd.render-error+json';
 
 /** The callback to sssrd failed. */
 export class CallbackError extends Error {}
@@ -65,16 +66,48 @@ export class CallbackStream extends Writable {
   readonly summary: Summary | null;
   /** Only before the first write. */
   setContentType(contentType: string): void;
+  /** Status, headers and cookies in AWS's prelude format, sent with the first write; only before it. */
+  setPrelude(init: ResponseInit): void;
+  /** Whether any of the response has been sent (after that an error can only cut it). */
+  readonly started: boolean;
   /** Opens the callback at once (otherwise the first write does). */
   open(): this;
 }
 
-/** Sends the prelude at once and returns the body's stream. */
+/**
+ * The body's stream; the prelude goes out with the first write (or end). destroy(error) before
+ * the first write reports the error to sssrd: the viewer gets 502 at once.
+ */
 export function streamResponse(
   event: SssrdEvent,
   init?: ResponseInit,
   options?: CallbackOptions,
 ): CallbackStream;
+
+/**
+ * Runs render(out) and owns the ending: a return ends the body and resolves to sssrd's summary;
+ * a throw is reported (before the first write: 502 at once) or cuts the stream, then rethrown;
+ * the viewer leaving resolves to null.
+ */
+export function withStream(
+  event: SssrdEvent,
+  init: ResponseInit,
+  render: (out: CallbackStream) => unknown,
+  options?: CallbackOptions,
+): Promise<Summary | null>;
+
+/** sssrd's answer to an error report. */
+export interface ErrorReported {
+  requestId: string;
+  reported: true;
+}
+
+/** Tells sssrd the render failed before sending anything (the viewer gets 502 at once). */
+export function reportError(
+  event: SssrdEvent,
+  error: unknown,
+  options?: CallbackOptions,
+): Promise<ErrorReported>;
 
 /** Sends a whole response in one request (Content-Length). */
 export function respond(

@@ -3,7 +3,9 @@
  * sssrd-callback: stream a Lambda's render back to sssrd over its callback URL (no dependencies).
  *
  * A stream is one POST to event.sssrd.callbackUrl with the bearer token, chunked, in AWS's prelude
- * format (JSON prelude, 8 NUL bytes, body). Each write() is one HTTP chunk, sent at once (no
+ * format (JSON prelude, 8 NUL bytes, body). The POST starts with the first body write (the prelude
+ * waits for it): a render that fails before then reports the error in a short POST of its own
+ * (render-error), so the viewer gets 502 at once. Each write() is one HTTP chunk, sent at once (no
  * coalescing, TCP_NODELAY). sssrd says nothing until the body has ended unless it is ending the
  * stream, so any answer or close before then means the viewer left (410, or a bare close) or the
  * callback was refused: the stream is destroyed with ViewerGone or CallbackRejected and its
@@ -19,6 +21,8 @@ const { Writable, finished } = require('node:stream');
 
 const PRELUDE_CONTENT_TYPE = 'application/vnd.awslambda.http-integration-response';
 const PRELUDE_SEPARATOR = Buffer.alloc(8);
+const RENDER_ERROR_CONTENT_TYPE = 'application/vnd.sssrd.render-error+json';
+const MAX_ERROR_TYPE = 128;
 const DEFAULT_TIMEOUT_MS = 30_000;
 const ANSWER_LIMIT = 64 * 1024; // sssrd's answers are small JSON objects
 const EXCERPT = 200;
@@ -59,7 +63,10 @@ class CallbackStream extends Writable {
   #target;
   #options;
   #contentType;
+  #prelude = null; // sent just before the first body byte
   #request = null;
+  #unflushed = 0; // chunks handed to the request that have not reached the socket yet
+  #flushed = null; // called when #unflushed drops to 0
   #connected = false;
   #ended = false; // the final chunk was sent
   #delivered = null; // the _final callback, waiting for sssrd's answer
@@ -89,6 +96,18 @@ class CallbackStream extends Writable {
     this.#contentType = contentType;
   }
 
+  /** The response's status, headers and cookies, sent in AWS's prelude format with the first
+   * body write (or the end); only before the first write. */
+  setPrelude(init) {
+    this.setContentType(PRELUDE_CONTENT_TYPE);
+    this.#prelude = prelude(init);
+  }
+
+  /** Whether any of the response has been sent (after that, an error can only cut it). */
+  get started() {
+    return this.#request !== null;
+  }
+
   /** Opens the callback now (sending its head) so sssrd can answer the viewer's head at once. */
   open() {
     if (this.#request !== null || this.destroyed) return this;
@@ -115,16 +134,32 @@ class CallbackStream extends Writable {
   }
 
   _write(chunk, _encoding, callback) {
-    this.open();
     if (chunk.length === 0) return callback(); // an empty chunk would end the body
-    this.#request.write(chunk, (error) => {
+    this.#openWithPrelude();
+    // Called back once the request took the chunk, not once it reached the socket: a chunk
+    // still waiting in this Writable would be dropped by a destroy() in the same tick, while
+    // one the request holds is flushed before the cut (see _destroy).
+    if (this.#send(chunk)) callback();
+    else this.#request.once('drain', () => callback());
+  }
+
+  #send(chunk) {
+    this.#unflushed += 1;
+    return this.#request.write(chunk, (error) => {
+      this.#unflushed -= 1;
       if (error) this.#lost(error); // destroys this stream with ViewerGone (or what else)
-      callback();
+      if (this.#unflushed === 0) this.#flushed?.();
     });
   }
 
-  _final(callback) {
+  #openWithPrelude() {
+    if (this.#request !== null) return;
     this.open();
+    if (this.#prelude !== null) this.#send(this.#prelude);
+  }
+
+  _final(callback) {
+    this.#openWithPrelude();
     this.#ended = true;
     this.#delivered = callback;
     this.#answerTimer = setTimeout(() => {
@@ -137,9 +172,33 @@ class CallbackStream extends Writable {
 
   _destroy(error, callback) {
     clearTimeout(this.#answerTimer);
-    // Unless sssrd answered, drop the connection without the final chunk: a truncated body.
-    if (this.#request !== null && this.summary === null) this.#request.destroy();
-    callback(error);
+    if (this.#request === null) {
+      // Nothing was sent: a render error is reported (502 at once); 'close' waits for it, so a
+      // handler that awaits the stream is not frozen by the runtime before the report is out.
+      // destroy() without an error is a cut, and there is nothing to cut yet: report it too.
+      if (!(error instanceof CallbackError)) {
+        const reported = error ?? new Error('stream destroyed before its first write');
+        sendErrorReport(this.#target, reported, this.#options).then(
+          () => callback(error),
+          () => callback(error),
+        );
+      } else callback(error);
+      return;
+    }
+    if (this.summary !== null) return callback(error);
+    // Drop the connection without the final chunk (a truncated body), once what was written
+    // before the cut has reached the socket: those bytes are the viewer's.
+    const cut = () => {
+      this.#request.destroy();
+      callback(error);
+    };
+    if (this.#unflushed === 0 || this.#request.destroyed) return cut();
+    const timer = setTimeout(cut, this.#options.timeoutMs);
+    timer.unref();
+    this.#flushed = () => {
+      clearTimeout(timer);
+      cut();
+    };
   }
 
   #answered(response) {
@@ -173,16 +232,66 @@ class CallbackStream extends Writable {
 }
 
 /**
- * Opens a streamed response: sends the prelude at once and returns the body's Writable.
+ * A streamed response: the body's Writable; the prelude goes out with the first write (or end).
+ * destroy(error) before the first write reports the error to sssrd (the viewer gets 502 at once).
  * @param event the event sssrd invoked the function with
  * @param init {statusCode, headers, cookies} of the viewer's response
  * @param options {timeoutMs}: the limit for connecting and for sssrd's final answer
  */
 function streamResponse(event, init = {}, options = {}) {
-  const stream = new CallbackStream(event, { ...options, contentType: PRELUDE_CONTENT_TYPE });
-  stream.open();
-  stream.write(prelude(init));
+  const stream = new CallbackStream(event, options);
+  stream.setPrelude(init);
   return stream;
+}
+
+/**
+ * Runs `render(out)` on a streamed response and owns its ending, so no error path can leave the
+ * viewer waiting: a normal return ends the body (if render did not) and waits for sssrd's
+ * summary; a throw before the first write reports the error (502 at once), after it cuts the
+ * stream, and is rethrown either way, unless it was only the viewer leaving (ViewerGone), which
+ * resolves to null.
+ */
+async function withStream(event, init, render, options = {}) {
+  const out = streamResponse(event, init, options);
+  try {
+    await render(out);
+    if (!out.writableEnded && !out.destroyed) out.end();
+    await settled(out);
+  } catch (error) {
+    if (!out.destroyed) out.destroy(error);
+    await closed(out);
+    if (error instanceof ViewerGone) return null;
+    throw error;
+  }
+  return out.summary;
+}
+
+/** Resolves when the stream finished; rejects with its error. */
+function settled(stream) {
+  return new Promise((resolve, reject) => {
+    finished(stream, (error) => (error ? reject(stream.errored ?? error) : resolve()));
+  });
+}
+
+/** Resolves once the stream is closed (its error report or cut done), whatever its fate. */
+function closed(stream) {
+  return stream.closed ? Promise.resolve() : new Promise((resolve) => stream.once('close', resolve));
+}
+
+/** Tells sssrd the render failed before it sent anything; resolves to sssrd's answer
+ * ({requestId, reported: true}). Only the error's name is sent, never its message. */
+function reportError(event, error, options = {}) {
+  return sendErrorReport(callbackTarget(event), error, options);
+}
+
+function sendErrorReport(target, error, options) {
+  const { url, token, where } = target;
+  const name = String(error?.name ?? error?.constructor?.name ?? 'Error').slice(0, MAX_ERROR_TYPE);
+  const payload = Buffer.from(JSON.stringify({ errorType: name }));
+  return postWhole(url, token, where, { timeoutMs: DEFAULT_TIMEOUT_MS, ...options }, {
+    'content-type': RENDER_ERROR_CONTENT_TYPE,
+    payload,
+  });
 }
 
 /** Sends a whole response in one request (Content-Length); resolves to sssrd's summary. */
@@ -190,9 +299,14 @@ function respond(event, body, init = {}, options = {}) {
   const { url, token, where } = callbackTarget(event);
   const payload = Buffer.concat([prelude(init), Buffer.from(body ?? '')]);
   const settings = { timeoutMs: DEFAULT_TIMEOUT_MS, ...options };
+  return postWhole(url, token, where, settings, { 'content-type': PRELUDE_CONTENT_TYPE, payload });
+}
+
+/** One Content-Length callback; resolves to sssrd's JSON answer, rejects with what it means. */
+function postWhole(url, token, where, settings, { 'content-type': contentType, payload }) {
   return new Promise((resolve, reject) => {
     const request = post(url, token, settings, {
-      'content-type': PRELUDE_CONTENT_TYPE,
+      'content-type': contentType,
       'content-length': String(payload.length),
     });
     let connected = false;
@@ -321,6 +435,10 @@ function parseSummary(body) {
  */
 class HttpResponseStream {
   static from(responseStream, init) {
+    if (responseStream instanceof CallbackStream) {
+      responseStream.setPrelude(init); // sent with the first body byte: an early throw is reported
+      return responseStream;
+    }
     responseStream.setContentType(PRELUDE_CONTENT_TYPE);
     responseStream.write(prelude(init));
     return responseStream;
@@ -332,6 +450,8 @@ class HttpResponseStream {
  * async handler sssrd invokes. The stream opens on the first write, with whatever content type
  * setContentType() or HttpResponseStream.from() set by then. The handler's promise (and an end
  * it forgot) ends the stream; the viewer leaving is not the function's failure, so it resolves.
+ * A handler that rejects before its first write has its error reported (the viewer gets 502 at
+ * once); after it, the stream is cut at once. Either is done before the rejection propagates.
  */
 function streamifyResponse(handler) {
   return async function sssrdStreamingHandler(event, context) {
@@ -340,7 +460,8 @@ function streamifyResponse(handler) {
     try {
       await handler(event, responseStream, context);
     } catch (error) {
-      responseStream.destroy(error);
+      if (!responseStream.destroyed) responseStream.destroy(error);
+      await closed(responseStream);
       throw error;
     }
     if (!responseStream.writableEnded && !responseStream.destroyed) responseStream.end();
@@ -353,11 +474,14 @@ function streamifyResponse(handler) {
 const awslambda = { streamifyResponse, HttpResponseStream };
 
 exports.PRELUDE_CONTENT_TYPE = PRELUDE_CONTENT_TYPE;
+exports.RENDER_ERROR_CONTENT_TYPE = RENDER_ERROR_CONTENT_TYPE;
 exports.CallbackError = CallbackError;
 exports.ViewerGone = ViewerGone;
 exports.CallbackRejected = CallbackRejected;
 exports.CallbackStream = CallbackStream;
 exports.streamResponse = streamResponse;
+exports.withStream = withStream;
+exports.reportError = reportError;
 exports.respond = respond;
 exports.HttpResponseStream = HttpResponseStream;
 exports.streamifyResponse = streamifyResponse;

@@ -163,3 +163,28 @@ def test_closing_the_tab_mid_stream_fails_the_node_stream_and_stops_the_render(
     assert settled["error"] is None
     assert settled["result"] == {"viewerGone": True}  # the helper's stream failed with ViewerGone
     assert held.outcome(before + 1) == "cancelled"  # abort() reached the render's data request
+
+
+def test_fastapi_example_paints_its_first_section_before_the_slow_ones_arrive(conductor, browser):
+    """examples/fastapi, wrapped by its one line, in Chromium: the heading paints while the
+    news data call is held; each section appears when its data is released; closing the tab
+    while the weather data is held cancels that data call at once."""
+    page = browser.new_page()  # closed by the test: the viewer leaving is what it checks
+    with daemon(conductor, "--handler=web_apps:handler") as sssrd:
+        page.navigate(url(sssrd, "/?app=fastapi&tag=browser-fastapi"))
+        conductor.wait_waiting("browser-fastapi:news")  # no section's data has been loaded
+        page.wait_for(FIRST_CONTENTFUL_PAINT, "the heading to be painted")
+        state = page.evaluate(
+            "({ready: document.readyState, title: document.querySelector('h1').textContent,"
+            " stories: document.querySelectorAll('li').length})"
+        )
+        assert state == {"ready": "loading", "title": "Today", "stories": 0}
+        conductor.release("browser-fastapi:news")
+        page.wait_for("document.querySelectorAll('#news li').length === 3", "the news section")
+        conductor.wait_waiting("browser-fastapi:weather")
+        assert page.evaluate("document.querySelectorAll('#weather li').length") == 0
+        page.close()
+        assert conductor.report("browser-fastapi", "cancelled")["section"] == "weather"
+        conductor.release("browser-fastapi:weather")
+        assert conductor.report("browser-fastapi", "returned")
+        assert conductor.count("browser-fastapi", "loading") == 2  # sport was never loaded

@@ -2,8 +2,8 @@
 
 CallbackRecorder accepts one connection in a thread, reads the request head and then the body
 chunk by chunk, queueing each chunk the moment it is complete, and follows a small script:
-answer at the head, hang up after N chunks (with or without a 410, or with a reset), or answer
-the finished body with a JSON summary.
+answer at the head (after the prelude and the first chunk, which travel with it), hang up after
+N chunks (with or without a 410, or with a reset), or answer the finished body with a JSON summary.
 """
 
 from __future__ import annotations
@@ -104,7 +104,9 @@ class CallbackRecorder:
     def _converse(self, conn: socket.socket, reader) -> None:
         self._read_head(reader)
         if self.answer_at_head:
-            self.chunks.put(read_chunk(reader))  # the prelude: leave nothing unread, so no reset
+            # The prelude and the first chunk: leave nothing unread, so no reset.
+            self.chunks.put(read_chunk(reader))
+            self.chunks.put(read_chunk(reader))
             self._hang_up(conn, self.answer_at_head)
             return
         if "content-length" in self.headers:
@@ -183,15 +185,16 @@ def test_stream_sends_prelude_then_each_write_as_its_own_chunk_as_it_happens():
             headers={"content-type": "text/html"},
             cookies=["a=b; Path=/"],
         )
-        prelude, rest = split_prelude(server.next_chunk())
-        assert prelude == {
-            "statusCode": 201,
-            "headers": {"content-type": "text/html"},
-            "cookies": ["a=b; Path=/"],
-        }
-        assert rest == b""
-        for data in ["<html>", "héllo", b"\x00raw bytes\r\n", "x" * 70000]:
+        for index, data in enumerate(["<html>", "héllo", b"\x00raw bytes\r\n", "x" * 70000]):
             out.write(data)
+            if index == 0:  # the prelude goes out with the first write
+                prelude, rest = split_prelude(server.next_chunk())
+                assert prelude == {
+                    "statusCode": 201,
+                    "headers": {"content-type": "text/html"},
+                    "cookies": ["a=b; Path=/"],
+                }
+                assert rest == b""
             expected = data.encode() if isinstance(data, str) else data
             assert server.next_chunk() == expected
         out.write("")  # ignored: an empty chunk would end the body
@@ -262,10 +265,11 @@ def test_next_write_raises_viewer_gone_after_sssrd_hangs_up(answer, reset):
 
 def test_viewer_gone_inside_with_block_propagates_and_closes_quietly():
     with (
-        CallbackRecorder(hang_up_after_chunks=1, answer_before_hang_up=GONE_410) as server,
+        CallbackRecorder(hang_up_after_chunks=2, answer_before_hang_up=GONE_410) as server,
         pytest.raises(callback.ViewerGone),
         callback.open_stream(server.event()) as out,
     ):
+        out.write("first")
         assert server.hung_up.wait(WAIT)
         out.write("too late")
     assert out.summary is None
@@ -284,6 +288,7 @@ def test_401_answer_raises_callback_rejected_without_the_token():
     answer = (401, b'{"error": "bad token"}')
     with CallbackRecorder(answer_at_head=answer) as server:
         out = callback.open_stream(server.event())
+        out.write("first")
         assert server.hung_up.wait(WAIT)
         with pytest.raises(callback.CallbackRejected) as info:
             out.write("body")
@@ -297,6 +302,7 @@ def test_401_answer_raises_callback_rejected_without_the_token():
 def test_410_answer_at_head_is_viewer_gone_not_rejected():
     with CallbackRecorder(answer_at_head=GONE_410) as server:
         out = callback.open_stream(server.event())
+        out.write("first")
         assert server.hung_up.wait(WAIT)
         with pytest.raises(callback.ViewerGone):
             out.write("body")
@@ -359,7 +365,7 @@ def test_unreachable_sssrd_raises_callback_error_naming_the_address():
     spare.close()
     event = {"sssrd": {"callbackUrl": f"http://127.0.0.1:{port}/v1/callback/x", "token": TOKEN}}
     with pytest.raises(callback.CallbackError, match=f"127.0.0.1:{port}") as info:
-        callback.open_stream(event, timeout=5)
+        callback.open_stream(event, timeout=5).write("first")
     assert TOKEN not in str(info.value)
 
 
@@ -371,9 +377,10 @@ def test_tls_stream_is_not_mistaken_for_ended_by_session_tickets():
     authority.configure_trust(client_context)
     with CallbackRecorder(tls=server_context) as server:
         out = callback.open_stream(server.event(), ssl_context=client_context)
-        split_prelude(server.next_chunk())
-        for data in ["one", "two", "three"]:
+        for index, data in enumerate(["one", "two", "three"]):
             out.write(data)
+            if index == 0:
+                split_prelude(server.next_chunk())
             assert server.next_chunk() == data.encode()
         assert out.close() == SUMMARY
     assert server.headers["authorization"] == f"Bearer {TOKEN}"
@@ -386,6 +393,72 @@ def test_silent_sssrd_after_final_chunk_is_a_timeout_error_not_viewer_gone():
             out.close()
     assert not isinstance(info.value, callback.ViewerGone)
     assert server.saw_last_chunk is True
+
+
+def test_stream_sends_nothing_before_its_first_write():
+    with CallbackRecorder() as server:
+        out = callback.open_stream(server.event(), headers={"content-type": "text/html"})
+        assert server.chunks.empty() and not server.request_line
+        out.write("first")
+        assert split_prelude(server.next_chunk())[0]["headers"] == {"content-type": "text/html"}
+        assert server.next_chunk() == b"first"
+        out.close()
+
+
+def error_callback_bytes(error_type: str) -> bytes:
+    return json.dumps({"errorType": error_type}).encode()
+
+
+def test_exception_before_first_write_sends_the_error_callback_not_a_stream():
+    reported = (200, b'{"requestId": "req-1", "reported": true}')
+    with CallbackRecorder(answer=reported) as server:
+        with (
+            pytest.raises(KeyError),
+            callback.open_stream(server.event(), headers={"content-type": "text/html"}),
+        ):
+            raise KeyError("secret-in-the-message")
+        assert server.done.wait(WAIT)
+    assert server.request_line == b"POST /v1/callback/req-1 HTTP/1.1\r\n"
+    assert server.headers["authorization"] == f"Bearer {TOKEN}"
+    assert server.headers["content-type"] == "application/vnd.sssrd.render-error+json"
+    assert server.headers["content-length"] == str(len(server.body))
+    assert "transfer-encoding" not in server.headers
+    assert server.body == error_callback_bytes("KeyError")  # the type, never the message
+    assert server.extra_after_answer == b""
+
+
+def test_abort_before_the_first_write_reports_an_error_instead_of_leaving_the_viewer_waiting():
+    with CallbackRecorder(answer=(200, b'{"reported": true}')) as server:
+        callback.open_stream(server.event()).abort()
+        assert server.done.wait(WAIT)
+    assert server.headers["content-type"] == "application/vnd.sssrd.render-error+json"
+    assert server.body == error_callback_bytes("RuntimeError")
+
+
+def test_refused_error_callback_does_not_hide_the_render_error():
+    with CallbackRecorder(answer=(410, b'{"error": "gone"}')) as server:
+        with pytest.raises(ZeroDivisionError), callback.open_stream(server.event()):
+            raise ZeroDivisionError
+        assert server.done.wait(WAIT)
+    assert server.body == error_callback_bytes("ZeroDivisionError")
+
+
+def test_report_error_sends_at_most_128_characters_of_the_type_and_returns_the_answer():
+    class_name = "E" * 200
+    error = type(class_name, (Exception,), {})("message")
+    with CallbackRecorder(answer=(200, b'{"requestId": "req-1", "reported": true}')) as server:
+        answer = callback.report_error(server.event(), error)
+    assert answer == {"requestId": "req-1", "reported": True}
+    assert server.body == error_callback_bytes("E" * 128)
+
+
+def test_report_error_after_the_stream_was_claimed_raises_rejected():
+    with (
+        CallbackRecorder(answer=(409, b'{"error": "already streaming"}')) as server,
+        pytest.raises(callback.CallbackRejected) as info,
+    ):
+        callback.report_error(server.event(), ValueError())
+    assert info.value.status == 409
 
 
 def test_helper_imports_only_the_standard_library_so_it_can_be_vendored():

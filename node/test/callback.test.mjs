@@ -36,6 +36,7 @@ test('each write reaches the viewer as its own chunk before the next is written'
     return out.summary;
   });
   const viewer = new Viewer(sssrd, '/paced');
+  steps[0].open(); // the prelude travels with the first write
   const head = await viewer.head;
   assert.equal(head.statusCode, 201);
   assert.equal(head.headers['x-rendered-by'], 'node, test');
@@ -110,6 +111,7 @@ test('a refused callback is CallbackRejected with its status, and the real one s
   const settled = sssrd.route('/forged', async (event) => {
     const forged = { ...event, sssrd: { ...event.sssrd, token: 'not-the-token' } };
     const out = streamResponse(forged);
+    out.write('first');
     const [streamError] = await once(out, 'error');
     const respondError = await respond(forged, 'x').catch((error) => error);
     await respond(event, 'real');
@@ -149,6 +151,7 @@ test('an unreachable sssrd is a CallbackError, not a viewer leaving', async () =
   await new Promise((resolve) => closed.close(resolve));
   const event = { sssrd: { callbackUrl: `http://127.0.0.1:${port}/v1/callback/x`, token: 't' } };
   const out = streamResponse(event);
+  out.write('first');
   const [streamError] = await within(once(out, 'error'), 'the stream error');
   const respondError = await within(respond(event, 'x').catch((error) => error), 'respond');
   for (const error of [streamError, respondError]) {

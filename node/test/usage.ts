@@ -5,8 +5,10 @@ import {
   type SssrdEvent,
   type Summary,
   ViewerGone,
+  reportError,
   respond,
   streamResponse,
+  withStream,
 } from 'sssrd-callback';
 import 'sssrd-callback/awslambda';
 import { InvokeTarget } from 'sssrd-callback/invoke-target';
@@ -40,3 +42,26 @@ export const streaming = awslambda.streamifyResponse(async (event, responseStrea
 const target = new InvokeTarget(handler, { timeoutMs: 5000 });
 target.on('settled', ({ requestId }) => requestId.length);
 void target.listen(0).then((url: string) => url.length);
+
+// withStream owns the ending; reportError for a render that builds its body itself.
+export async function withStreamHandler(event: SssrdEvent): Promise<Summary | null> {
+  return withStream(event, { statusCode: 200 }, async (out) => {
+    out.write('<p>first</p>');
+  });
+}
+
+export async function reportingHandler(event: SssrdEvent): Promise<Summary> {
+  let page: string;
+  try {
+    page = renderWholePage();
+  } catch (error) {
+    const answer: { reported: true } = await reportError(event, error);
+    console.log(answer.reported);
+    throw error;
+  }
+  return respond(event, page);
+}
+
+function renderWholePage(): string {
+  return '<p>whole</p>';
+}

@@ -1,8 +1,11 @@
 """Lambda-side helper: stream a render back to sssrd over its callback URL (stdlib only).
 
 Each stream is one POST with chunked framing in AWS's prelude format (JSON prelude, 8 NUL bytes,
-body). sssrd sends nothing before the body ends unless it is ending the stream, so every write
-first polls the socket: anything readable means the viewer left or the callback was refused.
+body). The POST starts with the first body write (prelude and first chunk together): a render that
+fails before it reports the error in a short POST of its own instead, so the viewer gets 502 at
+once rather than an empty 200 or a wait for the deadline. sssrd sends nothing before the body
+ends unless it is ending the stream, so every later write first polls the socket: anything
+readable means the viewer left or the callback was refused.
 In a Lambda runtime, a callback that sssrd accepted leaves its connection open: it waits in a
 small per-host pool for the next render of this warm Lambda (no connect, no handshake); one that
 sssrd closed meanwhile is seen by the same poll and dropped before use. Elsewhere (sssrd's local
@@ -23,15 +26,18 @@ invoker runs handlers inside the daemon itself) every callback closes its connec
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import io
 import json
 import os
+import re
 import select
 import socket
 import ssl
 import threading
 from collections.abc import Mapping, Sequence
+from enum import Enum
 from types import TracebackType
 from typing import Any, NoReturn, cast
 from urllib.parse import SplitResult, urlsplit
@@ -42,11 +48,14 @@ __all__ = [
     "CallbackStream",
     "ViewerGone",
     "open_stream",
+    "report_error",
     "respond",
 ]
 
 PRELUDE_CONTENT_TYPE = "application/vnd.awslambda.http-integration-response"
 PRELUDE_SEPARATOR = b"\0" * 8
+RENDER_ERROR_CONTENT_TYPE = "application/vnd.sssrd.render-error+json"
+MAX_ERROR_TYPE = 128
 DEFAULT_TIMEOUT = 30.0
 _LAST_CHUNK = b"0\r\n\r\n"
 _ANSWER_EXCERPT = 200
@@ -76,21 +85,77 @@ class CallbackRejected(CallbackError):
         self.body = body
 
 
-class CallbackStream:
-    """One streamed callback: write() sends a chunk at once; close() ends it; abort() truncates."""
+class StreamState(Enum):
+    """Where a stream is: nothing sent yet (an error can still be reported), body flowing, over."""
 
-    def __init__(self, connection: http.client.HTTPConnection, where: str) -> None:
-        self._connection = connection
+    PENDING = "pending"
+    OPEN = "open"
+    FINISHED = "finished"
+
+
+class _Target:
+    """Where and how to call back: the URL, the token, the socket options."""
+
+    def __init__(
+        self, event: Mapping[str, Any], timeout: float, ssl_context: ssl.SSLContext | None
+    ) -> None:
+        self.url, self.token = _callback_target(event)
+        self.timeout = timeout
+        self.ssl_context = ssl_context
+        self.where = _describe(self.url)
+
+    def start(
+        self, content_type: str, framing: Mapping[str, str], first: bytes
+    ) -> http.client.HTTPConnection:
+        """Connect (or reuse a kept connection) and send the request head with `first`."""
+        connection = _connect(self.url, self.timeout, self.ssl_context)
+        try:
+            connection.putrequest("POST", _request_target(self.url), skip_accept_encoding=True)
+            _put_headers(connection, self.token, content_type, framing)
+            connection.endheaders(first)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # sssrd refused early and hung up: its answer, if any, is read next
+        except OSError as exc:
+            connection.close()
+            message = f"sending the callback to sssrd at {self.where} failed: {exc}"
+            raise CallbackError(message) from exc
+        return connection
+
+    def post(self, content_type: str, payload: bytes) -> dict[str, Any]:
+        """One Content-Length callback; sssrd's JSON summary, or the error its answer means."""
+        connection = self.start(content_type, {"Content-Length": str(len(payload))}, payload)
+        reusable = False
+        try:
+            answer = _read_answer(connection, b"", self.where)
+            reusable = answer is not None and answer[0] < 400 and answer[2]
+        finally:
+            _release(connection, reusable)
+        if answer is None or answer[0] >= 400:
+            raise _error_for(answer, self.where)
+        return _parse_summary(answer[1])
+
+
+class CallbackStream:
+    """One streamed callback: write() sends a chunk at once; close() ends it; abort() truncates.
+
+    Leaving it as a context manager by an exception before anything was written reports the
+    error to sssrd (the viewer gets 502 at once); after the first write it cuts the stream."""
+
+    def __init__(self, target: _Target, prelude: bytes) -> None:
+        self._target = target
+        self._prelude = prelude
+        self._connection: http.client.HTTPConnection | None = None
         self._reusable = False  # set once sssrd accepted the stream and kept the connection
-        self._sock: socket.socket = connection.sock
-        self._where = where
         self._failure: CallbackError | None = None
-        self._finished = False
+        self.state = StreamState.PENDING
         self.summary: dict[str, Any] | None = None
 
+    @property
+    def _where(self) -> str:
+        return self._target.where
+
     def __repr__(self) -> str:
-        state = "finished" if self._finished else "open"
-        return f"<CallbackStream {self._where} {state}>"
+        return f"<CallbackStream {self._where} {self.state.value}>"
 
     def __enter__(self) -> CallbackStream:
         return self
@@ -101,25 +166,29 @@ class CallbackStream:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        if exc_type is None:
+        if exc is None:
             self.close()
         else:
-            self.abort()
+            self.fail(exc)
+
+    @property
+    def started(self) -> bool:
+        """Whether any of the response has been sent (the error can no longer be reported)."""
+        return self.state is not StreamState.PENDING
 
     def write(self, data: str | bytes) -> None:
         """Send data as one HTTP chunk now; raises ViewerGone once sssrd has ended the stream."""
         payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
         if not payload:
             return  # an empty chunk would end the body
-        self._check_open()
-        self._send(b"%x\r\n" % len(payload) + payload + b"\r\n")
+        self._send_frames(_chunk(payload))
 
     def close(self) -> dict[str, Any]:
         """Send the final chunk and return sssrd's JSON summary ({"requestId", "bytes"})."""
         if self.summary is not None:
             return self.summary
-        self._check_open()
-        self._send(_LAST_CHUNK)
+        self._send_frames(_LAST_CHUNK)
+        assert self._connection is not None  # _send_frames started the stream or raised
         try:
             answer = _read_answer(self._connection, b"", self._where)
             self._reusable = answer is not None and answer[0] < 400 and answer[2]
@@ -130,22 +199,60 @@ class CallbackStream:
         self.summary = _parse_summary(answer[1])
         return self.summary
 
-    def abort(self) -> None:
-        """Close without the final chunk, so the viewer sees a truncated response."""
-        self._end()
+    def fail(self, error: BaseException) -> None:
+        """The render failed: report it if nothing was sent yet (502 at once), else cut the
+        stream. Never raises: the render's own error is the one worth propagating."""
+        if self.state is StreamState.PENDING:
+            self.state = StreamState.FINISHED
+            # sssrd refused or is gone: nothing better to tell it.
+            with contextlib.suppress(CallbackError):
+                self._target.post(RENDER_ERROR_CONTENT_TYPE, _error_report(error))
+        else:
+            self.abort()
 
-    def _check_open(self) -> None:
+    def abort(self) -> None:
+        """Close without the final chunk, so the viewer sees a truncated response; before the
+        first write, report an error instead (there is no response to truncate)."""
+        if self.state is StreamState.PENDING:
+            self.fail(RuntimeError("stream aborted before its first write"))
+        else:
+            self._end()
+
+    def fileno(self) -> int:
+        """The callback socket, once the stream has started (-1 before and after): readable
+        the moment sssrd ends the stream, for callers that wait on it in an event loop."""
+        if self._connection is None or self._connection.sock is None:
+            return -1
+        return self._connection.sock.fileno()
+
+    def _send_frames(self, frames: bytes) -> None:
         if self._failure is not None:
             raise self._failure
-        if self._finished:
+        if self.state is StreamState.FINISHED:
             raise CallbackError(f"callback stream to {self._where} is already closed")
-        already_read = _probe_for_end(self._sock)
+        if self.state is StreamState.PENDING:
+            self.state = StreamState.OPEN
+            try:
+                self._connection = self._target.start(
+                    PRELUDE_CONTENT_TYPE,
+                    {"Transfer-Encoding": "chunked"},
+                    _chunk(self._prelude) + frames,
+                )
+            except CallbackError as error:
+                self._fail_with(error)
+            return
+        already_read = _probe_for_end(self._socket())
         if already_read is not None:
             self._fail_with_answer(already_read)
+        self._send(frames)
+
+    def _socket(self) -> socket.socket:
+        assert self._connection is not None and self._connection.sock is not None
+        return cast(socket.socket, self._connection.sock)
 
     def _send(self, frame: bytes) -> None:
         try:
-            self._sock.sendall(frame)
+            self._socket().sendall(frame)
         except (BrokenPipeError, ConnectionResetError):
             self._fail_with_answer(b"")
         except TimeoutError:
@@ -155,6 +262,7 @@ class CallbackStream:
 
     def _fail_with_answer(self, already_read: bytes) -> NoReturn:
         """sssrd ended the stream: read why, then fail this and every later call with it."""
+        assert self._connection is not None
         try:
             error = _error_for(
                 _read_answer(self._connection, already_read, self._where), self._where
@@ -169,8 +277,9 @@ class CallbackStream:
         raise error
 
     def _end(self) -> None:
-        self._finished = True
-        _release(self._connection, self._reusable)
+        self.state = StreamState.FINISHED
+        if self._connection is not None:
+            _release(self._connection, self._reusable)
 
 
 def open_stream(
@@ -182,20 +291,8 @@ def open_stream(
     timeout: float = DEFAULT_TIMEOUT,
     ssl_context: ssl.SSLContext | None = None,
 ) -> CallbackStream:
-    """Open the callback and send the prelude at once, so sssrd can send the response head."""
-    url, token = _callback_target(event)
-    connection = _connect(url, timeout, ssl_context)
-    where = _describe(url)
-    try:
-        connection.putrequest("POST", _request_target(url), skip_accept_encoding=True)
-        _put_headers(connection, token, {"Transfer-Encoding": "chunked"})
-        connection.endheaders()
-    except OSError as exc:
-        connection.close()
-        raise CallbackError(f"sending the callback head to sssrd at {where} failed: {exc}") from exc
-    stream = CallbackStream(connection, where)
-    stream.write(_prelude(status, headers, cookies))
-    return stream
+    """A stream whose prelude (status, headers) goes out with its first write or its close."""
+    return CallbackStream(_Target(event, timeout, ssl_context), _prelude(status, headers, cookies))
 
 
 def respond(
@@ -209,30 +306,35 @@ def respond(
     ssl_context: ssl.SSLContext | None = None,
 ) -> dict[str, Any]:
     """Send a whole response in one request (Content-Length) and return sssrd's JSON summary."""
-    url, token = _callback_target(event)
     payload = _prelude(status, headers, cookies) + (
         body.encode("utf-8") if isinstance(body, str) else bytes(body)
     )
-    connection = _connect(url, timeout, ssl_context)
-    where = _describe(url)
-    try:
-        connection.putrequest("POST", _request_target(url), skip_accept_encoding=True)
-        _put_headers(connection, token, {"Content-Length": str(len(payload))})
-        connection.endheaders(payload)
-    except (BrokenPipeError, ConnectionResetError):
-        pass  # sssrd refused early and hung up: its answer, if any, is read below
-    except OSError as exc:
-        connection.close()
-        raise CallbackError(f"sending the callback to sssrd at {where} failed: {exc}") from exc
-    reusable = False
-    try:
-        answer = _read_answer(connection, b"", where)
-        reusable = answer is not None and answer[0] < 400 and answer[2]
-    finally:
-        _release(connection, reusable)
-    if answer is None or answer[0] >= 400:
-        raise _error_for(answer, where)
-    return _parse_summary(answer[1])
+    return _Target(event, timeout, ssl_context).post(PRELUDE_CONTENT_TYPE, payload)
+
+
+def report_error(
+    event: Mapping[str, Any],
+    error: BaseException,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    ssl_context: ssl.SSLContext | None = None,
+) -> dict[str, Any]:
+    """Tell sssrd the render failed before it sent anything, so the viewer gets 502 at once.
+
+    Only the error's class name is sent, never its message (it may hold secrets). Returns sssrd's
+    answer ({"requestId", "reported": true}); raises CallbackRejected (409/410) when the request
+    is already being answered or is over."""
+    return _Target(event, timeout, ssl_context).post(
+        RENDER_ERROR_CONTENT_TYPE, _error_report(error)
+    )
+
+
+def _error_report(error: BaseException) -> bytes:
+    return json.dumps({"errorType": type(error).__name__[:MAX_ERROR_TYPE]}).encode("utf-8")
+
+
+def _chunk(payload: bytes) -> bytes:
+    return b"%x\r\n" % len(payload) + payload + b"\r\n"
 
 
 def _callback_target(event: Mapping[str, Any]) -> tuple[SplitResult, str]:
@@ -245,7 +347,13 @@ def _callback_target(event: Mapping[str, Any]) -> tuple[SplitResult, str]:
         ) from None
     if url.scheme not in ("http", "https") or not url.hostname or not isinstance(token, str):
         raise CallbackError(f"sssrd.callbackUrl is not an http(s) URL: {url.scheme}://{url.netloc}")
+    if not _TOKEN.fullmatch(token):
+        # Never quote it: the token is the secret.
+        raise CallbackError("sssrd.token in the event is not a valid header value")
     return url, token
+
+
+_TOKEN = re.compile(r"[\x21-\x7e]+")  # visible ASCII: what sssrd issues, and a safe header value
 
 
 _idle: dict[tuple[str, str, int | None], list[http.client.HTTPConnection]] = {}
@@ -314,15 +422,13 @@ def _connect(
 
 
 def _put_headers(
-    connection: http.client.HTTPConnection, token: str, framing: Mapping[str, str]
+    connection: http.client.HTTPConnection,
+    token: str,
+    content_type: str,
+    framing: Mapping[str, str],
 ) -> None:
-    try:
-        connection.putheader("Authorization", f"Bearer {token}")
-    except ValueError:
-        connection.close()
-        # http.client's message would quote the header value, that is, the secret.
-        raise CallbackError("sssrd.token in the event is not a valid header value") from None
-    connection.putheader("Content-Type", PRELUDE_CONTENT_TYPE)
+    connection.putheader("Authorization", f"Bearer {token}")  # _callback_target checked it
+    connection.putheader("Content-Type", content_type)
     connection.putheader("User-Agent", "sssrd-callback/1")
     connection.putheader("Connection", "keep-alive")  # sssrd keeps it only when asked
     for name, value in framing.items():
