@@ -1,9 +1,9 @@
 """BodyRelay and RequestCycle in-process, over socket.socketpair(), with a fresh ServerState.
 
 No daemon and no subprocess: the relay moves a callback body between two socket pairs (one end
-plays the Lambda, one the viewer), and a whole request runs through a ViewerConnection and a
-CallbackConnection with a state object built here. The invoker is the one stand-in: as a render
-would, it calls back, by writing a callback request into the callback pair. Budget: ~2 s.
+plays the Lambda, one the viewer), and whole requests run through tests/inprocess.py's Rig (a
+real ViewerConnection and CallbackConnection on a fresh state; the render is the one stand-in,
+calling back over a socket pair). Budget: ~2 s.
 """
 
 import asyncio
@@ -14,18 +14,23 @@ from collections.abc import Callable
 
 import h11
 import pytest
-from inprocess import BOUND, CALLBACK_BASE, chunked, daemon_side, run, socket_pair
+from inprocess import (
+    BOUND,
+    Rig,
+    StandInRender,
+    answered_with,
+    callback_head,
+    chunked,
+    daemon_side,
+    run,
+    run_cycle,
+    socket_pair,
+)
 
-from sssrd.callbacks import CallbackConnection
 from sssrd.chunked import ChunkedDecoder, LengthDecoder
-from sssrd.config import load_settings
 from sssrd.outcomes import Outcome
-from sssrd.pending import PendingRegistry
 from sssrd.pipe import BodyRelay, PipePool, StreamAborted
 from sssrd.prelude import PRELUDE_CONTENT_TYPE
-from sssrd.state import ServerState
-from sssrd.tally import Tally
-from sssrd.viewer import ViewerConnection
 
 
 class Viewer:
@@ -298,227 +303,83 @@ def test_a_lambda_silent_past_idle_timeout_aborts_as_idle_and_close_cancels_the_
     run(scenario)
 
 
-# -- a whole request, in-process ------------------------------------------------------------
+# -- a whole request, in-process (tests/inprocess.py) ---------------------------------------
 
 
-class CallingBackInvoker:
-    """Stands in for the render: on invoke, it sends the event's callback, over a socket pair
-    served by a real CallbackConnection, with the given body (a prelude-less 200 response)."""
-
-    def __init__(
-        self,
-        state_box: list[ServerState],
-        body: bytes,
-        content_type: bytes = b"text/plain",
-        *,
-        chunked: bool = False,
-        missing: int = 0,
-        then: bytes = b"",
-    ) -> None:
-        """`chunked`: `body` is the chunked wire, after which (and after `then`, sent once `go`
-        is set) the render hangs up; `missing`: the Content-Length promises that many bytes
-        more, which the render holds back."""
-        self.state_box = state_box
-        self.body = body
-        self.content_type = content_type
-        self.chunked = chunked
-        self.missing = missing
-        self.then = then
-        self.go = asyncio.Event()
-        self.answer: asyncio.Future[bytes] | None = None
-        self.tasks: list[asyncio.Task[None]] = []
-        self.events: list[dict] = []
-
-    async def invoke(self, payload: bytes) -> None:
-        event = json.loads(payload)
-        self.events.append(event)
-        callback = event["sssrd"]
-        path = callback["callbackUrl"].split("/", 3)[3]
-        lambda_sock, daemon_sock = socket_pair()
-        served = CallbackConnection(self.state_box[0], daemon_side(daemon_sock))
-        self.tasks.append(asyncio.create_task(served.run()))
-        framing = (
-            b"transfer-encoding: chunked"
-            if self.chunked
-            else b"content-length: %d" % (len(self.body) + self.missing)
-        )
-        request = (
-            b"POST /%s HTTP/1.1\r\nhost: sssrd\r\nauthorization: Bearer %s\r\n"
-            b"content-type: %s\r\n%s\r\n\r\n%s"
-            % (path.encode(), callback["token"].encode(), self.content_type, framing, self.body)
-        )
-        loop = asyncio.get_running_loop()
-        self.answer = loop.create_future()
-        self.tasks.append(asyncio.create_task(self.read_answer(lambda_sock, request)))
-
-    async def read_answer(self, sock: socket.socket, request: bytes) -> None:
-        loop = asyncio.get_running_loop()
-        await loop.sock_sendall(sock, request)
-        if self.then:
-            await self.go.wait()
-            await loop.sock_sendall(sock, self.then)
-        if self.chunked:
-            sock.shutdown(socket.SHUT_WR)
-        answer = bytearray()
-        while data := await loop.sock_recv(sock, 65_536):
-            answer += data
-        sock.close()
-        self.answer.set_result(bytes(answer))
-
-    def close(self) -> None:
-        for task in self.tasks:
-            task.cancel()
-
-
-def fresh_state(invoker: CallingBackInvoker, box: list[ServerState]) -> ServerState:
-    # The invoker is this module's; the setting only has to pass validation.
-    defaults = {"callback_url": CALLBACK_BASE, "invoker": "lambda", "function": "render"}
-    settings = load_settings(None, environ={}, defaults=defaults)
-    state = ServerState(
-        settings=settings,
-        loop=asyncio.get_running_loop(),
-        pending=PendingRegistry(settings.max_pending),
-        invoker=invoker,
-        pipes=PipePool(4),
-        tally=Tally(),
-        callback_base=CALLBACK_BASE,
+def test_a_request_cycle_streams_the_callback_to_the_viewer_and_answers_the_lambda():
+    cycle = run_cycle(
+        b"GET /page?q=1 HTTP/1.1\r\nhost: example.test\r\n\r\n",
+        answered_with(b"rendered in-process"),
     )
-    box.append(state)
-    return state
-
-
-def sample(state: ServerState, name: str, **labels: str) -> float | None:
-    return state.tally.metrics.registry.get_sample_value(name, labels)
-
-
-def test_a_request_cycle_streams_the_callback_to_the_viewer_and_answers_the_lambda(capsys):
-    async def scenario():
-        box: list[ServerState] = []
-        invoker = CallingBackInvoker(box, b"rendered in-process")
-        state = fresh_state(invoker, box)
-        viewer_sock, daemon_sock = socket_pair()
-        viewer = Viewer(viewer_sock)
-        serving = asyncio.create_task(ViewerConnection(state, daemon_side(daemon_sock)).run())
-        try:
-            await asyncio.get_running_loop().sock_sendall(
-                viewer_sock, b"GET /page?q=1 HTTP/1.1\r\nhost: example.test\r\n\r\n"
-            )
-            head, body, complete = await viewer.response()
-            answer = await invoker.answer
-        finally:
-            viewer_sock.close()
-            await serving
-            invoker.close()
-        assert head.status_code == 200 and complete and body == b"rendered in-process"
-        assert answer.startswith(b"HTTP/1.1 200 ") and b'"bytes": 19' in answer
-        assert invoker.events[0]["rawPath"] == "/page"
-        assert sample(state, "sssrd_requests_total", code="2xx", outcome="ok") == 1
-        assert state.tally.cycles_in_flight == 0 and state.tally.streams_in_flight == 0
-        assert len(state.pending) == 0
-
-    run(scenario)
-    access = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [(line["path"], line["status"], line["outcome"]) for line in access] == [
-        ("/page", 200, "ok")
-    ]
+    response, state = cycle.response, cycle.rig.state
+    assert response.status == 200 and response.complete and response.body == b"rendered in-process"
+    assert cycle.answer.status == 200 and json.loads(cycle.answer.body)["bytes"] == 19
+    assert cycle.rig.render.events[0]["rawPath"] == "/page"
+    assert cycle.rig.sample("sssrd_requests_total", code="2xx", outcome="ok") == 1
+    assert state.tally.cycles_in_flight == 0 and state.tally.streams_in_flight == 0
+    assert len(state.pending) == 0
+    record = cycle.record
+    assert (record["path"], record["status"], record["outcome"]) == ("/page", 200, "ok")
 
 
 def test_prelude_headers_that_sssrd_drops_are_named_in_a_debug_line(caplog):
     prelude = json.dumps({"statusCode": 201, "headers": {"Connection": "close", "x-a": "1"}})
     rendered = prelude.encode() + b"\0" * 8 + b"body"
-
-    async def scenario():
-        box: list[ServerState] = []
-        invoker = CallingBackInvoker(box, rendered, PRELUDE_CONTENT_TYPE)
-        state = fresh_state(invoker, box)
-        viewer_sock, daemon_sock = socket_pair()
-        viewer = Viewer(viewer_sock)
-        serving = asyncio.create_task(ViewerConnection(state, daemon_side(daemon_sock)).run())
-        try:
-            await asyncio.get_running_loop().sock_sendall(
-                viewer_sock, b"GET / HTTP/1.1\r\nhost: example.test\r\n\r\n"
-            )
-            head, body, complete = await viewer.response()
-            await invoker.answer
-        finally:
-            viewer_sock.close()
-            await serving
-            invoker.close()
-        assert head.status_code == 201 and (b"x-a", b"1") in head.headers
-        assert (b"connection", b"close") not in head.headers
-        assert complete and body == b"body"
-
     with caplog.at_level(logging.DEBUG, logger="sssrd"):
-        run(scenario)
+        cycle = run_cycle(
+            b"GET / HTTP/1.1\r\nhost: example.test\r\n\r\n",
+            answered_with(rendered, PRELUDE_CONTENT_TYPE),
+        )
+    response = cycle.response
+    assert response.status == 201 and response.headers[b"x-a"] == b"1"
+    assert b"connection" not in response.headers
+    assert response.complete and response.body == b"body"
     [line] = [record for record in caplog.records if "headers of the render dropped" in record.msg]
     assert line.headers == ["connection"] and len(line.request_id) == 32
 
 
-def test_a_viewer_gone_while_waiting_for_its_callback_is_one_viewer_abort(capsys):
+def test_a_viewer_gone_while_waiting_for_its_callback_is_one_viewer_abort():
     async def scenario():
-        box: list[ServerState] = []
-        invoker = NeverCallsBack()
-        state = fresh_state(invoker, box)
-        viewer_sock, daemon_sock = socket_pair()
-        serving = asyncio.create_task(ViewerConnection(state, daemon_side(daemon_sock)).run())
-        await asyncio.get_running_loop().sock_sendall(
-            viewer_sock, b"GET / HTTP/1.1\r\nhost: example.test\r\n\r\n"
-        )
-        await invoker.invoked.wait()
-        viewer_sock.close()
-        await serving
-        assert sample(state, "sssrd_requests_total", code="4xx", outcome="viewer_abort") == 1
-        assert sample(state, "sssrd_aborts_total", side="viewer") == 1
-        assert len(state.pending) == 0 and state.tally.cycles_in_flight == 0
+        render = StandInRender()  # never calls back
+        async with Rig(render) as rig:
+            await rig.send(b"GET / HTTP/1.1\r\nhost: example.test\r\n\r\n")
+            await render.invoked.wait()
+            rig.viewer.close()
+            await rig.serving
+            state = rig.state
+            assert rig.sample("sssrd_requests_total", code="4xx", outcome="viewer_abort") == 1
+            assert rig.sample("sssrd_aborts_total", side="viewer") == 1
+            assert len(state.pending) == 0 and state.tally.cycles_in_flight == 0
+        assert [(line["status"], line["outcome"]) for line in rig.access] == [(499, "viewer_abort")]
 
     run(scenario)
-    access = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [(line["status"], line["outcome"]) for line in access] == [(499, "viewer_abort")]
 
 
-class NeverCallsBack:
-    def __init__(self) -> None:
-        self.invoked = asyncio.Event()
-
-    async def invoke(self, payload: bytes) -> None:
-        self.invoked.set()
-
-    def close(self) -> None:
-        pass
+async def received_until(sock: socket.socket, part: bytes) -> bytes:
+    received = b""
+    while part not in received:
+        received += await asyncio.get_running_loop().sock_recv(sock, 65_536)
+    return received
 
 
-async def serve_one_viewer(state: ServerState) -> tuple[socket.socket, asyncio.Task[None]]:
-    """A viewer's end of a pair that has sent GET /, and the ViewerConnection serving it."""
-    viewer_sock, daemon_sock = socket_pair()
-    serving = asyncio.create_task(ViewerConnection(state, daemon_side(daemon_sock)).run())
-    await asyncio.get_running_loop().sock_sendall(viewer_sock, b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
-    return viewer_sock, serving
-
-
-def test_a_viewer_hanging_up_mid_body_is_seen_by_the_watch_and_its_render_told_410(capsys):
+def test_a_viewer_hanging_up_mid_body_is_seen_by_the_watch_and_its_render_told_410():
     async def scenario():
-        box: list[ServerState] = []
-        invoker = CallingBackInvoker(box, b"first part", missing=100)
-        state = fresh_state(invoker, box)
-        viewer_sock, serving = await serve_one_viewer(state)
-        loop = asyncio.get_running_loop()
-        try:
-            received = b""
-            while b"first part" not in received:
-                received += await loop.sock_recv(viewer_sock, 65_536)
+        # The Content-Length promises 100 bytes more, which the render holds back.
+        first = b"first part"
+        render = StandInRender(lambda event: callback_head(event, length=len(first) + 100) + first)
+        async with Rig(render) as rig:
+            await rig.send(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            await received_until(rig.viewer, first)
             # The relay now waits for the render's next bytes: only the watch can see this.
-            viewer_sock.close()
-            answer = await invoker.answer
-            await serving
-        finally:
-            viewer_sock.close()
-            invoker.close()
-        assert answer.startswith(b"HTTP/1.1 410 ")
-        assert sample(state, "sssrd_aborts_total", side="viewer") == 1
+            rig.viewer.close()
+            answer = await rig.answer()
+            await rig.serving
+            assert answer.status == 410
+            assert rig.sample("sssrd_aborts_total", side="viewer") == 1
+        (access,) = rig.access
+        assert access["outcome"] == "viewer_abort" and access["bytes"] == len(first)
 
     run(scenario)
-    (access,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert access["outcome"] == "viewer_abort" and access["bytes"] == len(b"first part")
 
 
 @pytest.mark.parametrize(
@@ -531,28 +392,23 @@ def test_a_viewer_hanging_up_mid_body_is_seen_by_the_watch_and_its_render_told_4
     ids=["breaks-off-mid-chunk", "bad-chunk-header", "bad-chunk-end"],
 )
 def test_a_render_breaking_off_or_misframing_leaves_the_viewer_its_valid_bytes_unterminated(
-    wire, salvaged, capsys
+    wire, salvaged
 ):
     async def scenario():
-        box: list[ServerState] = []
-        invoker = CallingBackInvoker(box, b"5\r\nwhole\r\n", chunked=True, then=wire)
-        state = fresh_state(invoker, box)
-        viewer_sock, serving = await serve_one_viewer(state)
-        viewer, received = Viewer(viewer_sock), b""
-        try:
-            while b"whole" not in received:
-                received += await asyncio.get_running_loop().sock_recv(viewer_sock, 65_536)
-            viewer.h11.receive_data(received)
-            invoker.go.set()
+        render = StandInRender(lambda event: callback_head(event) + b"5\r\nwhole\r\n")
+        async with Rig(render) as rig:
+            await rig.send(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            viewer = Viewer(rig.viewer)
+            viewer.h11.receive_data(await received_until(rig.viewer, b"whole"))
+            lambda_sock = render.lambda_socks[0]
+            await asyncio.get_running_loop().sock_sendall(lambda_sock, wire)
+            lambda_sock.shutdown(socket.SHUT_WR)  # then the render hangs up
             head, body, complete = await viewer.response()
-            await serving
-        finally:
-            viewer_sock.close()
-            invoker.close()
-        assert head.status_code == 200 and not complete  # unterminated: known incomplete
-        assert body == b"whole" + salvaged
-        assert sample(state, "sssrd_aborts_total", side="lambda") == 1
+            await rig.cycles_done()
+            assert head.status_code == 200 and not complete  # unterminated: known incomplete
+            assert body == b"whole" + salvaged
+            assert rig.sample("sssrd_aborts_total", side="lambda") == 1
+        (access,) = rig.access
+        assert access["outcome"] == "lambda_abort" and access["bytes"] == len(b"whole" + salvaged)
 
     run(scenario)
-    (access,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert access["outcome"] == "lambda_abort" and access["bytes"] == len(b"whole" + salvaged)
