@@ -368,3 +368,18 @@ def test_a_reload_mid_request_leaves_the_request_its_settings():
         assert response.status == 200 and response.body == b"body"
 
     run(scenario)
+
+
+def test_a_lambda_idling_after_a_whole_head_response_is_its_abort_not_the_viewers():
+    request = b"HEAD / HTTP/1.1\r\nhost: x\r\n\r\n"
+    settings = {"idle_timeout": 0.05}
+    cycle = run_cycle(
+        request,
+        lambda event: callback_head(event, length=10) + b"abc",
+        settings=settings,
+        method=b"HEAD",
+    )
+    assert cycle.response.status == 200 and cycle.response.complete
+    assert cycle.record["outcome"] == "ok"
+    assert cycle.rig.sample("sssrd_aborts_total", side="lambda") == 1
+    assert cycle.rig.sample("sssrd_timeouts_total", kind="idle") == 1
