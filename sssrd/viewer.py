@@ -423,7 +423,7 @@ class RequestCycle:
             await self.refuse_callback(stream, str(exc), stream.refusal)
         except BadFraming as abort:
             relay.close()
-            if relay.committed:
+            if relay.started:
                 await self.abort_stream(stream, abort, relay)
             else:
                 await self.refuse_callback(stream, str(abort), None)
@@ -472,7 +472,7 @@ class RequestCycle:
     ) -> None:
         stream.finish(StreamEnd(abort.kind, message=str(abort)))
         viewer_side = abort.kind in VIEWER_SIDE
-        if not viewer_side and relay.committed:
+        if not viewer_side and relay.started:
             relay.salvage()
         if viewer_side:
             self.record.outcome = Outcome.VIEWER_ABORT
