@@ -484,9 +484,7 @@ def test_a_worker_that_cannot_start_says_why_backs_off_and_degrades_health(condu
     assert "Traceback" not in stderr
 
 
-def test_a_worker_that_cannot_start_fails_the_daemon_in_the_one_line_it_gave(
-    conductor, slow_imds
-):
+def test_a_worker_that_cannot_start_fails_the_daemon_in_the_one_line_it_gave(conductor, slow_imds):
     """The supervisor is stopped while its workers fail, so it meets their exits and their
     reasons at once (the worst order): the reason still wins over "exited before it listened"."""
     sssrd = starting(conductor, slow_imds.endpoint)
