@@ -93,6 +93,7 @@ class Worker:
     last_metrics: str | None = None  # this process's last answered exposition
     settings_sent: str = ""  # the settings (as TOML) this process was last given
     failed_starts: int = 0  # exits before listening, in a row
+    cannot_start: str = ""  # why this process could not start, if it said so before exiting
 
 
 class DaemonAdminConnection(AdminConnection):
@@ -280,6 +281,7 @@ class Supervisor:
         worker.listened.clear()
         worker.last_metrics = None
         worker.scrapes = deque()  # a new channel: nothing asked of it yet
+        worker.cannot_start = ""
         if self.state.draining:  # stop() came while it was being created
             self.signal(worker, signal.SIGTERM)
         self.spawn_task(self.listen_to(worker, reader, worker.writer, worker.scrapes))
@@ -294,7 +296,8 @@ class Supervisor:
         listened.cancel()
         if not worker.listened.is_set() and not self.state.draining:
             raise OSError(
-                f"worker {worker.index} exited ({worker.process.returncode}) before it listened"
+                worker.cannot_start
+                or f"worker {worker.index} exited ({worker.process.returncode}) before it listened"
             )
 
     # -- what workers say -------------------------------------------------------------------
@@ -319,6 +322,8 @@ class Supervisor:
                     worker.failed_starts = 0
                     worker.listened.set()
                     self.send_settings(worker)  # a reload may have come while it started
+                elif "cannot_start" in message:
+                    worker.cannot_start = str(message["cannot_start"])
                 elif "metrics" in message and scrapes:
                     scrape = scrapes.popleft()
                     if not scrape.done():
