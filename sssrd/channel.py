@@ -4,9 +4,11 @@ With `workers` > 1 each worker is a child of the supervisor and holds one end of
 socketpair. The supervisor's first message is `{"settings": "<Settings.as_toml()>"}`, what the
 worker runs; `{"reload": "<as_toml>"}` carries the settings of a reload it accepted. A worker
 tells the supervisor what a single-process daemon tells systemd, as
-`{"notify": {"READY": "1", ...}}` (READY, RELOADING, STOPPING, STATUS and WATCHDOG, the last
-being its heartbeat), says `{"listening": {"callback_url": ...}}` once it serves, and answers
-every `{"metrics": null}` with `{"metrics": "<its exposition>"}`, in order. Each message is a
+`{"notify": {"READY": "1", ...}}` (READY, RELOADING, STOPPING, STATUS), sends its heartbeat
+`{"heartbeat": {"streaming": n, "awaiting": n, "viewers": n}}` every `--heartbeat` seconds,
+says `{"listening": {"callback_url": ...}}` once it serves, and answers
+every `{"metrics": null}` with `{"metrics": "<its exposition>"}`, in order; one that cannot start
+says why, `{"cannot_start": "<one line>"}`, before it exits. Each message is a
 4-byte big-endian length and that many bytes of UTF-8 JSON; a length over MAX_MESSAGE ends the
 channel (both ends are ours, so that is a bug, never input to tolerate).
 """

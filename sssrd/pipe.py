@@ -405,11 +405,19 @@ class BodyRelay:
         if buffers:
             await self.write(buffers, more)
 
+    @property
+    def started(self) -> bool:
+        """Some of the viewer's response has left, or body bytes wait to leave with the head:
+        from here a failing render's viewer gets what was valid and a cut, never a 502 that
+        would throw those bytes away."""
+        return self.committed or bool(self.wire_size or self.unframed_size)
+
     def salvage(self) -> None:
         """The Lambda failed mid-body: still hand the viewer the valid bytes already decoded
         (the response stays unterminated, so it knows it is incomplete). One non-blocking
         attempt: a viewer that is not reading must not hold the cycle."""
         buffers = [buffer for buffer in self.take_output() if buffer]
+        self.committed = self.committed or bool(buffers)
         with contextlib.suppress(OSError):
             self.sink.sock.sendmsg(buffers)
 

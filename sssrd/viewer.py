@@ -461,7 +461,7 @@ class RequestCycle:
         except BadFraming as abort:
             return (
                 StreamEnd(abort.kind, message=str(abort))
-                if relay.committed
+                if relay.started
                 else malformed(str(abort), None)
             )
         except StreamAborted as abort:
@@ -497,7 +497,7 @@ class RequestCycle:
             return
         self.record.ended(end.kind)
         viewer_side = ENDS[end.kind].side == "viewer"
-        if not viewer_side and relay.committed:
+        if not viewer_side and relay.started:
             relay.salvage()
         if relay.committed or viewer_side:
             self.conn.close()

@@ -90,7 +90,12 @@ async def serve(fds: argparse.Namespace) -> bool:
     except asyncio.CancelledError:
         return False  # told to stop (or orphaned) before it served anything: nothing to drain
     except Exception as exc:
-        raise CannotStart(str(exc) or type(exc).__name__) from None
+        reason = str(exc) or type(exc).__name__
+        # A supervisor still starting fails with this line, as a single-process daemon would;
+        # it arrives before the exit, which comes only after the loop has been torn down.
+        writer.write(encode({"cannot_start": reason}))
+        await writer.drain()
+        raise CannotStart(reason) from None
     writer.write(encode({"listening": {"callback_url": server.state.callback_base}}))
     answering = loop.create_task(answer(reader, writer, server, latest))
     beating = loop.create_task(heartbeat(writer, server, fds.heartbeat))

@@ -76,6 +76,7 @@ class Worker:
     counts: dict[str, int] = field(default_factory=dict)  # its last heartbeat's (COUNTS)
     settings_sent: str = ""  # the settings (as TOML) this process was last given
     failed_starts: int = 0  # exits before listening, in a row
+    cannot_start: str = ""  # why this process could not start, if it said so before exiting
 
 
 class Supervisor:
@@ -231,6 +232,7 @@ class Supervisor:
         worker.last_metrics = None
         worker.counts = {}
         worker.scrapes = deque()  # a new channel: nothing asked of it yet
+        worker.cannot_start = ""
         if self.draining:  # stop() came while it was being created
             self.signal(worker, signal.SIGTERM)
         self.spawn_task(self.listen_to(worker, reader, worker.writer, worker.scrapes))
@@ -245,7 +247,8 @@ class Supervisor:
         listened.cancel()
         if not worker.listened.is_set() and not self.draining:
             raise OSError(
-                f"worker {worker.index} exited ({worker.process.returncode}) before it listened"
+                worker.cannot_start
+                or f"worker {worker.index} exited ({worker.process.returncode}) before it listened"
             )
 
     # -- what workers say -------------------------------------------------------------------
@@ -272,6 +275,8 @@ class Supervisor:
                     worker.failed_starts = 0
                     worker.listened.set()
                     self.send_settings(worker)  # a reload may have come while it started
+                elif "cannot_start" in message:
+                    worker.cannot_start = str(message["cannot_start"])
                 elif "metrics" in message and scrapes:
                     scrape = scrapes.popleft()
                     if not scrape.done():

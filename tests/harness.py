@@ -312,6 +312,16 @@ class Daemon:
     def alive(self) -> bool:
         return self.process.poll() is None
 
+    def workers_left(self) -> list[int]:
+        """Live processes started as this daemon's workers (a zombie's cmdline is empty)."""
+        marker = f"--supervisor-pid={self.process.pid}".encode()
+        left = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                if marker in cmdline.read().split(b"\0"):
+                    left.append(int(pid))
+        return left
+
 
 # Moves the fds named on its command line to 3, 4, ... and execs the daemon after "--", as
 # systemd would start it with LISTEN_FDS / LISTEN_FDNAMES.

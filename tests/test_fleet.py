@@ -20,8 +20,20 @@ import pytest
 pytestmark = [pytest.mark.container, pytest.mark.daemon, pytest.mark.system_tools]
 
 
+def children() -> set[str]:
+    """This test process's child processes, as pids."""
+    found = subprocess.run(["pgrep", "-P", str(os.getpid())], capture_output=True, text=True)
+    return set(found.stdout.split())
+
+
 @pytest.fixture(scope="module")
-def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def children_before() -> set[str]:
+    """Children that other tests' fixtures already hold (a shared daemon, say): not the fleet's."""
+    return children()
+
+
+@pytest.fixture(scope="module")
+def report(children_before: set[str], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return fleet.run_fleet(fleet.SLIM, Path(tmp_path_factory.mktemp("fleet")))
 
 
@@ -40,11 +52,12 @@ def test_report_has_a_row_per_scenario_and_the_load_tests_own_reports(
         assert "Plotly.newPlot" in Path(row["loadtest_html"]).read_text()  # its charts
 
 
-def test_fleet_leaves_no_namespace_link_or_process(report: dict[str, Any]) -> None:
+def test_fleet_leaves_no_namespace_link_or_process(
+    report: dict[str, Any], children_before: set[str]
+) -> None:
     tag = str(os.getpid())
     namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
-    children = subprocess.run(["pgrep", "-P", tag], capture_output=True, text=True).stdout
     assert f"{fleet.NAMESPACE_PREFIX}{tag}-" not in namespaces
     assert f"sfb{tag}" not in links and f"sfv{tag}" not in links
-    assert children.split() == []
+    assert children() - children_before == set()

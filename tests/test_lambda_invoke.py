@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import ROOT, Viewer, daemon, header, http_get
+from harness import ROOT, Daemon, Viewer, daemon, header, http_get
 from test_lifecycle import sssrd_command
 
 from sssrd.testing.fake_imds import FakeIMDS
@@ -334,26 +334,26 @@ def test_callback_url_auto_renders_end_to_end(conductor):
         assert event["sssrd"]["callbackUrl"].startswith(sssrd.callback_url + "/v1/callback/")
 
 
+@pytest.mark.parametrize("processes", [1, 2], ids=["1worker", "2workers"])
 @pytest.mark.parametrize("mode", ["no_ipv4", "down"])
-def test_callback_url_auto_fails_startup_when_imds_cannot_tell(mode):
+def test_callback_url_auto_fails_startup_when_imds_cannot_tell(mode, processes):
+    """Under a supervisor the worker that cannot start says why: the same one line."""
     with FakeIMDS(local_ipv4="127.0.0.1") as imds:
         imds.set_mode(mode)
-        result = sssrd_command(
-            "serve",
-            "--listen=127.0.0.1:0",
-            "--callback-listen=127.0.0.1:0",
-            "--admin-listen=off",
-            "--invoker=local",
+        sssrd = Daemon(
+            None,
+            f"--workers={processes}",
             "--callback-url=auto",
             f"--imds-endpoint={imds.endpoint}",
-            # Under a supervisor the one line says only "worker 0 exited (1) before it
-            # listened": the reason is in the worker's log (reported with issue 21).
-            "--workers=1",
+            ready=False,
         )
-    assert result.returncode == 1, result.stderr
-    assert result.stderr.startswith("sssrd: cannot start: "), result.stderr
-    assert "instance metadata" in result.stderr
-    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+        code = sssrd.wait_exit()
+    stderr = sssrd.stop_now()
+    assert code == 1, stderr
+    assert stderr.startswith("sssrd: cannot start: "), stderr
+    assert "instance metadata" in stderr
+    assert stderr.count("\n") == 1 and "Traceback" not in stderr
+    assert sssrd.workers_left() == []
 
 
 def test_compat_mode_speaks_the_seed_protocol(conductor):

@@ -151,6 +151,24 @@ def test_lambda_dying_mid_body_to_an_http10_viewer_is_logged_and_counted_as_a_cu
     assert sssrd.metric("sssrd_aborts_total", side="lambda") == aborts + 1
 
 
+def test_a_render_whose_body_and_hang_up_arrive_together_still_reaches_its_viewer(sssrd, conductor):
+    """The prelude, both chunks and the hang-up can all be read before a byte has left: the
+    viewer must still get those bytes and a cut, never a 502 that throws them away. Whether
+    they arrive together is up to the kernel, so the test asks thirty times (one in six did)."""
+    conductor.release("together:close")  # the render hangs up as soon as it has written
+    for _ in range(30):
+        with socket.create_connection(sssrd.viewer, timeout=WAIT) as sock:
+            sock.sendall(
+                b"GET /together?scenario=abort_mid_body&tag=together HTTP/1.1\r\nHost: x\r\n\r\n"
+            )
+            data = b""
+            while piece := sock.recv(65536):
+                data += piece
+        head, _, body = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 "), head
+        assert body == b"8\r\npart one\r\n8\r\npart two\r\n"  # no final chunk
+
+
 @pytest.mark.parametrize(
     ("wire", "salvaged"),
     [(b"a\r\nhalf", b"half"), (b"5\r\nhello\r\nzz\r\n", b"hello")],

@@ -491,3 +491,22 @@ def test_a_worker_that_cannot_start_says_why_backs_off_and_degrades_health(condu
         assert http_get(sssrd.admin, "/healthz")[::2] == (200, b"ok\n")
         stderr = sssrd.stop_now()
     assert "Traceback" not in stderr
+
+
+def test_a_worker_that_cannot_start_fails_the_daemon_in_the_one_line_it_gave(conductor, slow_imds):
+    """The supervisor is stopped while its workers fail, so it meets their exits and their
+    reasons at once (the worst order): the reason still wins over "exited before it listened"."""
+    sssrd = starting(conductor, slow_imds.endpoint)
+    try:
+        slow_imds.wait_asked(2)
+        workers = children(sssrd.process.pid)
+        sssrd.signal(signal.SIGSTOP)
+        slow_imds.close()  # cut mid-answer: every worker's start fails
+        wait_for(lambda: not [pid for pid in workers if running(pid)], what="workers to exit")
+        sssrd.signal(signal.SIGCONT)
+        assert sssrd.wait_exit() == 1
+    finally:
+        stderr = sssrd.stop_now()
+    assert stderr.startswith("sssrd: cannot start: ") and "instance metadata" in stderr, stderr
+    assert stderr.count("\n") == 1 and "Traceback" not in stderr
+    assert sssrd.workers_left() == []
