@@ -53,25 +53,33 @@ def die_with_parent() -> None:
 
 
 class PythonRuntime:
-    """`python -m awslambdaric web_apps.handler` against a RuntimeAPI, frozen between runs."""
+    """`python -m awslambdaric <handler>` against a RuntimeAPI, frozen between runs; the API
+    fails its invokes with Runtime.ExitError once the process exits."""
 
-    def __init__(self, conductor: Conductor) -> None:
-        self.api = RuntimeAPI(freeze=self.freeze, thaw=self.thaw).__enter__()
-        self.freezes = 0
+    def __init__(
+        self, conductor: Conductor, handler: str = "web_apps.handler", timeout_s: float = 30.0
+    ) -> None:
         environ = {
-            "PATH": os.environ["PATH"],
             "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)]),
             "SCENARIO_CONDUCTOR": conductor.address,
-            **self.api.env("web_apps.handler"),
         }
+        command = [sys.executable, "-m", "awslambdaric", handler]
+        self.start(command, ROOT / "tests", handler, timeout_s, environ)
+
+    def start(
+        self, command: list[str], cwd: Path, handler: str, timeout_s: float, env: dict[str, str]
+    ) -> None:
+        self.api = RuntimeAPI(timeout_s=timeout_s, freeze=self.freeze, thaw=self.thaw).__enter__()
+        self.freezes = 0
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "awslambdaric", "web_apps.handler"],
-            env=environ,
-            cwd=ROOT / "tests",
+            command,
+            env={"PATH": os.environ["PATH"], **self.api.env(handler), **env},
+            cwd=cwd,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             preexec_fn=die_with_parent,
         )
+        self.api.watch(self.process)
 
     def freeze(self) -> None:
         self.freezes += 1
@@ -212,40 +220,47 @@ class NodeRuntime(PythonRuntime):
     contents: node/test/ric/ by default), frozen between runs."""
 
     def __init__(
-        self, conductor: Conductor, entry: Path, handler: str, task_root: Path, **env: str
+        self,
+        conductor: Conductor,
+        handler: str,
+        task_root: Path = RIC_HANDLERS,
+        timeout_s: float = 30.0,
+        **env: str,
     ) -> None:
-        self.api = RuntimeAPI(freeze=self.freeze, thaw=self.thaw).__enter__()
-        self.freezes = 0
         environ = {
-            "PATH": os.environ["PATH"],
             "SCENARIO_CONDUCTOR": conductor.address,
             "LAMBDA_TASK_ROOT": str(task_root),
-            **self.api.env(handler),
             **env,
         }
-        self.process = subprocess.Popen(
-            ["node", str(entry), handler],
-            env=environ,
-            cwd=task_root,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            preexec_fn=die_with_parent,
-        )
+        command = ["node", str(built_node_ric()), handler]
+        self.start(command, task_root, handler, timeout_s, environ)
+
+
+@contextlib.contextmanager
+def serving(conductor: Conductor, runtime: PythonRuntime, *options: str) -> Iterator[Daemon]:
+    """sssrd (with `options`) invoking `runtime` through the fake Invoke API, whose function
+    timeout is the runtime's; the runtime is stopped after."""
+    try:
+        with (
+            FakeLambda(
+                functions={"render": runtime.api.invoke}, timeout_s=runtime.api.timeout_s
+            ) as fake,
+            daemon(
+                conductor, "--invoker=lambda", "--function=render", *options, **fake.env()
+            ) as running,
+        ):
+            yield running
+    finally:
+        runtime.close()
 
 
 @contextlib.contextmanager
 def node_daemon(
     conductor: Conductor, handler: str, task_root: Path = RIC_HANDLERS, **env: str
 ) -> Iterator[tuple[Daemon, NodeRuntime]]:
-    runtime = NodeRuntime(conductor, built_node_ric(), handler, task_root, **env)
-    try:
-        with (
-            FakeLambda(functions={"render": runtime.api.invoke}) as fake,
-            daemon(conductor, "--invoker=lambda", "--function=render", **fake.env()) as running,
-        ):
-            yield running, runtime
-    finally:
-        runtime.close()
+    runtime = NodeRuntime(conductor, handler, task_root, **env)
+    with serving(conductor, runtime) as running:
+        yield running, runtime
 
 
 @pytest.fixture(scope="module")
