@@ -1,5 +1,5 @@
-"""Shared fixtures (a conductor and a default daemon per test module, one .deb per run), and
-the marker guard.
+"""Shared fixtures (a conductor and a default daemon per test module, one .deb and one React
+example build per run, the React example's held data per module), and the marker guard.
 
 The markers in pyproject.toml say what a test needs beyond Python; `make check` deselects them.
 So that the selection stays true, a test that starts any subprocess (the daemon, a system tool,
@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from harness import ROOT, Conductor, Daemon, daemon
+from node_lambda import HELD_FEATURED, HeldData
 
 PROCESS_MARKERS = frozenset({"daemon", "system_tools", "browser", "container"})
 running_markers: set[str] | None = None  # the markers of the test being set up, run or torn down
@@ -113,3 +115,28 @@ def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert built.returncode == 0, f"make deb failed:\n{built.stdout}\n{built.stderr}"
     (package,) = out.glob("sssrd_*.deb")
     return package
+
+
+REACT_EXAMPLE = ROOT / "examples" / "react-ssr"
+
+
+@pytest.fixture(scope="session")
+def react_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The React example's build script run as a user would, once for the browser and the
+    runtime client tests; the zip's contents unpacked (the path of its index.js)."""
+    assert (REACT_EXAMPLE / "node_modules").is_dir(), (
+        "run `make test`: it installs the npm packages"
+    )
+    subprocess.run(["npm", "run", "--silent", "build"], cwd=REACT_EXAMPLE, check=True, timeout=60)
+    unpacked = tmp_path_factory.mktemp("render-zip")
+    with zipfile.ZipFile(REACT_EXAMPLE / "dist" / "render.zip") as archive:
+        archive.extractall(unpacked)
+    return unpacked / "index.js"
+
+
+@pytest.fixture(scope="module")
+def held() -> Iterator[HeldData]:
+    """The React example's DATA_URL: each request held until the test releases it."""
+    data = HeldData(HELD_FEATURED)
+    yield data
+    data.close()

@@ -28,6 +28,7 @@ CREDENTIALS = {  # what the daemon signs with; the Node target does not check si
     "AWS_DEFAULT_REGION": DEFAULT_REGION,
     "AWS_EC2_METADATA_DISABLED": "true",
 }
+HELD_FEATURED = {"title": "Featured", "text": "Released by the test."}  # the React example's data
 
 
 class NodeLambda:

@@ -14,6 +14,7 @@ import inspect
 import json
 import os
 import re
+import signal
 import socket
 from typing import Any
 from urllib.parse import urlsplit
@@ -339,6 +340,11 @@ def raises_mid_stream(event: dict, conductor: Conductor, query: dict) -> None:
     LEFT_OPEN.append(conn)
     conductor.wait("raise")
     raise RenderFailed("password hunter2")
+
+
+def killed(event: dict, conductor: Conductor, query: dict) -> None:
+    """Ends its own process at once, before any callback, as the kernel's OOM killer would."""
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def hands_over(event: dict, conductor: Conductor, query: dict) -> None:

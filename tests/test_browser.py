@@ -9,19 +9,16 @@ fail with ViewerGone and React's render stop (its pending data request is cancel
 
 from __future__ import annotations
 
-import subprocess
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from browser import FIRST_CONTENTFUL_PAINT, Browser, Page, share_of_colour
-from harness import ROOT, Daemon, daemon
-from node_lambda import CREDENTIALS, HeldData, NodeLambda
+from harness import Daemon, daemon
+from node_lambda import CREDENTIALS, HELD_FEATURED, HeldData, NodeLambda
 
 pytestmark = [pytest.mark.browser, pytest.mark.daemon, pytest.mark.system_tools]
 
-REACT_EXAMPLE = ROOT / "examples" / "react-ssr"
 DEMO_ACCENT = (0xD9, 0x48, 0x0F)
 REACT_HEADER = (0x1C, 0x7E, 0xD6)
 REACT_SKELETON = (0xAD, 0xB5, 0xBD)
@@ -41,26 +38,6 @@ def page(browser: Browser) -> Iterator[Page]:
     tab = browser.new_page()
     yield tab
     tab.close()
-
-
-@pytest.fixture(scope="module")
-def react_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The example's build script run as a user would; the zip's contents unpacked."""
-    assert (REACT_EXAMPLE / "node_modules").is_dir(), (
-        "run `make test`: it installs the npm packages"
-    )
-    subprocess.run(["npm", "run", "--silent", "build"], cwd=REACT_EXAMPLE, check=True, timeout=60)
-    unpacked = tmp_path_factory.mktemp("render-zip")
-    with zipfile.ZipFile(REACT_EXAMPLE / "dist" / "render.zip") as archive:
-        archive.extractall(unpacked)
-    return unpacked / "index.js"
-
-
-@pytest.fixture(scope="module")
-def held() -> Iterator[HeldData]:
-    data = HeldData({"title": "Featured", "text": "Released by the test."})
-    yield data
-    data.close()
 
 
 @pytest.fixture(scope="module")
@@ -133,8 +110,9 @@ def test_react_shell_paints_with_its_fallback_before_the_suspended_data_resolves
         " && !document.getElementById('skeleton')",
         "React to stream in the featured block",
     )
-    assert page.evaluate("document.querySelector('#featured p').textContent") == (
-        "Released by the test."
+    assert (
+        page.evaluate("document.querySelector('#featured p').textContent")
+        == (HELD_FEATURED["text"])
     )
     complete = page.screenshot(str(tmp_path / "react-complete.png"))
     assert share_of_colour(complete, REACT_FEATURED) > 0.02

@@ -2,9 +2,10 @@
 
 sssrd (lambda invoker) -> the fake Invoke API -> sssrd.testing.runtime_api -> a real runtime
 client process (`python -m awslambdaric web_apps.handler`; aws-lambda-ric on Node 20 with
-node/test/ric/handler.js) -> the handler, which calls sssrd back. As in Lambda, the handler runs
-in the runtime's own process and main loop, and the runtime is frozen (SIGSTOP) while it waits
-for an event and thawed (SIGCONT) when the next one arrives.
+node/test/ric/handler.js, or with examples/react-ssr's built zip) -> the handler, which calls
+sssrd back. As in Lambda, the handler runs in the runtime's own process and main loop, and the
+runtime is frozen (SIGSTOP) while it waits for an event and thawed (SIGCONT) when the next one
+arrives.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -34,6 +36,7 @@ from harness import (
     leave_mid_stream,
     stop_process,
 )
+from node_lambda import HELD_FEATURED, HeldData
 from test_web_adapters import assert_cut_after_first_piece as cut_after_first_piece
 
 from sssrd.testing.fake_lambda import FakeLambda
@@ -50,25 +53,33 @@ def die_with_parent() -> None:
 
 
 class PythonRuntime:
-    """`python -m awslambdaric web_apps.handler` against a RuntimeAPI, frozen between runs."""
+    """`python -m awslambdaric <handler>` against a RuntimeAPI, frozen between runs; the API
+    fails its invokes with Runtime.ExitError once the process exits."""
 
-    def __init__(self, conductor: Conductor) -> None:
-        self.api = RuntimeAPI(freeze=self.freeze, thaw=self.thaw).__enter__()
-        self.freezes = 0
+    def __init__(
+        self, conductor: Conductor, handler: str = "web_apps.handler", timeout_s: float = 30.0
+    ) -> None:
         environ = {
-            "PATH": os.environ["PATH"],
             "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)]),
             "SCENARIO_CONDUCTOR": conductor.address,
-            **self.api.env("web_apps.handler"),
         }
+        command = [sys.executable, "-m", "awslambdaric", handler]
+        self.start(command, ROOT / "tests", handler, timeout_s, environ)
+
+    def start(
+        self, command: list[str], cwd: Path, handler: str, timeout_s: float, env: dict[str, str]
+    ) -> None:
+        self.api = RuntimeAPI(timeout_s=timeout_s, freeze=self.freeze, thaw=self.thaw).__enter__()
+        self.freezes = 0
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "awslambdaric", "web_apps.handler"],
-            env=environ,
-            cwd=ROOT / "tests",
+            command,
+            env={"PATH": os.environ["PATH"], **self.api.env(handler), **env},
+            cwd=cwd,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             preexec_fn=die_with_parent,
         )
+        self.api.watch(self.process)
 
     def freeze(self) -> None:
         self.freezes += 1
@@ -205,41 +216,51 @@ def built_node_ric() -> Path:
 
 
 class NodeRuntime(PythonRuntime):
-    """aws-lambda-ric on Node 20 running node/test/ric/handler.js, frozen between runs."""
+    """aws-lambda-ric on Node 20 running a handler of `task_root` (as a deployed zip's
+    contents: node/test/ric/ by default), frozen between runs."""
 
-    def __init__(self, conductor: Conductor, entry: Path, handler: str, **env: str) -> None:
-        self.api = RuntimeAPI(freeze=self.freeze, thaw=self.thaw).__enter__()
-        self.freezes = 0
+    def __init__(
+        self,
+        conductor: Conductor,
+        handler: str,
+        task_root: Path = RIC_HANDLERS,
+        timeout_s: float = 30.0,
+        **env: str,
+    ) -> None:
         environ = {
-            "PATH": os.environ["PATH"],
             "SCENARIO_CONDUCTOR": conductor.address,
-            "LAMBDA_TASK_ROOT": str(RIC_HANDLERS),
-            **self.api.env(handler),
+            "LAMBDA_TASK_ROOT": str(task_root),
             **env,
         }
-        self.process = subprocess.Popen(
-            ["node", str(entry), handler],
-            env=environ,
-            cwd=RIC_HANDLERS,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            preexec_fn=die_with_parent,
-        )
+        command = ["node", str(built_node_ric()), handler]
+        self.start(command, task_root, handler, timeout_s, environ)
+
+
+@contextlib.contextmanager
+def serving(conductor: Conductor, runtime: PythonRuntime, *options: str) -> Iterator[Daemon]:
+    """sssrd (with `options`) invoking `runtime` through the fake Invoke API, whose function
+    timeout is the runtime's; the runtime is stopped after."""
+    try:
+        with (
+            FakeLambda(
+                functions={"render": runtime.api.invoke}, timeout_s=runtime.api.timeout_s
+            ) as fake,
+            daemon(
+                conductor, "--invoker=lambda", "--function=render", *options, **fake.env()
+            ) as running,
+        ):
+            yield running
+    finally:
+        runtime.close()
 
 
 @contextlib.contextmanager
 def node_daemon(
-    conductor: Conductor, handler: str, **env: str
+    conductor: Conductor, handler: str, task_root: Path = RIC_HANDLERS, **env: str
 ) -> Iterator[tuple[Daemon, NodeRuntime]]:
-    runtime = NodeRuntime(conductor, built_node_ric(), handler, **env)
-    try:
-        with (
-            FakeLambda(functions={"render": runtime.api.invoke}) as fake,
-            daemon(conductor, "--invoker=lambda", "--function=render", **fake.env()) as running,
-        ):
-            yield running, runtime
-    finally:
-        runtime.close()
+    runtime = NodeRuntime(conductor, handler, task_root, **env)
+    with serving(conductor, runtime) as running:
+        yield running, runtime
 
 
 @pytest.fixture(scope="module")
@@ -316,3 +337,67 @@ def test_shim_preloaded_with_node_options_survives_the_runtimes_own_awslambda(co
         head, body = Viewer(sssrd.viewer).get("/")
         assert (head.status_code, body) == (200, b"preloaded shim")
         assert not any(done.streamed for done in runtime.api.answered)  # not via the runtime
+
+
+# -- Node: the React streaming SSR example (examples/react-ssr's zip) under aws-lambda-ric ------
+
+
+@pytest.fixture(scope="module")
+def node_react(
+    conductor: Conductor, react_zip: Path, held: HeldData
+) -> Iterator[tuple[Daemon, NodeRuntime]]:
+    """The built zip's index.handler, its Suspense data fetched from the held data server."""
+    with node_daemon(
+        conductor, "index.handler", task_root=react_zip.parent, DATA_URL=held.url
+    ) as running:
+        yield running
+
+
+def react_shell(viewer: Viewer) -> bytes:
+    """The response's first bytes, up to the end of the shell React sends before any data."""
+    head = viewer.head()
+    assert (head.status_code, header(head, b"content-type")) == (200, b"text/html; charset=utf-8")
+    shell = b""
+    while b"</footer>" not in shell:  # the shell's last element; </body></html> come at the end
+        piece = viewer.chunk()
+        assert piece is not None, shell
+        shell += piece
+    return shell
+
+
+def test_react_shell_streams_before_the_suspended_data_under_aws_lambda_ric(node_react, held):
+    sssrd, runtime = node_react
+    before = held.requested
+    viewer = Viewer(sssrd.viewer)
+    viewer.send("GET", "/")
+    held.wait_requested(before + 1)  # the render waits on its data: nothing later exists yet
+    shell = react_shell(viewer)
+    assert b'id="skeleton"' in shell and b'id="featured"' not in shell  # the Suspense fallback
+
+    held.release()
+    rest = viewer.body()
+    assert b'id="featured"' in rest and HELD_FEATURED["text"].encode() in rest
+    assert rest.endswith(b"</body></html>")
+    assert held.outcome(before + 1) == "answered"
+    access = sssrd.access(path="/")
+    assert (access["status"], access["outcome"]) == (200, "ok")
+    assert runtime.api.idle.wait(WAIT)  # the runtime posted the handler's result, then /next
+    answered = json.loads(runtime.api.answered[-1].result)
+    assert answered == {"viewerGone": False, "bytes": len(shell + rest)}
+
+
+def test_viewer_leaving_aborts_the_react_render_and_its_data_under_aws_lambda_ric(node_react, held):
+    sssrd, runtime = node_react
+    before = held.requested
+    viewer = Viewer(sssrd.viewer)
+    viewer.send("GET", "/?leaving")
+    held.wait_requested(before + 1)
+    assert b'id="skeleton"' in react_shell(viewer)
+    viewer.close()  # the viewer leaves while React still waits for the data
+    assert held.outcome(before + 1) == "cancelled"  # abort() reached the render's data request
+    access = sssrd.wait_line(
+        lambda line: line.get("type") == "access" and line.get("outcome") == "viewer_abort"
+    )
+    assert access["path"] == "/"
+    assert runtime.api.idle.wait(WAIT)
+    assert json.loads(runtime.api.answered[-1].result) == {"viewerGone": True}

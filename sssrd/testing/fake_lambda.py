@@ -7,8 +7,9 @@ throttle, error, hang, never, late, twice) decides the answer. Every invocation 
 the Python handler runs on a bounded pool of daemon threads: queued as the 202 goes out for Event,
 before the 200 for RequestResponse. A RequestResponse invoke is answered as Lambda answers it:
 200 with the handler's result; 200 with `X-Amz-Function-Error: Unhandled` and the error when it
-raised, or when it outruns `timeout_s` (Lambda's `Sandbox.Timedout`, "Task timed out", at that
-moment: the thread cannot be killed, so it runs on, as a frozen sandbox's sockets stay open).
+raised (a `ReportedError`'s document as it is: the error a runtime reported), or when it outruns
+`timeout_s` (Lambda's `Sandbox.Timedout`, "Task timed out", at that moment: the thread cannot be
+killed, so it runs on, as a frozen sandbox's sockets stay open).
 """
 
 from __future__ import annotations
@@ -114,6 +115,15 @@ class HandlerFailure:
     error: BaseException
 
 
+class ReportedError(Exception):
+    """A handler's failure as its runtime reported it (the Runtime API's /error or /init/error,
+    or the sandbox's own Runtime.ExitError): Lambda answers with that document as it is."""
+
+    def __init__(self, document: dict[str, Any]) -> None:
+        super().__init__(str(document.get("errorType", "")))
+        self.document = document
+
+
 class LambdaError(Exception):
     """An error answer in Lambda's shape: status, x-amzn-ErrorType, JSON body."""
 
@@ -216,6 +226,8 @@ def timed_out_body(request_id: str, timeout_s: float) -> dict[str, Any]:
 
 def unhandled_error_body(error: BaseException) -> dict[str, Any]:
     """What Lambda returns (with X-Amz-Function-Error: Unhandled) when a handler raises."""
+    if isinstance(error, ReportedError):
+        return error.document
     return {
         "errorMessage": str(error),
         "errorType": type(error).__name__,

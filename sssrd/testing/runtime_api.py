@@ -6,8 +6,12 @@ response mode: chunked, `Lambda-Runtime-Function-Response-Mode: streaming`), `/i
 error` and `/init/error` on 127.0.0.1, for a process such as `python -m awslambdaric mod.handler`
 or Node's `aws-lambda-ric` started with `env()`. Its `invoke(event, context)` is a handler for the
 fake Invoke API (sssrd.testing.fake_lambda.FakeLambda): it queues the event for the runtime and
-returns what the runtime posted back, or raises `FunctionError` with the error type it reported,
-so sssrd -> fake Invoke API -> runtime client -> handler runs exactly as in Lambda. `freeze` and
+returns what the runtime posted back, or raises `FunctionError` with the error it reported, which
+the fake answers as Lambda does (200, `X-Amz-Function-Error: Unhandled`, that error document), so
+sssrd -> fake Invoke API -> runtime client -> handler runs exactly as in Lambda. The other ways an
+invoke fails in Lambda are the same FunctionError: the init error the runtime posted (to every
+invoke after it), `Sandbox.Timedout` once the function's timeout passed, and `Runtime.ExitError`
+when the runtime process `watch` was given exits mid-invoke (or before one). `freeze` and
 `thaw`, if given, are called when the runtime asks for an event and none is waiting, and when
 the next one arrives (SIGSTOP and SIGCONT of the runtime process: Lambda freezes an idle
 environment, with its open connections, until the next invocation).
@@ -18,7 +22,9 @@ from __future__ import annotations
 import json
 import queue
 import re
+import signal
 import socket
+import subprocess
 import threading
 import time
 import uuid
@@ -26,6 +32,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Final
+
+from sssrd.testing.fake_lambda import ReportedError, timed_out_body
 
 PREFIX: Final = "/2018-06-01/runtime"
 INVOCATION_PATH: Final = re.compile(
@@ -35,13 +43,24 @@ STREAMING_MODE_HEADER: Final = "Lambda-Runtime-Function-Response-Mode"
 MAX_BODY: Final = 16 * 1024 * 1024
 
 
-class FunctionError(Exception):
-    """The runtime reported the handler's failure (POST /error or /init/error)."""
+class FunctionError(ReportedError):
+    """The handler's failure, as the runtime reported it (POST /error or /init/error, `body`)
+    or as Lambda itself does (the function's timeout, the runtime's exit)."""
 
     def __init__(self, error_type: str, body: bytes) -> None:
-        super().__init__(error_type)
+        try:
+            document = json.loads(body)
+        except ValueError:
+            document = None
+        if not isinstance(document, dict):
+            document = {"errorType": error_type, "errorMessage": ""}
+        super().__init__(document)
         self.error_type = error_type
         self.body = body
+
+    @classmethod
+    def of_lambda(cls, document: dict[str, Any]) -> FunctionError:
+        return cls(document["errorType"], json.dumps(document).encode())
 
 
 @dataclass
@@ -51,6 +70,7 @@ class Invocation:
     deadline_ms: int
     function_arn: str
     done: threading.Event = field(default_factory=threading.Event)
+    settled_at: float = 0.0  # time.monotonic() when the runtime (or its exit) answered
     result: bytes = b""
     streamed: bool = False  # the runtime answered in the streaming response mode
     error: FunctionError | None = None
@@ -73,6 +93,7 @@ class RuntimeAPI:
         self.pending: queue.Queue[Invocation | None] = queue.Queue()
         self.in_flight: dict[str, Invocation] = {}
         self.init_error: FunctionError | None = None
+        self.exit_reason = ""  # set once a watched runtime process exited: Go's words, as Lambda's
         self.answered: list[Invocation] = []
         self._lock = threading.Lock()
         self._frozen = False
@@ -117,19 +138,57 @@ class RuntimeAPI:
             function_arn=f"arn:aws:lambda:us-east-1:123456789012:function:{self.function_name}",
         )
         with self._lock:
-            self.in_flight[request_id] = invocation
-            if self._frozen and self.thaw is not None:
-                self.thaw()
-            self._frozen = False
-            self.idle.clear()
-            self.pending.put(invocation)
+            failed = self._failed(request_id)
+            if failed is None:
+                self.in_flight[request_id] = invocation
+                if self._frozen and self.thaw is not None:
+                    self.thaw()
+                self._frozen = False
+                self.idle.clear()
+                self.pending.put(invocation)
+        if failed is not None:  # as a new sandbox would fail its init, or a dead one answer
+            raise failed
         if not invocation.done.wait(self.timeout_s):
-            raise TimeoutError(f"the runtime did not answer invocation {request_id}")
+            # Left in flight: the handler runs on, and its late answer is taken quietly.
+            raise FunctionError.of_lambda(timed_out_body(request_id, self.timeout_s))
         if invocation.error is not None:
             raise invocation.error
         if invocation.streamed or not invocation.result:
             return None
         return json.loads(invocation.result)
+
+    def watch(self, process: subprocess.Popen[Any]) -> None:
+        """Fail the invocations in flight, and every later one, with Runtime.ExitError once the
+        runtime `process` exits (Lambda's answer when a runtime is killed or crashes)."""
+
+        def wait() -> None:
+            code = process.wait()
+            if code < 0:  # in the words of Lambda's Go runtime, e.g. "signal: killed"
+                self.runtime_exited(f"signal: {(signal.strsignal(-code) or '').lower()}")
+            else:
+                self.runtime_exited(f"exit status {code}")
+
+        threading.Thread(target=wait, daemon=True).start()
+
+    def runtime_exited(self, reason: str) -> None:
+        with self._lock:
+            self.exit_reason = reason
+            waiting, self.in_flight = list(self.in_flight.values()), {}
+        for invocation in waiting:
+            self._end(invocation, self._failed(invocation.request_id))
+
+    def _failed(self, request_id: str) -> FunctionError | None:
+        """What an invoke gets from a runtime that failed its init or is gone, if it did."""
+        if self.init_error is not None:
+            return self.init_error
+        if not self.exit_reason:
+            return None
+        message = f"RequestId: {request_id} Error: Runtime exited with error: {self.exit_reason}"
+        return FunctionError.of_lambda({"errorType": "Runtime.ExitError", "errorMessage": message})
+
+    def _end(self, invocation: Invocation, error: FunctionError | None) -> None:
+        invocation.error, invocation.settled_at = error, time.monotonic()
+        invocation.done.set()
 
     # -- called by the request handler ------------------------------------------------------------
 
@@ -149,18 +208,17 @@ class RuntimeAPI:
             invocation = self.in_flight.pop(request_id, None)
         if invocation is None:
             return False
-        invocation.result, invocation.streamed, invocation.error = result, streamed, error
+        invocation.result, invocation.streamed = result, streamed
         self.answered.append(invocation)
-        invocation.done.set()
+        self._end(invocation, error)
         return True
 
     def fail_init(self, error: FunctionError) -> None:
-        self.init_error = error
         with self._lock:
+            self.init_error = error
             waiting, self.in_flight = list(self.in_flight.values()), {}
         for invocation in waiting:
-            invocation.error = error
-            invocation.done.set()
+            self._end(invocation, error)
 
 
 class _QuietServer(ThreadingHTTPServer):

@@ -4,9 +4,12 @@
  * tests/test_runtime_clients.py: `handler` dispatches on ?scenario= to the helper's
  * streamResponse/withStream, `shimmed` is a Function URL streaming handler run through the
  * awslambda shim. Each reports to the test's Conductor (SCENARIO_CONDUCTOR) and waits on it.
+ * The raw_* scenarios fail without the helper (no error report, no cut of their own), so only
+ * the runtime's own report of the failure (RequestResponse) can tell sssrd.
  */
 
 require('../../awslambda.js'); // the runtime defined globalThis.awslambda before loading us
+const http = require('node:http');
 const net = require('node:net');
 const { once } = require('node:events');
 const { withStream } = require('../../index.js');
@@ -46,6 +49,9 @@ class Conductor {
 
 const TEXT = { headers: { 'content-type': 'text/plain' } };
 
+// Callbacks a failing raw render leaves open, as a Lambda sandbox's would stay open.
+const leftOpen = [];
+
 const scenarios = {
   stepped: (event, conductor) =>
     withStream(event, TEXT, async (out) => {
@@ -65,6 +71,24 @@ const scenarios = {
     withStream(event, TEXT, async () => {
       throw new TypeError('secret detail');
     }),
+  raw_raises_early: async () => {
+    throw new TypeError('secret detail');
+  },
+  raw_raises_mid_stream: async (event, conductor) => {
+    const callback = http.request(event.sssrd.callbackUrl, {
+      method: 'POST',
+      headers: {
+        authorization: `Bearer ${event.sssrd.token}`,
+        'content-type': 'text/plain',
+        'transfer-encoding': 'chunked',
+      },
+    });
+    callback.on('error', () => {}); // sssrd closes it once the runtime reported the error
+    callback.write('first\n');
+    leftOpen.push(callback);
+    await conductor.wait('raise');
+    throw new TypeError('secret detail');
+  },
   fails_late: (event, conductor) =>
     withStream(event, TEXT, async (out) => {
       out.write('partial');
