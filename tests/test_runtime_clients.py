@@ -143,7 +143,8 @@ def test_a_thawed_runtime_reuses_its_kept_callback_connection(web, conductor, ru
         head, body = Viewer(web.viewer).get(f"/?scenario=stepped&tag={tag}&steps=1")
         assert (head.status_code, body) == (200, b"chunk 0\n")
         conductor.report(tag, "done")
-        assert runtime.freezes == frozen  # frozen before the render, thawed for it
+        assert runtime.api.idle.wait(WAIT)  # back in /next after the render...
+        assert runtime.freezes == frozen + 1  # ...and frozen once: thawed for it, frozen after
     # The second render's callback came over the connection the first one left open.
     assert web.metric("sssrd_connections_total", listener="callback") <= before + 1
 
