@@ -4,9 +4,12 @@ last delivered one, and every request on it still stands on its own token."""
 from __future__ import annotations
 
 import signal
+import socket
+from urllib.parse import urlsplit
 
+import h11
 import pytest
-from harness import Viewer, daemon
+from harness import WAIT, Viewer, daemon
 
 pytestmark = pytest.mark.daemon
 
@@ -53,16 +56,32 @@ def test_a_forged_token_on_a_reused_callback_connection_is_refused_and_closes_it
 
 @pytest.mark.parametrize("draining", [False, True], ids=["serving", "draining"])
 def test_a_delivered_callback_keeps_its_connection_unless_sssrd_is_draining(conductor, draining):
+    """The test plays the Lambda (a handler inside the daemon could be stopped with it before
+    it had read its answer, once the drain has nothing left to wait for)."""
     tag = f"kept-alive-{draining}"
     with daemon(conductor) as sssrd:
         viewer = Viewer(sssrd.viewer)
-        viewer.send("GET", f"/?scenario=kept_alive_answer&tag={tag}")
-        assert viewer.head().status_code == 200
-        if draining:
-            sssrd.signal(signal.SIGTERM)
-            sssrd.wait_line(lambda line: line.get("message") == "draining")
-        conductor.release(f"{tag}:finish")
-        assert viewer.body() == b"first"
-        answered = conductor.report(tag, "answered")
-        assert answered["status"] == 200
-        assert answered["connection"] == ("close" if draining else None)
+        viewer.send("GET", f"/?scenario=handover&tag={tag}")
+        handed = conductor.report(tag, "callback")
+        url = urlsplit(handed["url"])
+        assert url.hostname is not None and url.port is not None
+        with socket.create_connection((url.hostname, url.port), timeout=WAIT) as render:
+            render.sendall(
+                b"POST %s HTTP/1.1\r\nhost: x\r\nauthorization: Bearer %s\r\n"
+                b"content-type: text/plain\r\ntransfer-encoding: chunked\r\n"
+                b"connection: keep-alive\r\n\r\n5\r\nfirst\r\n"
+                % (url.path.encode(), handed["token"].encode())
+            )
+            assert viewer.head().status_code == 200
+            if draining:
+                sssrd.signal(signal.SIGTERM)
+                sssrd.wait_line(lambda line: line.get("message") == "draining")
+            render.sendall(b"0\r\n\r\n")
+            assert viewer.body() == b"first"
+            answer = h11.Connection(h11.CLIENT)
+            answer.send(h11.Request(method="POST", target="/", headers=[("host", "x")]))
+            while (event := answer.next_event()) is h11.NEED_DATA:
+                answer.receive_data(render.recv(65536))
+        assert isinstance(event, h11.Response) and event.status_code == 200
+        kept = dict(event.headers).get(b"connection")
+        assert kept == (b"close" if draining else None)
