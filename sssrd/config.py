@@ -401,7 +401,7 @@ class Settings:
         "lean",
         "lambda invoker: 'lean' signs with sssrd's own SigV4 signer and sends on sssrd's own "
         "pooled HTTP client; 'boto3' calls boto3's invoke() on a thread pool",
-        '`"lean"` signs each invoke with sssrd\'s own SigV4 signer (held to botocore\'s output) '
+        "`\"lean\"` signs each invoke with sssrd's own SigV4 signer (held to botocore's output) "
         "and sends it on sssrd's own keep-alive client (a quarter of boto3's CPU per invoke, "
         '`bench/RESULTS.md`); `"boto3"` calls boto3\'s `invoke()` on a thread pool.',
         section=Section.LAMBDA,
