@@ -174,6 +174,17 @@ class RequestCycle:
             await self.rendezvous(entry, body)
         finally:
             self.state.pending.release(entry, ENDS[self.record.end].entry)
+            self.drop_render()
+
+    def drop_render(self) -> None:
+        """A RequestResponse invoke still open when its request ended undelivered holds one of
+        the pool's max_pending connections, for up to the function's timeout, with nobody left
+        to read its answer: drop it (the function runs on; closing the exchange frees the slot
+        for the next request). A delivered render is left to return, so its connection goes
+        back to the pool."""
+        render = self.render
+        if render is not None and not render.done() and self.record.end is not Outcome.DELIVERED:
+            render.cancel()
 
     async def health(self) -> None:
         if self.state.draining:

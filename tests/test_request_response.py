@@ -133,6 +133,24 @@ def test_an_unanswered_invoke_is_given_up_after_the_function_timeout_and_never_r
         fake.reset_behaviour()
 
 
+def test_a_request_that_ends_undelivered_frees_its_invoke_connection(conductor, fake):
+    """The pool holds max_pending connections: a render whose request ended without its stream
+    (here a 504 at the callback deadline) must give its connection back at once, not hold it
+    for the function's timeout while later requests wait behind it."""
+    options = ("--invoker=lambda", "--function=render", *SYNCHRONOUS, "--max-pending=1")
+    deadlines = ("--callback-timeout=0.5", "--function-timeout=60")
+    fake.set_behaviour("hang")
+    try:
+        with daemon(conductor, *options, *deadlines, **fake.env()) as one_slot:
+            head, _ = Viewer(one_slot.viewer).get("/?scenario=echo&tag=sync-slot-a")
+            assert head.status_code == 504
+            fake.reset_behaviour()
+            head, body = Viewer(one_slot.viewer).get("/?scenario=echo&tag=sync-slot-b")
+            assert head.status_code == 200 and b"rawPath" in body
+    finally:
+        fake.reset_behaviour()
+
+
 def test_the_local_invoker_answers_a_raising_render_at_once(conductor):
     """`sssrd dev` and the tests' local invoker speak RequestResponse too."""
     with daemon(conductor, *SYNCHRONOUS) as local:

@@ -11,10 +11,11 @@ gets) and the retry rule: at most `invoke_retries` more attempts, only after a c
 failure or a 5xx, never after a throttle or another 4xx (a retry storm would deepen a throttle).
 
 With `invocation_type = "RequestResponse"` (lean only) each invoke holds one pooled connection
-for the render's whole life (the pool holds up to `max_pending`, so no render waits behind
-another) and reads the function's answer when it returns, with a time limit of the function's
-own timeout plus `invoke_timeout`; an exchange that broke after it was sent is never retried,
-since the render may be running.
+for the render's whole life (the pool holds up to `max_pending`, and a request that ends
+undelivered drops its render's exchange, so no render waits behind one nobody needs) and reads
+the function's answer when it returns, with a time limit of the function's own timeout plus
+`invoke_timeout`; an exchange that broke after it was sent is never retried, since the render
+may be running.
 """
 
 from __future__ import annotations
