@@ -62,7 +62,7 @@ class HandOffError(RuntimeError):
 class StreamEnd:
     """How a stream ended, as the callback side answers it."""
 
-    kind: Outcome  # DELIVERED, BAD_CALLBACK, or a StreamAborted kind
+    kind: Outcome  # DELIVERED, BAD_CALLBACK, RENDER_ERROR, or a StreamAborted kind
     body_bytes: int = 0
     message: str = ""
     status: int = 400  # what a malformed callback is answered

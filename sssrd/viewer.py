@@ -1,7 +1,8 @@
 """The viewer listener: one ViewerConnection per socket, one RequestCycle per request.
 
-The connection owns the socket, keep-alive and the head deadlines (first byte within
-keepalive_timeout, then the whole head within head_timeout: slowloris gets a 408). The cycle owns
+The connection owns the socket, keep-alive and the head deadlines (a new connection's whole
+head within head_timeout; a kept one's first byte within keepalive_timeout, then the whole head
+within head_timeout: slowloris gets a 408). The cycle owns
 one request: read the bounded body, register a pending entry, invoke the Lambda, wait for its
 callback (deadline -> 504), then stream the callback's response to the viewer; it reads the
 settings once, when it starts. With `invocation_type = "RequestResponse"` it also watches the
