@@ -4,7 +4,8 @@ With `workers` > 1 each worker is a child of the supervisor and holds one end of
 socketpair. The supervisor's first message is `{"settings": "<Settings.as_toml()>"}`, what the
 worker runs; `{"reload": "<as_toml>"}` carries the settings of a reload it accepted. A worker
 tells the supervisor what a single-process daemon tells systemd, as
-`{"notify": {"READY": "1", ...}}` (READY, RELOADING, STOPPING, STATUS), sends its heartbeat
+`{"notify": {"READY": "1", ...}}` (READY, RELOADING, STOPPING; no periodic STATUS, which the
+supervisor builds from the heartbeats), sends its heartbeat
 `{"heartbeat": {"streaming": n, "awaiting": n, "viewers": n}}` every `--heartbeat` seconds,
 says `{"listening": {"callback_url": ...}}` once it serves, and answers
 every `{"metrics": null}` with `{"metrics": "<its exposition>"}`, in order; one that cannot start
@@ -66,7 +67,10 @@ class ChannelNotifier(Notifier):
 
     @property
     def enabled(self) -> bool:
-        return True
+        """False for the status pings: the supervisor builds the daemon's STATUS= from the
+        workers' heartbeats, so a worker's own STATUS= would be read by nobody. READY,
+        RELOADING and STOPPING still go up the channel (notify() does not ask)."""
+        return False
 
     def notify(self, **fields: str | int) -> None:
         if not self.writer.is_closing():

@@ -3,7 +3,9 @@
 import asyncio
 import socket
 
+from sssrd.channel import ChannelNotifier
 from sssrd.config import load_settings
+from sssrd.systemd import Pings
 from sssrd.workers import Supervisor, Worker
 
 
@@ -34,3 +36,27 @@ def test_status_sums_the_last_heartbeats_of_listening_workers_only():
         assert draining.startswith("draining: 2/3 workers")
 
     asyncio.run(scenario())
+
+
+def test_a_worker_sends_no_periodic_status_up_its_channel_but_still_its_ready():
+    """The supervisor builds STATUS= from heartbeats: a worker's own would be read by nobody."""
+
+    async def scenario():
+        ours, theirs = socket.socketpair()
+        _, writer = await asyncio.open_connection(sock=ours)
+        notifier = ChannelNotifier(writer)
+        pings = Pings(notifier, lambda: "1 streaming", None)
+        try:
+            pings.start()
+            notifier.ready("1 streaming")
+            await writer.drain()
+            theirs.setblocking(False)
+            sent = theirs.recv(65536)
+        finally:
+            pings.stop()
+            writer.close()
+            theirs.close()
+        return sent
+
+    sent = asyncio.run(scenario())
+    assert sent.count(b'"notify"') == 1 and b'"READY":"1"' in sent
