@@ -68,6 +68,7 @@ NO_BODY_STATUSES = frozenset({204, 304})
 UNSERVED_METHODS = frozenset({b"CONNECT"})
 ALLOW = (b"allow", b"GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH")
 TEXT = b"text/plain; charset=utf-8"
+MALFORMED_RESPONSE = "the render sent a malformed response"  # never what was wrong with it
 
 
 class ViewerConnection(StatefulConnection):
@@ -270,6 +271,11 @@ class RequestCycle:
                 callback.finish(StreamEnd(Outcome.RENDER_ERROR, message="error reported"))
                 await self.render_failed(callback.error_type, "callback")
                 return
+            if callback.refusal is not None:  # no body to relay: never counted as a stream
+                message = f"the callback was refused: {callback.refusal}"
+                callback.finish(malformed(message, callback.refusal))
+                await self.reply(502, MALFORMED_RESPONSE, Outcome.BAD_CALLBACK)
+                return
             await self.stream(callback, watch)
         finally:
             watch.stop()
@@ -469,7 +475,7 @@ class RequestCycle:
                 return await self.discard_body(relay, watch)
             await relay.relay(first)
         except PreludeError as exc:
-            return malformed(str(exc), callback.refusal)
+            return malformed(str(exc), None)
         except BadFraming as abort:
             return (
                 StreamEnd(abort.kind, message=str(abort))
@@ -504,8 +510,7 @@ class RequestCycle:
         if Outcome.DELIVERED in self.record.ends:  # the viewer has its whole response
             return
         if end.kind is Outcome.BAD_CALLBACK:
-            message = "the render sent a malformed response"
-            await self.reply_before_commit(502, message, Outcome.BAD_CALLBACK)
+            await self.reply_before_commit(502, MALFORMED_RESPONSE, Outcome.BAD_CALLBACK)
             return
         self.record.ended(end.kind)
         viewer_side = ENDS[end.kind].side == "viewer"
@@ -521,8 +526,6 @@ class RequestCycle:
         self, callback: ClaimedCallback, relay: BodyRelay
     ) -> tuple[ResponseHead, bytes, int | None]:
         """The response head and the first body bytes, and the body length when known."""
-        if callback.refusal is not None:
-            raise PreludeError(f"the callback was refused: {callback.refusal}")
         if not callback.prelude:
             head = plain_head(callback.status_header, callback.content_type)
             return head, b"", callback.content_length
