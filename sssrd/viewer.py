@@ -358,14 +358,15 @@ class RequestCycle:
 
     def cut_when_render_ends(self, relay: BodyRelay, render: asyncio.Task[RenderEnded]) -> None:
         """The render returned or raised while its callback is still open: nothing more will
-        come, so the stream is cut now rather than at idle_timeout. (An invoke that failed
-        on sssrd's side says nothing about the render: its stream goes on.)"""
+        come, so the stream is cut once what it sent has been relayed, rather than at
+        idle_timeout. (An invoke that failed on sssrd's side says nothing about the render:
+        its stream goes on.)"""
         if render.cancelled() or render.exception() is not None:
             return
         ended = render.result()
         self.record.error_type = ended.error_type
         message = "the render ended with its callback still open"
-        relay.interrupt(StreamAborted(Outcome.LAMBDA_ABORT, message))
+        relay.interrupt_when_empty(StreamAborted(Outcome.LAMBDA_ABORT, message))
 
     async def invoke(self, payload: bytes) -> InvokeError | None:
         started = perf_counter()
