@@ -12,9 +12,10 @@ framing and payload leave together; everything is flushed before any wait, so no
 
 Backpressure: the callback is read only when the viewer took the previous bytes; the only buffers
 are the sockets' and one pooled pipe per splicing stream. Each wait is on one future that the
-awaited socket, the viewer hanging up (ViewerWatch) or the relay's timer can resolve. The timer
-keeps two clocks apart: idle_timeout counts only time spent waiting for the Lambda, send_timeout
-only time spent waiting for the viewer to take bytes (sssrd's own backpressure is no Lambda fault).
+awaited socket, the viewer hanging up (ViewerWatch) or the relay's timer can resolve (and a
+wait for callback bytes, the render's end: interrupt_when_empty). The timer keeps two clocks
+apart: idle_timeout counts only time spent waiting for the Lambda, send_timeout only time spent
+waiting for the viewer to take bytes (sssrd's own backpressure is no Lambda fault).
 """
 
 from __future__ import annotations
@@ -206,6 +207,7 @@ class BodyRelay:
         self.last_activity = self.loop.time()  # of the Lambda: its last bytes, or our last wait
         self.viewer_wait_since: float | None = None  # while blocked on the viewer
         self.abort: StreamAborted | None = None
+        self.abort_when_empty: StreamAborted | None = None  # see interrupt_when_empty()
         self.committed = False  # some byte of the viewer's response has been sent
         self._wakeup: asyncio.Future[None] | None = None
         self.reading = False  # the callback's reader is registered (kept across waits)
@@ -219,6 +221,18 @@ class BodyRelay:
         """End the relay at its next wait (called by the viewer watch or the idle timer)."""
         if self.abort is None:
             self.abort = abort
+        self.interrupt_wait()
+
+    def interrupt_when_empty(self, abort: StreamAborted) -> None:
+        """The Lambda will send nothing more (its render returned): end the relay once a read
+        finds the callback socket empty, never sooner. Bytes it sent before returning may still
+        wait in that socket, or behind a slow viewer; they are relayed first (and a body whose
+        end is among them is delivered whole)."""
+        self.abort_when_empty = abort
+        if self.waiting_to_read:  # (then after a short read, or one that found nothing)
+            self.interrupt_wait()
+
+    def interrupt_wait(self) -> None:
         if self._wakeup is not None and not self._wakeup.done():
             self._wakeup.set_result(None)
 
@@ -294,6 +308,12 @@ class BodyRelay:
             self.last_activity = self.loop.time()
             self._rearm(self.last_activity + self.idle_timeout)
 
+    async def _wait_for_callback(self) -> None:
+        """A read found the callback socket empty: wait for more, unless no more will come."""
+        if self.abort_when_empty is not None:
+            raise self.abort_when_empty
+        await self._wait(self.source, writable=False)
+
     def _source_readable(self) -> None:
         wakeup = self._wakeup
         if self.waiting_to_read and wakeup is not None and not wakeup.done():
@@ -320,7 +340,7 @@ class BodyRelay:
             # The rest of a short tail, plus the next framing; never the spliceable payload.
             left = decoder.payload_left
             size = FRAME_READ + (left if left < self.splice_min else 0)
-        if self.drained:  # skip a recv that would only say EAGAIN
+        if self.drained and self.abort_when_empty is None:  # skip a recv that would say EAGAIN
             await self.flush()
             await self._wait(self.source, writable=False)
         while True:
@@ -328,7 +348,7 @@ class BodyRelay:
                 data = self.source.sock.recv(size)
             except BlockingIOError:
                 await self.flush()
-                await self._wait(self.source, writable=False)
+                await self._wait_for_callback()
                 continue
             except OSError:
                 data = b""
@@ -556,4 +576,7 @@ class BodyRelay:
             if not moved:
                 # Pipe holding bytes the viewer will not take: wait for the viewer; else the
                 # pipe is empty, so the callback has nothing more yet.
-                await self._wait(self.sink if self.in_pipe else self.source, bool(self.in_pipe))
+                if self.in_pipe:
+                    await self._wait(self.sink, writable=True)
+                else:
+                    await self._wait_for_callback()

@@ -68,6 +68,7 @@ NO_BODY_STATUSES = frozenset({204, 304})
 UNSERVED_METHODS = frozenset({b"CONNECT"})
 ALLOW = (b"allow", b"GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH")
 TEXT = b"text/plain; charset=utf-8"
+MALFORMED_RESPONSE = "the render sent a malformed response"  # never what was wrong with it
 
 
 class ViewerConnection(StatefulConnection):
@@ -270,6 +271,11 @@ class RequestCycle:
                 callback.finish(StreamEnd(Outcome.RENDER_ERROR, message="error reported"))
                 await self.render_failed(callback.error_type, "callback")
                 return
+            if callback.refusal is not None:  # no body to relay: never counted as a stream
+                message = f"the callback was refused: {callback.refusal}"
+                callback.finish(malformed(message, callback.refusal))
+                await self.reply(502, MALFORMED_RESPONSE, Outcome.BAD_CALLBACK)
+                return
             await self.stream(callback, watch)
         finally:
             watch.stop()
@@ -352,14 +358,15 @@ class RequestCycle:
 
     def cut_when_render_ends(self, relay: BodyRelay, render: asyncio.Task[RenderEnded]) -> None:
         """The render returned or raised while its callback is still open: nothing more will
-        come, so the stream is cut now rather than at idle_timeout. (An invoke that failed
-        on sssrd's side says nothing about the render: its stream goes on.)"""
+        come, so the stream is cut once what it sent has been relayed, rather than at
+        idle_timeout. (An invoke that failed on sssrd's side says nothing about the render:
+        its stream goes on.)"""
         if render.cancelled() or render.exception() is not None:
             return
         ended = render.result()
         self.record.error_type = ended.error_type
         message = "the render ended with its callback still open"
-        relay.interrupt(StreamAborted(Outcome.LAMBDA_ABORT, message))
+        relay.interrupt_when_empty(StreamAborted(Outcome.LAMBDA_ABORT, message))
 
     async def invoke(self, payload: bytes) -> InvokeError | None:
         started = perf_counter()
@@ -469,7 +476,7 @@ class RequestCycle:
                 return await self.discard_body(relay, watch)
             await relay.relay(first)
         except PreludeError as exc:
-            return malformed(str(exc), callback.refusal)
+            return malformed(str(exc), None)
         except BadFraming as abort:
             return (
                 StreamEnd(abort.kind, message=str(abort))
@@ -504,8 +511,7 @@ class RequestCycle:
         if Outcome.DELIVERED in self.record.ends:  # the viewer has its whole response
             return
         if end.kind is Outcome.BAD_CALLBACK:
-            message = "the render sent a malformed response"
-            await self.reply_before_commit(502, message, Outcome.BAD_CALLBACK)
+            await self.reply_before_commit(502, MALFORMED_RESPONSE, Outcome.BAD_CALLBACK)
             return
         self.record.ended(end.kind)
         viewer_side = ENDS[end.kind].side == "viewer"
@@ -521,8 +527,6 @@ class RequestCycle:
         self, callback: ClaimedCallback, relay: BodyRelay
     ) -> tuple[ResponseHead, bytes, int | None]:
         """The response head and the first body bytes, and the body length when known."""
-        if callback.refusal is not None:
-            raise PreludeError(f"the callback was refused: {callback.refusal}")
         if not callback.prelude:
             head = plain_head(callback.status_header, callback.content_type)
             return head, b"", callback.content_length

@@ -342,6 +342,21 @@ def raises_mid_stream(event: dict, conductor: Conductor, query: dict) -> None:
     raise RenderFailed("password hunter2")
 
 
+def returns_after_sending(event: dict, conductor: Conductor, query: dict) -> None:
+    """A raw or compat client: sends its whole chunked body (`size` bytes in `chunk`-byte
+    chunks; the final chunk unless `final=no`) and returns at once, never reading sssrd's
+    answer, its callback left open (much of the body may still be in flight)."""
+    size, chunk = int(query["size"]), int(query["chunk"])
+    body = pattern(size)
+    conn = raw_callback(event, {**bearer(event), "transfer-encoding": "chunked"})
+    for start in range(0, size, chunk):
+        piece = body[start : start + chunk]
+        conn.sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+    if query.get("final") != "no":
+        conn.sock.sendall(b"0\r\n\r\n")
+    LEFT_OPEN.append(conn)
+
+
 def killed(event: dict, conductor: Conductor, query: dict) -> None:
     """Ends its own process at once, before any callback, as the kernel's OOM killer would."""
     os.kill(os.getpid(), signal.SIGKILL)

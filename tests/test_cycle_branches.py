@@ -126,6 +126,8 @@ def test_a_refused_callback_head_gives_its_viewer_502_and_the_lambda_its_status(
 
     cycle = run_cycle(GET, callback)
     assert cycle.response.status == 502 and cycle.answer.status == 400
+    # No body was relayed: no stream was started, so none is measured.
+    assert cycle.rig.sample("sssrd_stream_duration_seconds_count") == 0
 
 
 def test_an_error_report_is_a_502_for_the_viewer_and_reported_to_the_lambda():
@@ -139,6 +141,7 @@ def test_an_error_report_is_a_502_for_the_viewer_and_reported_to_the_lambda():
 def test_a_malformed_error_report_still_gives_the_viewer_502():
     cycle = run_cycle(GET, answered_with(b"[]", b"application/vnd.sssrd.render-error+json"))
     assert cycle.response.status == 502 and cycle.answer.status == 400
+    assert cycle.rig.sample("sssrd_stream_duration_seconds_count") == 0
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import h11
 import pytest
 from harness import Viewer, daemon, header
+from scenarios import pattern
 
 from sssrd.testing.fake_lambda import FakeLambda
 
@@ -81,6 +82,37 @@ def test_a_render_that_raises_mid_stream_is_cut_at_once(sssrd, conductor):
         viewer.chunk()
     access = sssrd.access(header(head, b"x-request-id").decode())
     assert access["outcome"] == "lambda_abort" and access["error_type"] == "RenderFailed"
+
+
+@pytest.mark.parametrize("final", [True, False], ids=["whole", "unterminated"])
+def test_a_render_that_returns_right_after_sending_loses_none_of_its_bytes(sssrd, fake, final):
+    """A client that returns after its last chunk without reading sssrd's answer: its render's
+    end can reach sssrd while much of the body is still in the callback socket and the relay
+    waits for the viewer (which here reads only once the render has returned). All of it
+    reaches the viewer: whole when the final chunk was sent, else cut after the last byte.
+    (Whether the end lands before the viewer reads is up to the threads: five tries.)"""
+    size = 512 * 1024  # fits the sockets' buffers: the render returns without the viewer
+    target = f"/?scenario=returns_after_sending&size={size}&chunk=65536"
+    for attempt in range(5):
+        viewer = Viewer(sssrd.viewer)
+        runs = fake.handler_runs
+        tag = f"sync-sent-{final}-{attempt}"
+        viewer.send("GET", f"{target}&tag={tag}&final={'yes' if final else 'no'}")
+        fake.wait_for_handler_runs(runs + 1)
+        head = viewer.head()
+        assert head.status_code == 200
+        pieces = []
+        try:
+            while (piece := viewer.chunk()) is not None:
+                pieces.append(piece)
+        except h11.RemoteProtocolError:  # closed without the final chunk
+            assert not final, "a whole body was cut"
+        else:
+            assert final, "an unterminated body was delivered as whole"
+        viewer.close()
+        assert b"".join(pieces) == pattern(size)
+        access = sssrd.access(header(head, b"x-request-id").decode())
+        assert access["outcome"] == ("ok" if final else "lambda_abort")
 
 
 def test_a_good_render_streams_as_with_event_invokes(sssrd, conductor):
