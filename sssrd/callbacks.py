@@ -28,7 +28,7 @@ from sssrd import logs
 from sssrd.connection import BadHead, canned_response, complete_response
 from sssrd.handoff import ClaimedCallback
 from sssrd.headers import first_header
-from sssrd.invokers.base import printable
+from sssrd.invokers.base import MAX_ERROR_TYPE_CHARS, printable
 from sssrd.outcomes import Outcome, RejectReason
 from sssrd.pending import CallbackRefused
 from sssrd.prelude import PRELUDE_CONTENT_TYPE
@@ -37,7 +37,6 @@ from sssrd.served import StatefulConnection
 CALLBACK_PREFIX = b"/v1/callback/"
 RENDER_ERROR_CONTENT_TYPE = b"application/vnd.sssrd.render-error+json"
 MAX_ERROR_REPORT_BYTES = 4096
-MAX_ERROR_TYPE_CHARS = 128
 
 
 class CallbackConnection(StatefulConnection):

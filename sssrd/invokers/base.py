@@ -79,6 +79,11 @@ class Invoker(Protocol):
     def close(self) -> None: ...
 
 
-def printable(text: str, limit: int = 128) -> str:
+# The longest error type sssrd keeps, from an error report or an invoke's answer (the helpers
+# cut theirs to the same length).
+MAX_ERROR_TYPE_CHARS = 128
+
+
+def printable(text: str, limit: int = MAX_ERROR_TYPE_CHARS) -> str:
     """An error type as it may appear in a log line: printable ASCII, at most `limit` long."""
     return "".join(char if " " <= char <= "~" else "?" for char in text[:limit])
